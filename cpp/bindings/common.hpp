@@ -1,0 +1,39 @@
+// Buffer checks shared by the binding files: they never copy or cast; the
+// Python layer prepares arrays, and anything else is a clear error.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <string>
+
+namespace flatcoat {
+namespace bindings {
+
+namespace py = pybind11;
+
+template <class T>
+const T* checked(const py::array& a, const char* name, py::ssize_t ndim) {
+    if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>()))
+        throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
+                             ", got " + std::string(py::str(a.dtype())));
+    if (a.ndim() != ndim)
+        throw py::value_error(std::string(name) + ": expected a " + std::to_string(ndim) + "-d array, got " +
+                              std::to_string(a.ndim()) + "-d");
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(std::string(name) + ": array is not C-contiguous; pass numpy.ascontiguousarray(...)");
+    return static_cast<const T*>(a.data());
+}
+
+/// Like checked(), for an optional argument: None gives nullptr.
+template <class T>
+const T* checked_or_null(const py::object& o, const char* name, py::ssize_t ndim) {
+    if (o.is_none()) return nullptr;
+    return checked<T>(py::reinterpret_borrow<py::array>(o), name, ndim);
+}
+
+void bind_dense(py::module_& m);
+void bind_maxsim(py::module_& m);
+
+}  // namespace bindings
+}  // namespace flatcoat

@@ -1,0 +1,141 @@
+// Bindings of dense search and the id map.
+#include <vector>
+
+#include "common.hpp"
+#include "flatcoat/dense_search.hpp"
+#include "flatcoat/id_map.hpp"
+
+namespace flatcoat {
+namespace bindings {
+
+static codec_t codec_from_name(const std::string& name) {
+    if (name == "f32") return codec_t::f32_k;
+    if (name == "f16") return codec_t::f16_k;
+    if (name == "int8") return codec_t::u8_k;
+    if (name == "binary") return codec_t::binary_k;
+    throw py::value_error("unknown storage '" + name + "'");
+}
+
+static metric_t metric_from_name(const std::string& name) {
+    if (name == "ip") return metric_t::ip_k;
+    if (name == "l2") return metric_t::l2_k;
+    throw py::value_error("unknown kernel metric '" + name + "'");
+}
+
+static void check_rows(const py::array& a, const char* name, size_t rows) {
+    if (size_t(a.shape(0)) != rows)
+        throw py::value_error(std::string(name) + ": expected " + std::to_string(rows) + " rows, got " +
+                              std::to_string(a.shape(0)));
+}
+
+static py::tuple search_dense_py(const std::string& storage, const std::string& metric, size_t dim,
+                                 const py::array& codes, const py::array& ids, const py::object& sq_norms,
+                                 const py::object& scale, const py::object& offset, const py::object& float_rows,
+                                 const py::object& float_sq_norms, const py::array& queries, size_t k,
+                                 size_t rescore) {
+    dense_data_t data;
+    data.codec = codec_from_name(storage);
+    data.dim = dim;
+    data.ids = checked<int64_t>(ids, "ids", 1);
+    data.rows = size_t(ids.shape(0));
+    size_t row_elements = dim;
+    switch (data.codec) {
+        case codec_t::f32_k: data.codes = checked<float>(codes, "codes", 2); break;
+        case codec_t::f16_k: data.codes = checked<uint16_t>(codes, "codes", 2); break;
+        case codec_t::u8_k: data.codes = checked<uint8_t>(codes, "codes", 2); break;
+        case codec_t::binary_k:
+            data.codes = checked<uint64_t>(codes, "codes", 2);
+            row_elements = binary_words(dim);
+            break;
+    }
+    check_rows(codes, "codes", data.rows);
+    if (size_t(codes.shape(1)) != row_elements)
+        throw py::value_error("codes: expected " + std::to_string(row_elements) + " columns");
+    data.sq_norms = checked_or_null<float>(sq_norms, "sq_norms", 1);
+    if (data.sq_norms) check_rows(py::reinterpret_borrow<py::array>(sq_norms), "sq_norms", data.rows);
+    data.scale = checked_or_null<float>(scale, "scale", 1);
+    data.offset = checked_or_null<float>(offset, "offset", 1);
+    if ((data.scale && size_t(py::reinterpret_borrow<py::array>(scale).shape(0)) != dim) ||
+        (data.offset && size_t(py::reinterpret_borrow<py::array>(offset).shape(0)) != dim))
+        throw py::value_error("scale and offset must have dim entries");
+    data.float_rows = checked_or_null<float>(float_rows, "float_rows", 2);
+    if (data.float_rows) {
+        auto a = py::reinterpret_borrow<py::array>(float_rows);
+        check_rows(a, "float_rows", data.rows);
+        if (size_t(a.shape(1)) != dim) throw py::value_error("float_rows: expected dim columns");
+    }
+    data.float_sq_norms = checked_or_null<float>(float_sq_norms, "float_sq_norms", 1);
+    if (data.float_sq_norms)
+        check_rows(py::reinterpret_borrow<py::array>(float_sq_norms), "float_sq_norms", data.rows);
+
+    dense_query_t query;
+    query.queries = checked<float>(queries, "queries", 2);
+    if (size_t(queries.shape(1)) != dim) throw py::value_error("queries: expected dim columns");
+    query.nq = size_t(queries.shape(0));
+    query.k = k;
+    query.metric = metric_from_name(metric);
+    query.rescore = rescore;
+
+    py::array_t<float> out_scores({query.nq, k});
+    py::array_t<int64_t> out_ids({query.nq, k});
+    float* scores_ptr = out_scores.mutable_data();
+    int64_t* ids_ptr = out_ids.mutable_data();
+    {
+        py::gil_scoped_release release;
+        search_dense(data, query, scores_ptr, ids_ptr);
+    }
+    return py::make_tuple(out_scores, out_ids);
+}
+
+static py::array_t<uint64_t> binarize_py(const py::array& x) {
+    const float* data = checked<float>(x, "x", 2);
+    size_t n = size_t(x.shape(0)), dim = size_t(x.shape(1));
+    py::array_t<uint64_t> out({n, binary_words(dim)});
+    uint64_t* out_ptr = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        binarize(data, n, dim, out_ptr);
+    }
+    return out;
+}
+
+void bind_dense(py::module_& m) {
+    m.def("search_dense", &search_dense_py, py::arg("storage"), py::arg("metric"), py::arg("dim"),
+          py::arg("codes"), py::arg("ids"), py::arg("sq_norms"), py::arg("scale"), py::arg("offset"),
+          py::arg("float_rows"), py::arg("float_sq_norms"), py::arg("queries"), py::arg("k"),
+          py::arg("rescore") = 0,
+          "Exhaustive search with fused top-k; returns (scores float32 (q, k), ids int64 (q, k)).");
+    m.def("binarize", &binarize_py, py::arg("x"), "Sign bits of float32 rows as uint64 words (bit j: x[j] > 0).");
+
+    py::class_<id_map_t>(m, "IdMap", "Hash map from int64 ids to row positions.")
+        .def(py::init<>())
+        .def("__len__", &id_map_t::size)
+        .def("clear", &id_map_t::clear)
+        .def("reserve", &id_map_t::reserve)
+        .def(
+            "insert_new",
+            [](id_map_t& self, const py::array& ids, int64_t first_position) {
+                const int64_t* p = checked<int64_t>(ids, "ids", 1);
+                return self.insert_new(p, size_t(ids.shape(0)), first_position);
+            },
+            "Inserts ids -> first_position + i, all or nothing; returns the index of the first duplicate or -1.")
+        .def("find",
+             [](const id_map_t& self, const py::array& ids) {
+                 const int64_t* p = checked<int64_t>(ids, "ids", 1);
+                 py::array_t<int64_t> out(ids.shape(0));
+                 self.find(p, size_t(ids.shape(0)), out.mutable_data());
+                 return out;
+             })
+        .def("assign",
+             [](id_map_t& self, const py::array& ids, const py::array& positions) {
+                 if (ids.shape(0) != positions.shape(0)) throw py::value_error("ids and positions differ in length");
+                 self.assign(checked<int64_t>(ids, "ids", 1), checked<int64_t>(positions, "positions", 1),
+                             size_t(ids.shape(0)));
+             })
+        .def("erase", [](id_map_t& self, const py::array& ids) {
+            self.erase(checked<int64_t>(ids, "ids", 1), size_t(ids.shape(0)));
+        });
+}
+
+}  // namespace bindings
+}  // namespace flatcoat

@@ -1,0 +1,36 @@
+// Per-ISA dense kernel tables. Each table is filled by one translation unit compiled
+// with that ISA's flags (cpp/src/kernels/<family>/<isa>.cpp); only plain
+// pointers cross translation units, never SIMD types.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "flatcoat/isa.hpp"
+
+namespace flatcoat {
+
+/// Dense block scoring: out[i * ldo + j] = <q_i, decode(x_j)> for i < nq, j < nx.
+/// `q` is nq x dim float32 (row-major, contiguous), `x` is nx rows of the codec's
+/// element type with `dim` elements each. Every dot product is accumulated in
+/// the same order whatever nq and nx are, so a query's scores do not depend on
+/// the batch it came in.
+template <class element_t>
+using dot_block_fn = void (*)(const float* q, size_t nq, const element_t* x, size_t nx, size_t dim,
+                              float* out, size_t ldo);
+
+/// Binary block scoring: out[i * ldo + j] = popcount(q_i xor x_j) over `words` uint64 words.
+using hamming_block_fn = void (*)(const uint64_t* q, size_t nq, const uint64_t* x, size_t nx,
+                                  size_t words, uint32_t* out, size_t ldo);
+
+struct dense_kernels_t {
+    dot_block_fn<float> dot_f32;
+    dot_block_fn<uint16_t> dot_f16;
+    dot_block_fn<uint8_t> dot_u8;
+    hamming_block_fn hamming;
+};
+
+/// The dense table of the ISA given; throws flatcoat::error if it is not compiled in.
+const dense_kernels_t& dense_kernels(isa_t isa);
+
+}  // namespace flatcoat

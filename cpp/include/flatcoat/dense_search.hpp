@@ -1,0 +1,44 @@
+// Exhaustive dense search with fused top-k, over any codec.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "flatcoat/common.hpp"
+
+namespace flatcoat {
+
+/// A read-only view of a dense index's arrays; nothing here is owned.
+struct dense_data_t {
+    codec_t codec = codec_t::f32_k;
+    size_t rows = 0;
+    size_t dim = 0;
+    const void* codes = nullptr;       ///< rows x (dim floats | dim halves | dim u8 | binary_words(dim) uint64)
+    const int64_t* ids = nullptr;      ///< rows user ids, all distinct
+    const float* sq_norms = nullptr;   ///< rows: |decode(x)|^2, needed for l2 (not binary)
+    const float* scale = nullptr;      ///< dim: u8 only
+    const float* offset = nullptr;     ///< dim: u8 only
+    const float* float_rows = nullptr;      ///< rows x dim float32 copy for rescoring, or null
+    const float* float_sq_norms = nullptr;  ///< rows: |x|^2 of the float copy, needed for l2 rescoring
+};
+
+struct dense_query_t {
+    const float* queries = nullptr;  ///< nq x dim float32, already normalised for cosine
+    size_t nq = 0;
+    size_t k = 0;
+    metric_t metric = metric_t::ip_k;
+    /// 0: return the codec's own scores. R >= k: keep the R best by the codec,
+    /// then re-rank them exactly against float_rows.
+    size_t rescore = 0;
+};
+
+/// Writes nq x k results, best first: scores (ip: inner product; l2: squared
+/// distance; binary without rescoring: dim - 2 * hamming for ip, hamming for l2)
+/// and ids. Missing results are id -1 with score -inf (ip) or +inf (l2).
+/// Validates sizes and throws flatcoat::error; never reads past the views.
+void search_dense(const dense_data_t& data, const dense_query_t& query, float* out_scores, int64_t* out_ids);
+
+/// Sign bits of n float32 rows: bit j of a row is x[j] > 0; out is n x binary_words(dim).
+void binarize(const float* x, size_t n, size_t dim, uint64_t* out);
+
+}  // namespace flatcoat

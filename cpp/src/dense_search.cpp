@@ -1,0 +1,225 @@
+// Dense search: walks the rows in cache-sized tiles, scores a tile for a block
+// of queries with the active ISA's kernel, and feeds per-thread, per-query
+// top-k selectors; they are merged at the end. No nq x rows matrix is built.
+#include "flatcoat/dense_search.hpp"
+
+#include <algorithm>  // std::min, std::max
+#include <cmath>      // std::isfinite
+#include <cstring>    // std::memset
+#include <limits>
+#include <vector>
+
+#include "flatcoat/dense_kernels.hpp"
+#include "flatcoat/isa.hpp"
+#include "flatcoat/thread_pool.hpp"
+#include "flatcoat/topk.hpp"
+
+namespace flatcoat {
+
+namespace {
+
+constexpr size_t tile_bytes_k = 128 * 1024;  // a tile of rows stays in L2 while a query block scores it
+constexpr size_t query_block_k = 256;         // queries scored against a tile before moving on
+
+size_t row_bytes(const dense_data_t& data) {
+    switch (data.codec) {
+        case codec_t::f32_k: return data.dim * sizeof(float);
+        case codec_t::f16_k: return data.dim * sizeof(uint16_t);
+        case codec_t::u8_k: return data.dim;
+        case codec_t::binary_k: return binary_words(data.dim) * sizeof(uint64_t);
+    }
+    return 0;
+}
+
+void check(const dense_data_t& data, const dense_query_t& query) {
+    if (data.dim == 0) throw error("dim must be positive");
+    if (data.rows > 0 && (data.codes == nullptr || data.ids == nullptr)) throw error("index arrays are missing");
+    if (query.nq > 0 && query.queries == nullptr) throw error("queries are missing");
+    if (query.k == 0) throw error("k must be positive");
+    if (data.codec == codec_t::u8_k && (data.scale == nullptr || data.offset == nullptr))
+        throw error("int8 storage needs its trained scale and offset");
+    if (query.metric == metric_t::l2_k && data.codec != codec_t::binary_k && data.sq_norms == nullptr &&
+        data.rows > 0)
+        throw error("l2 search needs the rows' squared norms");
+    if (query.rescore != 0) {
+        if (query.rescore < query.k) throw error("rescore must be at least k");
+        if (data.float_rows == nullptr && data.rows > 0)
+            throw error("rescore needs the float32 copy of the rows (build the index with keep_float=True)");
+        if (query.metric == metric_t::l2_k && data.float_sq_norms == nullptr && data.rows > 0)
+            throw error("l2 rescoring needs the float copy's squared norms");
+    }
+}
+
+/// One scan over all rows for a block of queries; returns per-query selectors of `keep` entries.
+std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, const float* queries,
+                         size_t nq, size_t keep, const dense_kernels_t& kernels) {
+    const size_t dim = data.dim;
+    const bool l2 = query.metric == metric_t::l2_k;
+    const bool binary = data.codec == codec_t::binary_k;
+    const size_t bytes = row_bytes(data);
+    const size_t tile = std::max<size_t>(16, std::min<size_t>(4096, tile_bytes_k / std::max<size_t>(bytes, 1)));
+    const size_t n_tiles = (data.rows + tile - 1) / tile;
+    const size_t slots = std::max<size_t>(1, std::min(num_threads(), n_tiles));
+    const size_t words = binary_words(dim);
+
+    // Per-query preparation: int8 folds the scale into the query and the
+    // offset into a constant; binary turns the query into sign bits.
+    std::vector<float> prepared;
+    std::vector<float> constant(nq, 0.0f);
+    std::vector<uint64_t> query_bits;
+    const float* q = queries;
+    if (data.codec == codec_t::u8_k) {
+        prepared.resize(nq * dim);
+        for (size_t i = 0; i < nq; ++i) {
+            double c = 0.0;
+            for (size_t j = 0; j < dim; ++j) {
+                prepared[i * dim + j] = queries[i * dim + j] * data.scale[j];
+                c += double(queries[i * dim + j]) * data.offset[j];
+            }
+            constant[i] = float(c);
+        }
+        q = prepared.data();
+    } else if (binary) {
+        query_bits.resize(nq * words);
+        binarize(queries, nq, dim, query_bits.data());
+    }
+
+    std::vector<std::vector<topk_t>> selectors(slots, std::vector<topk_t>(nq, topk_t(keep, data.ids)));
+    std::vector<std::vector<float>> score_buffers(slots);
+    std::vector<std::vector<uint32_t>> distance_buffers(slots);
+
+    parallel_for(n_tiles, slots, [&](size_t t, size_t slot) {
+        const size_t begin = t * tile;
+        const size_t rows = std::min(tile, data.rows - begin);
+        std::vector<topk_t>& mine = selectors[slot];
+        if (binary) {
+            std::vector<uint32_t>& distances = distance_buffers[slot];
+            distances.resize(nq * rows);
+            const uint64_t* x = static_cast<const uint64_t*>(data.codes) + begin * words;
+            kernels.hamming(query_bits.data(), nq, x, rows, words, distances.data(), rows);
+            for (size_t i = 0; i < nq; ++i) {
+                topk_t& top = mine[i];
+                const uint32_t* row = distances.data() + i * rows;
+                for (size_t j = 0; j < rows; ++j) {
+                    float value = -float(row[j]);
+                    if (value >= top.threshold()) top.push(value, int64_t(begin + j));
+                }
+            }
+            return;
+        }
+        std::vector<float>& scores = score_buffers[slot];
+        scores.resize(nq * rows);
+        switch (data.codec) {
+            case codec_t::f32_k:
+                kernels.dot_f32(q, nq, static_cast<const float*>(data.codes) + begin * dim, rows, dim,
+                                scores.data(), rows);
+                break;
+            case codec_t::f16_k:
+                kernels.dot_f16(q, nq, static_cast<const uint16_t*>(data.codes) + begin * dim, rows, dim,
+                                scores.data(), rows);
+                break;
+            default:
+                kernels.dot_u8(q, nq, static_cast<const uint8_t*>(data.codes) + begin * dim, rows, dim,
+                               scores.data(), rows);
+                break;
+        }
+        for (size_t i = 0; i < nq; ++i) {
+            topk_t& top = mine[i];
+            const float* row = scores.data() + i * rows;
+            const float c = constant[i];
+            if (l2) {
+                // Rank by 2<q,x> - |x|^2, which orders like -|q - x|^2.
+                const float* norms = data.sq_norms + begin;
+                for (size_t j = 0; j < rows; ++j) {
+                    float value = 2.0f * (row[j] + c) - norms[j];
+                    if (value >= top.threshold()) top.push(value, int64_t(begin + j));
+                }
+            } else {
+                for (size_t j = 0; j < rows; ++j) {
+                    float value = row[j] + c;
+                    if (value >= top.threshold()) top.push(value, int64_t(begin + j));
+                }
+            }
+        }
+    });
+
+    std::vector<topk_t>& merged = selectors[0];
+    for (size_t s = 1; s < slots; ++s)
+        for (size_t i = 0; i < nq; ++i) merged[i].merge(selectors[s][i]);
+    return std::move(merged);
+}
+
+}  // namespace
+
+void binarize(const float* x, size_t n, size_t dim, uint64_t* out) {
+    const size_t words = binary_words(dim);
+    for (size_t i = 0; i < n; ++i) {
+        uint64_t* row = out + i * words;
+        std::memset(row, 0, words * sizeof(uint64_t));
+        for (size_t j = 0; j < dim; ++j)
+            if (x[i * dim + j] > 0.0f) row[j / 64] |= uint64_t(1) << (j % 64);
+    }
+}
+
+void search_dense(const dense_data_t& data, const dense_query_t& query, float* out_scores, int64_t* out_ids) {
+    check(data, query);
+    const size_t dim = data.dim;
+    const size_t k = query.k;
+    const bool l2 = query.metric == metric_t::l2_k;
+    const bool binary = data.codec == codec_t::binary_k;
+    const float missing = l2 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
+    for (size_t i = 0; i < query.nq * k; ++i) {
+        out_scores[i] = missing;
+        out_ids[i] = -1;
+    }
+    if (data.rows == 0 || query.nq == 0) return;
+
+    const dense_kernels_t& kernels = dense_kernels(active_isa());
+    const size_t keep = query.rescore != 0 ? std::min(query.rescore, data.rows) : k;
+
+    for (size_t q0 = 0; q0 < query.nq; q0 += query_block_k) {
+        const size_t nq = std::min(query_block_k, query.nq - q0);
+        const float* queries = query.queries + q0 * dim;
+        std::vector<topk_t> found = scan(data, query, queries, nq, keep, kernels);
+
+        if (query.rescore != 0) {
+            // Exact second stage over the shortlist, one task per query.
+            parallel_for(nq, num_threads(), [&](size_t i, size_t) {
+                const float* qi = queries + i * dim;
+                topk_t exact(k, data.ids);
+                for (const topk_t::entry_t& e : found[i].sorted()) {
+                    float dot;
+                    kernels.dot_f32(qi, 1, data.float_rows + size_t(e.row) * dim, 1, dim, &dot, 1);
+                    float value = l2 ? 2.0f * dot - data.float_sq_norms[e.row] : dot;
+                    exact.push(value, e.row);
+                }
+                found[i] = std::move(exact);
+            });
+        }
+
+        for (size_t i = 0; i < nq; ++i) {
+            double q_sq_norm = 0.0;
+            if (l2)
+                for (size_t j = 0; j < dim; ++j) q_sq_norm += double(queries[i * dim + j]) * queries[i * dim + j];
+            const size_t at = (q0 + i) * k;
+            size_t r = 0;
+            for (const topk_t::entry_t& e : found[i].sorted()) {
+                if (r == k) break;
+                float score;
+                if (binary && query.rescore == 0) {
+                    float hamming = -e.value;
+                    score = l2 ? hamming : float(dim) - 2.0f * hamming;
+                } else if (l2) {
+                    score = std::max(0.0f, float(q_sq_norm - double(e.value)));
+                } else {
+                    score = e.value;
+                }
+                out_scores[at + r] = score;
+                out_ids[at + r] = data.ids[e.row];
+                ++r;
+            }
+        }
+    }
+}
+
+}  // namespace flatcoat

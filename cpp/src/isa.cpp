@@ -1,0 +1,146 @@
+// CPU detection and the process-wide kernel choice.
+#include "flatcoat/isa.hpp"
+
+#include <atomic>   // std::atomic
+#include <cstdlib>  // std::getenv
+#include <mutex>    // std::once_flag
+
+#include "flatcoat/common.hpp"
+#include "flatcoat/dense_kernels.hpp"
+
+namespace flatcoat {
+
+namespace kernels {
+#ifdef FLATCOAT_HAVE_scalar
+const dense_kernels_t& dense_kernels_scalar();
+#endif
+#ifdef FLATCOAT_HAVE_haswell
+const dense_kernels_t& dense_kernels_haswell();
+#endif
+#ifdef FLATCOAT_HAVE_skylake
+const dense_kernels_t& dense_kernels_skylake();
+#endif
+#ifdef FLATCOAT_HAVE_neon
+const dense_kernels_t& dense_kernels_neon();
+#endif
+}  // namespace kernels
+
+const char* isa_name(isa_t isa) {
+    switch (isa) {
+        case isa_t::scalar_k: return "scalar";
+        case isa_t::haswell_k: return "haswell";
+        case isa_t::skylake_k: return "skylake";
+        case isa_t::neon_k: return "neon";
+    }
+    return "unknown";
+}
+
+static std::string compiled_isa_list() {
+    std::string names;
+    for (isa_t isa : compiled_isas()) names += (names.empty() ? "" : ", ") + std::string(isa_name(isa));
+    return names;
+}
+
+isa_t isa_from_name(const std::string& name) {
+    for (isa_t isa : {isa_t::scalar_k, isa_t::haswell_k, isa_t::skylake_k, isa_t::neon_k})
+        if (name == isa_name(isa)) return isa;
+    throw error("unknown ISA '" + name + "': expected one of " + compiled_isa_list());
+}
+
+std::vector<isa_t> compiled_isas() {
+    std::vector<isa_t> isas;
+#ifdef FLATCOAT_HAVE_scalar
+    isas.push_back(isa_t::scalar_k);
+#endif
+#ifdef FLATCOAT_HAVE_haswell
+    isas.push_back(isa_t::haswell_k);
+#endif
+#ifdef FLATCOAT_HAVE_skylake
+    isas.push_back(isa_t::skylake_k);
+#endif
+#ifdef FLATCOAT_HAVE_neon
+    isas.push_back(isa_t::neon_k);
+#endif
+    return isas;
+}
+
+bool cpu_supports(isa_t isa) {
+    switch (isa) {
+        case isa_t::scalar_k: return true;
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+        case isa_t::haswell_k:
+            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
+                   __builtin_cpu_supports("f16c") && __builtin_cpu_supports("popcnt");
+        case isa_t::skylake_k:
+            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
+                   __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("fma") &&
+                   __builtin_cpu_supports("f16c");
+#endif
+#if defined(__aarch64__)
+        case isa_t::neon_k: return true;  // Advanced SIMD is mandatory on arm64
+#endif
+        default: return false;
+    }
+}
+
+isa_t detected_isa() {
+    isa_t best = isa_t::scalar_k;
+    for (isa_t isa : compiled_isas())
+        if (cpu_supports(isa)) best = isa;  // compiled_isas() is ordered from least to most capable
+    return best;
+}
+
+static std::atomic<int> g_active{-1};
+static std::once_flag g_active_once;
+
+static void check_usable(isa_t isa) {
+    bool compiled = false;
+    for (isa_t c : compiled_isas()) compiled |= (c == isa);
+    if (!compiled)
+        throw error(std::string("ISA '") + isa_name(isa) + "' is not compiled into this build (compiled: " +
+                    compiled_isa_list() + ")");
+    if (!cpu_supports(isa))
+        throw error(std::string("ISA '") + isa_name(isa) + "' is not supported by this CPU (best: " +
+                    isa_name(detected_isa()) + ")");
+}
+
+isa_t active_isa() {
+    std::call_once(g_active_once, [] {
+        const char* forced = std::getenv("FLATCOAT_ISA");
+        isa_t isa = detected_isa();
+        if (forced != nullptr && *forced != '\0') {
+            isa = isa_from_name(forced);
+            check_usable(isa);
+        }
+        int expected = -1;
+        g_active.compare_exchange_strong(expected, int(isa));
+    });
+    return isa_t(g_active.load());
+}
+
+void set_active_isa(isa_t isa) {
+    check_usable(isa);
+    active_isa();  // settle the one-time initialisation first
+    g_active.store(int(isa));
+}
+
+const dense_kernels_t& dense_kernels(isa_t isa) {
+    switch (isa) {
+#ifdef FLATCOAT_HAVE_scalar
+        case isa_t::scalar_k: return kernels::dense_kernels_scalar();
+#endif
+#ifdef FLATCOAT_HAVE_haswell
+        case isa_t::haswell_k: return kernels::dense_kernels_haswell();
+#endif
+#ifdef FLATCOAT_HAVE_skylake
+        case isa_t::skylake_k: return kernels::dense_kernels_skylake();
+#endif
+#ifdef FLATCOAT_HAVE_neon
+        case isa_t::neon_k: return kernels::dense_kernels_neon();
+#endif
+        default: throw error(std::string("no dense kernels compiled for ISA '") + isa_name(isa) + "'");
+    }
+}
+
+}  // namespace flatcoat

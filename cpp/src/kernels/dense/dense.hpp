@@ -1,0 +1,96 @@
+// The dense scoring kernels, written once and instantiated per ISA by the
+// files beside this one. `S` is a SIMD type from cpp/src/simd/.
+//
+// Register blocking: a micro-kernel scores QB queries x XB rows at once with
+// QB * XB independent accumulators, so each loaded row is reused QB times and
+// each query vector XB times. Every (query, row) pair owns one accumulator
+// that walks the dimensions in the same order in every micro-kernel shape,
+// so a score does not depend on how the batch was blocked.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "flatcoat/dense_kernels.hpp"
+#include "simd/common.hpp"
+
+namespace flatcoat {
+namespace kernels {
+
+template <class S, size_t QB, size_t XB, class element_t>
+inline void dot_micro(const float* q, const element_t* x, size_t dim, float* out, size_t ldo) {
+    using vf = typename S::vf;
+    vf acc[QB][XB];
+    for (size_t a = 0; a < QB; ++a)
+        for (size_t b = 0; b < XB; ++b) acc[a][b] = S::zero();
+    size_t d = 0;
+    for (; d + S::width <= dim; d += S::width) {
+        vf xv[XB];
+        for (size_t b = 0; b < XB; ++b) xv[b] = S::load(x + b * dim + d);
+        for (size_t a = 0; a < QB; ++a) {
+            vf qv = S::load(q + a * dim + d);
+            for (size_t b = 0; b < XB; ++b) acc[a][b] = S::fma(qv, xv[b], acc[a][b]);
+        }
+    }
+    if (d < dim) {
+        size_t rest = dim - d;
+        vf xv[XB];
+        for (size_t b = 0; b < XB; ++b) xv[b] = simd::load_partial<S>(x + b * dim + d, rest);
+        for (size_t a = 0; a < QB; ++a) {
+            vf qv = simd::load_partial<S>(q + a * dim + d, rest);
+            for (size_t b = 0; b < XB; ++b) acc[a][b] = S::fma(qv, xv[b], acc[a][b]);
+        }
+    }
+    for (size_t a = 0; a < QB; ++a)
+        for (size_t b = 0; b < XB; ++b) out[a * ldo + b] = S::reduce_add(acc[a][b]);
+}
+
+/// Batches use 4 queries x 3 rows (12 accumulators + 3 rows fit the 16 ymm
+/// registers of AVX2); a single query uses 1 x 4 to keep several loads in flight.
+template <class S, class element_t>
+void dot_block(const float* q, size_t nq, const element_t* x, size_t nx, size_t dim, float* out,
+               size_t ldo) {
+    constexpr size_t QB = 4, XB = 3, XB1 = 4;
+    size_t i = 0;
+    for (; i + QB <= nq; i += QB) {
+        size_t j = 0;
+        for (; j + XB <= nx; j += XB)
+            dot_micro<S, QB, XB>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+        for (; j < nx; ++j) dot_micro<S, QB, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+    }
+    for (; i < nq; ++i) {
+        size_t j = 0;
+        for (; j + XB1 <= nx; j += XB1)
+            dot_micro<S, 1, XB1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+        for (; j < nx; ++j) dot_micro<S, 1, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+    }
+}
+
+/// Hamming distances between sign-bit codes. The per-ISA difference is only the
+/// popcount instruction the compiler may use (popcnt with -mpopcnt).
+template <class S>
+void hamming_block(const uint64_t* q, size_t nq, const uint64_t* x, size_t nx, size_t words,
+                   uint32_t* out, size_t ldo) {
+    for (size_t i = 0; i < nq; ++i) {
+        const uint64_t* qi = q + i * words;
+        for (size_t j = 0; j < nx; ++j) {
+            const uint64_t* xj = x + j * words;
+            uint32_t distance = 0;
+            for (size_t w = 0; w < words; ++w) distance += uint32_t(__builtin_popcountll(qi[w] ^ xj[w]));
+            out[i * ldo + j] = distance;
+        }
+    }
+}
+
+template <class S>
+dense_kernels_t make_dense_kernels() {
+    dense_kernels_t table;
+    table.dot_f32 = &dot_block<S, float>;
+    table.dot_f16 = &dot_block<S, uint16_t>;
+    table.dot_u8 = &dot_block<S, uint8_t>;
+    table.hamming = &hamming_block<S>;
+    return table;
+}
+
+}  // namespace kernels
+}  // namespace flatcoat
