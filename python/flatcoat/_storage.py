@@ -1,0 +1,84 @@
+"""Growable row arrays for the indexes.
+
+Rows live in one contiguous numpy array per field, so the core scans a plain
+view. Growth uses ``ndarray.resize``, which reallocates in place (``mremap``
+for large blocks) instead of copying into a second buffer, so adding in
+batches peaks near the final size. Arrays loaded with mmap stay read-only
+until the first change, which copies them into memory.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import numpy as np
+
+_GROWTH = 1.25
+
+
+class RowStore:
+    """Named arrays that share a row count: field -> (per-row shape, dtype)."""
+
+    def __init__(self, fields: Dict[str, Tuple[Tuple[int, ...], np.dtype]]):
+        self.fields = fields
+        self.count = 0
+        self.arrays: Dict[str, np.ndarray] = {
+            name: np.empty((0,) + shape, dtype=dtype) for name, (shape, dtype) in fields.items()
+        }
+
+    @classmethod
+    def from_arrays(cls, fields, arrays: Dict[str, np.ndarray], count: int) -> "RowStore":
+        store = cls(fields)
+        for name, (shape, dtype) in fields.items():
+            a = arrays[name]
+            if a.dtype != np.dtype(dtype) or a.shape != (count,) + tuple(shape):
+                raise ValueError(f"{name}.npy: expected {np.dtype(dtype).str}{[count, *shape]}, got {a.dtype.str}{list(a.shape)}")
+            store.arrays[name] = a
+        store.count = count
+        return store
+
+    def view(self, name: str) -> np.ndarray:
+        return self.arrays[name][: self.count]
+
+    def views(self) -> Dict[str, np.ndarray]:
+        return {name: self.view(name) for name in self.fields}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.view(name).nbytes for name in self.fields)
+
+    def _owned(self, name: str) -> np.ndarray:
+        a = self.arrays[name]
+        if not (a.flags.owndata and a.flags.writeable):
+            a = np.array(a[: max(self.count, 0)], copy=True, order="C")
+            self.arrays[name] = a
+        return a
+
+    def append(self, rows: Dict[str, np.ndarray]) -> None:
+        n = next(iter(rows.values())).shape[0]
+        needed = self.count + n
+        for name in self.fields:
+            a = self._owned(name)
+            if a.shape[0] < needed:
+                capacity = max(needed, int(a.shape[0] * _GROWTH) + 16)
+                a.resize((capacity,) + a.shape[1:], refcheck=False)
+            a[self.count : needed] = rows[name]
+        self.count = needed
+
+    def remove_positions(self, positions: np.ndarray) -> Optional[np.ndarray]:
+        """Removes rows by position, filling holes from the tail.
+
+        Returns (moved_from, moved_to) position pairs as a (2, m) array so the
+        caller can update its id map.
+        """
+        removed = np.zeros(self.count, dtype=bool)
+        removed[positions] = True
+        new_count = self.count - int(removed.sum())
+        holes = np.flatnonzero(removed[:new_count])
+        survivors = new_count + np.flatnonzero(~removed[new_count:])
+        for name in self.fields:
+            a = self._owned(name)
+            if holes.size:
+                a[holes] = a[survivors]
+        self.count = new_count
+        return np.stack([survivors, holes])

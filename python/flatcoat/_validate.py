@@ -1,0 +1,127 @@
+"""Input checks shared by the indexes: each failure names the argument and the fix."""
+
+from __future__ import annotations
+
+import numbers
+import threading
+
+import numpy as np
+
+
+def as_float_matrix(x, name: str, dim: int) -> np.ndarray:
+    """Returns ``x`` as a C-contiguous float32 (n, dim) array, copying only when needed.
+
+    A 1-d array of length ``dim`` is one row. Rejects non-floating dtypes, other
+    ranks, a wrong dimension and NaN/inf.
+    """
+    if not isinstance(x, np.ndarray):
+        try:
+            x = np.asarray(x)
+        except (ValueError, TypeError) as exc:
+            raise TypeError(f"{name}: cannot be read as an array ({exc}); pass a numpy array of shape (n, {dim})") from None
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(
+            f"{name}: dtype {x.dtype} is not a floating type; pass float32, float64 or float16 "
+            f"(e.g. {name}.astype(numpy.float32))"
+        )
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    elif x.ndim != 2:
+        raise ValueError(f"{name}: expected a 2-d array of shape (n, {dim}) or one vector of shape ({dim},), got {x.ndim}-d")
+    if x.shape[1] != dim:
+        raise ValueError(f"{name}: expected dimension {dim}, got {x.shape[1]}")
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if x.size and not np.isfinite(x).all():
+        bad = int(np.argwhere(~np.isfinite(x))[0][0])
+        raise ValueError(f"{name}: row {bad} contains NaN or inf (after conversion to float32); remove or fix it")
+    return x
+
+
+def as_ids(ids, name: str, n: int) -> np.ndarray:
+    """Returns ids as a contiguous int64 (n,) array of non-negative values."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1:
+        raise ValueError(f"{name}: expected a 1-d array of {n} integer ids, got shape {ids.shape}")
+    if ids.shape[0] != n:
+        raise ValueError(f"{name}: expected {n} ids (one per vector), got {ids.shape[0]}")
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    if not np.issubdtype(ids.dtype, np.integer):
+        raise TypeError(f"{name}: dtype {ids.dtype} is not an integer type; pass int64 ids")
+    if ids.dtype == np.uint64 and ids.max() > np.iinfo(np.int64).max:
+        raise ValueError(f"{name}: ids must fit in int64")
+    ids = np.ascontiguousarray(ids, dtype=np.int64)
+    if ids.min() < 0:
+        raise ValueError(f"{name}: ids must be non-negative (-1 marks a missing result); got {int(ids.min())}")
+    return ids
+
+
+def as_k(k) -> int:
+    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"k: expected a positive integer, got {k!r}")
+    if k <= 0:
+        raise ValueError(f"k: must be positive, got {k}")
+    return int(k)
+
+
+def normalize_rows(x: np.ndarray, name: str) -> np.ndarray:
+    """L2-normalises float32 rows (cosine); a zero row has no direction and is an error."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    zero = np.flatnonzero(norms == 0)
+    if zero.size:
+        raise ValueError(f"{name}: row {int(zero[0])} is all zeros and has no direction under metric='cosine'")
+    return np.ascontiguousarray((x / norms[:, None]).astype(np.float32))
+
+
+class RWLock:
+    """Many readers (searches) or one writer (add/remove); writers are not starved."""
+
+    def __init__(self):
+        self._cond = threading.Condition(threading.Lock())
+        self._readers = 0
+        self._writer = False
+        self._waiting_writers = 0
+
+    def read(self):
+        return _Guard(self._acquire_read, self._release_read)
+
+    def write(self):
+        return _Guard(self._acquire_write, self._release_write)
+
+    def _acquire_read(self):
+        with self._cond:
+            while self._writer or self._waiting_writers:
+                self._cond.wait()
+            self._readers += 1
+
+    def _release_read(self):
+        with self._cond:
+            self._readers -= 1
+            if self._readers == 0:
+                self._cond.notify_all()
+
+    def _acquire_write(self):
+        with self._cond:
+            self._waiting_writers += 1
+            while self._writer or self._readers:
+                self._cond.wait()
+            self._waiting_writers -= 1
+            self._writer = True
+
+    def _release_write(self):
+        with self._cond:
+            self._writer = False
+            self._cond.notify_all()
+
+
+class _Guard:
+    __slots__ = ("_enter", "_exit")
+
+    def __init__(self, enter, exit_):
+        self._enter, self._exit = enter, exit_
+
+    def __enter__(self):
+        self._enter()
+
+    def __exit__(self, *exc):
+        self._exit()

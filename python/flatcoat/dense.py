@@ -1,0 +1,308 @@
+"""DenseIndex: exhaustive single-vector search over f32, f16, int8 or binary storage."""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from ._persist import IndexFormatError, register_kind, save_index
+from ._storage import RowStore
+from ._validate import RWLock, as_float_matrix, as_ids, as_k, normalize_rows
+
+METRICS = ("ip", "cosine", "l2")
+STORAGES = ("f32", "f16", "int8", "binary")
+_KIND = "dense"
+
+
+def _code_layout(storage: str, dim: int) -> Tuple[Tuple[int, ...], np.dtype]:
+    if storage == "f32":
+        return (dim,), np.dtype(np.float32)
+    if storage == "f16":
+        return (dim,), np.dtype(np.uint16)
+    if storage == "int8":
+        return (dim,), np.dtype(np.uint8)
+    return ((dim + 63) // 64,), np.dtype(np.uint64)
+
+
+class DenseIndex:
+    """Exact (f32, f16) or quantized (int8, binary) exhaustive search with fused top-k.
+
+    Parameters
+    ----------
+    dim: vector dimension.
+    metric: ``"ip"`` (inner product, higher is better), ``"cosine"`` (vectors and
+        queries are L2-normalised, then inner product) or ``"l2"`` (squared
+        Euclidean distance, smaller is better).
+    storage: ``"f32"``; ``"f16"`` (half precision, float32 accumulation);
+        ``"int8"`` (per-dimension scalar quantization trained on the first
+        ``add``, or by ``train``; queries stay float); ``"binary"`` (one sign bit
+        per dimension, Hamming scan).
+    keep_float: also keep a float32 copy of every vector (``dim * 4`` bytes per
+        vector on top of the codes) so that ``search(..., rescore=R)`` can re-rank
+        the ``R`` best candidates of an int8 or binary scan exactly.
+
+    Searches may run from many threads at once; ``add`` and ``remove`` wait for
+    running searches and block new ones while they change the index.
+
+    >>> import numpy as np, flatcoat
+    >>> index = flatcoat.DenseIndex(4, metric="ip")
+    >>> index.add(np.eye(4, dtype=np.float32), ids=[10, 11, 12, 13]).tolist()
+    [10, 11, 12, 13]
+    >>> scores, ids = index.search(np.array([0, 1, 0.5, 0], dtype=np.float32), k=2)
+    >>> ids.tolist(), scores.tolist()
+    ([[11, 12]], [[1.0, 0.5]])
+    """
+
+    def __init__(self, dim: int, metric: str = "ip", storage: str = "f32", keep_float: bool = False):
+        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
+            raise ValueError(f"dim: expected a positive integer, got {dim!r}")
+        if metric not in METRICS:
+            raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
+        if storage not in STORAGES:
+            raise ValueError(f"storage: expected one of {STORAGES}, got {storage!r}")
+        self._dim = int(dim)
+        self._metric = metric
+        self._storage = storage
+        self._keep_float = bool(keep_float)
+        self._lock = RWLock()
+        self._ids = _core.IdMap()
+        self._next_id = 0
+        self._scale: Optional[np.ndarray] = None
+        self._offset: Optional[np.ndarray] = None
+        self._rows = RowStore(self._fields())
+
+    def _fields(self):
+        fields = {"codes": _code_layout(self._storage, self._dim), "ids": ((), np.dtype(np.int64))}
+        if self._metric == "l2" and self._storage != "binary":
+            fields["sq_norms"] = ((), np.dtype(np.float32))
+        if self._keep_float:
+            fields["float_rows"] = ((self._dim,), np.dtype(np.float32))
+            if self._metric == "l2":
+                fields["float_sq_norms"] = ((), np.dtype(np.float32))
+        return fields
+
+    # ------------------------------------------------------------------ properties
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def metric(self) -> str:
+        return self._metric
+
+    @property
+    def storage(self) -> str:
+        return self._storage
+
+    @property
+    def keep_float(self) -> bool:
+        return self._keep_float
+
+    @property
+    def is_trained(self) -> bool:
+        """int8 only needs training; other storages always report True."""
+        return self._storage != "int8" or self._scale is not None
+
+    @property
+    def ids(self) -> np.ndarray:
+        """A copy of the stored ids, in storage order."""
+        with self._lock.read():
+            return self._rows.view("ids").copy()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the stored arrays (codes, ids, norms, float copy)."""
+        return self._rows.nbytes
+
+    def __len__(self) -> int:
+        return self._rows.count
+
+    def __repr__(self) -> str:
+        return (
+            f"DenseIndex(dim={self._dim}, metric={self._metric!r}, storage={self._storage!r}, "
+            f"keep_float={self._keep_float}, count={len(self)})"
+        )
+
+    # ------------------------------------------------------------------ building
+
+    def train(self, vectors) -> None:
+        """Fits the int8 quantizer's per-dimension range to ``vectors``.
+
+        ``add`` trains on its first batch when this was not called; vectors added
+        later are clipped to the trained range, so train on a representative sample.
+        """
+        if self._storage != "int8":
+            return
+        x = self._prepare(vectors, "vectors")
+        if x.shape[0] == 0:
+            raise ValueError("vectors: training needs at least one vector")
+        with self._lock.write():
+            if len(self) > 0:
+                raise ValueError("train: the index already holds vectors encoded with the current range")
+            self._fit_int8(x)
+
+    def _fit_int8(self, x: np.ndarray) -> None:
+        low = x.min(axis=0).astype(np.float64)
+        high = x.max(axis=0).astype(np.float64)
+        span = np.maximum(high - low, 1e-12)
+        self._offset = low.astype(np.float32)
+        self._scale = (span / 255.0).astype(np.float32)
+
+    def _prepare(self, vectors, name: str) -> np.ndarray:
+        x = as_float_matrix(vectors, name, self._dim)
+        if self._metric == "cosine":
+            x = normalize_rows(x, name)
+        return x
+
+    def _encode(self, x: np.ndarray) -> dict:
+        rows = {}
+        if self._storage == "f32":
+            codes, decoded = x, x
+        elif self._storage == "f16":
+            half = x.astype(np.float16)
+            if not np.isfinite(half).all():
+                raise ValueError("vectors: values exceed the float16 range (|x| > 65504); use storage='f32'")
+            codes, decoded = half.view(np.uint16), half.astype(np.float32)
+        elif self._storage == "int8":
+            q = np.rint((x - self._offset) / self._scale)
+            codes = np.clip(q, 0, 255).astype(np.uint8)
+            decoded = self._offset + self._scale * codes.astype(np.float32)
+        else:
+            codes, decoded = _core.binarize(x), None
+        rows["codes"] = codes
+        if "sq_norms" in self._rows.fields:
+            rows["sq_norms"] = np.einsum("ij,ij->i", decoded, decoded, dtype=np.float64).astype(np.float32)
+        if self._keep_float:
+            rows["float_rows"] = x
+            if self._metric == "l2":
+                rows["float_sq_norms"] = np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
+        return rows
+
+    def add(self, vectors, ids=None) -> np.ndarray:
+        """Adds vectors (n, dim) (float16/32/64); returns their int64 ids.
+
+        ``ids`` default to consecutive integers after the largest id so far.
+        Ids must be distinct, non-negative and new; the whole call fails (and
+        adds nothing) otherwise.
+        """
+        x = self._prepare(vectors, "vectors")
+        n = x.shape[0]
+        with self._lock.write():
+            if ids is None:
+                ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+            else:
+                ids = as_ids(ids, "ids", n)
+            if n == 0:
+                return ids
+            duplicate = self._ids.insert_new(ids, len(self))
+            if duplicate >= 0:
+                raise ValueError(
+                    f"ids: id {int(ids[duplicate])} is already in the index or repeated in this call; "
+                    "ids must be unique (remove the old vector first to replace it)"
+                )
+            try:
+                if self._storage == "int8" and self._scale is None:
+                    self._fit_int8(x)
+                rows = self._encode(x)
+                rows["ids"] = ids
+                self._rows.append(rows)
+            except BaseException:
+                self._ids.erase(ids)
+                raise
+            self._next_id = max(self._next_id, int(ids.max()) + 1)
+            return ids
+
+    def remove(self, ids) -> int:
+        """Removes vectors by id; every id must be present. Returns the number removed.
+
+        Freed rows are reused at once: the last rows move into the holes.
+        """
+        ids = np.unique(as_ids(np.atleast_1d(np.asarray(ids)), "ids", np.atleast_1d(np.asarray(ids)).shape[0]))
+        with self._lock.write():
+            positions = self._ids.find(ids)
+            unknown = ids[positions < 0]
+            if unknown.size:
+                shown = ", ".join(str(int(i)) for i in unknown[:5])
+                raise KeyError(f"ids: {unknown.size} id(s) not in the index ({shown}); nothing was removed")
+            moved_from, moved_to = self._rows.remove_positions(positions)
+            self._ids.erase(ids)
+            if moved_to.size:
+                self._ids.assign(np.ascontiguousarray(self._rows.view("ids")[moved_to]), moved_to.astype(np.int64))
+            return int(ids.size)
+
+    def __contains__(self, id_) -> bool:
+        return bool(self._ids.find(np.array([id_], dtype=np.int64))[0] >= 0)
+
+    # ------------------------------------------------------------------ searching
+
+    def search(self, queries, k: int = 10, rescore: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """Returns the ``k`` best matches of each query: ``(scores, ids)``, both (q, k).
+
+        ``queries`` is (q, dim) or one (dim,) vector (treated as q = 1). Scores are
+        float32: inner products for ``ip``/``cosine``, squared distances for
+        ``l2``; for ``binary`` without rescoring, ``dim - 2 * hamming`` (``ip``,
+        ``cosine``) or the Hamming distance (``l2``). Rows are sorted best first,
+        ties by smaller id; fewer than ``k`` results are padded with id -1 and
+        score -inf (+inf for l2). ``rescore=R`` (``R >= k``) re-ranks the ``R``
+        best candidates of the scan exactly against the float copy
+        (``keep_float=True``).
+        """
+        k = as_k(k)
+        if rescore is not None:
+            rescore = as_k(rescore)
+            if rescore < k:
+                raise ValueError(f"rescore: must be at least k ({k}), got {rescore}")
+            if not self._keep_float:
+                raise ValueError("rescore: this index keeps no float copy; build it with keep_float=True")
+        q = self._prepare(queries, "queries")
+        kernel_metric = "l2" if self._metric == "l2" else "ip"
+        with self._lock.read():
+            v = self._rows.views()
+            return _core.search_dense(
+                self._storage, kernel_metric, self._dim, v["codes"], v["ids"], v.get("sq_norms"),
+                self._scale, self._offset, v.get("float_rows"), v.get("float_sq_norms"), q, k, rescore or 0,
+            )
+
+    # ------------------------------------------------------------------ persistence
+
+    def save(self, path) -> None:
+        """Writes the index to directory ``path`` atomically (see ``flatcoat.load``)."""
+        with self._lock.read():
+            arrays = dict(self._rows.views())
+            if self._scale is not None:
+                arrays["scale"], arrays["offset"] = self._scale, self._offset
+            meta = {
+                "dim": self._dim, "metric": self._metric, "storage": self._storage,
+                "keep_float": self._keep_float, "count": len(self), "next_id": self._next_id,
+            }
+            save_index(os.fspath(path), _KIND, meta, arrays)
+
+    @classmethod
+    def _from_saved(cls, meta: dict, arrays: dict) -> "DenseIndex":
+        count, next_id = meta["count"], meta["next_id"]
+        if not isinstance(count, int) or count < 0 or not isinstance(next_id, int) or next_id < 0:
+            raise IndexFormatError(f"manifest: invalid count {count!r} or next_id {next_id!r}")
+        index = cls(meta["dim"], meta["metric"], meta["storage"], bool(meta["keep_float"]))
+        if index._storage == "int8" and count > 0:
+            for name in ("scale", "offset"):
+                a = arrays.get(name)
+                if a is None or a.dtype != np.float32 or a.shape != (index._dim,):
+                    raise IndexFormatError(f"{name}.npy: int8 storage needs a float32 ({index._dim},) array")
+            index._scale = np.ascontiguousarray(arrays["scale"])
+            index._offset = np.ascontiguousarray(arrays["offset"])
+        index._rows = RowStore.from_arrays(index._fields(), arrays, count)
+        ids = np.ascontiguousarray(index._rows.view("ids"))
+        if count and int(ids.min()) < 0:
+            raise IndexFormatError("ids.npy: negative id")
+        duplicate = index._ids.insert_new(ids, 0)
+        if duplicate >= 0:
+            raise IndexFormatError(f"ids.npy: id {int(ids[duplicate])} appears twice")
+        index._next_id = max(next_id, int(ids.max()) + 1 if count else 0)
+        return index
+
+
+register_kind(_KIND, DenseIndex._from_saved)
