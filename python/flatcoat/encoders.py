@@ -1,0 +1,477 @@
+"""Text encoders over ONNX Runtime and the ``tokenizers`` package.
+
+One class, :class:`Encoder`, in two kinds:
+
+- ``"dense"``: one vector per text, pooled from the model's token states
+  (cls | mean | last-token | weighted-mean), optionally L2-normalised;
+- ``"multivector"``: one vector per kept token (late interaction, ColBERT
+  style): optional query/document markers, query augmentation with [MASK],
+  a projection matrix, a punctuation skiplist for documents, per-token L2
+  normalisation.
+
+The configuration format (``flatcoat.json`` and the sentence-transformers
+files it can be derived from) is documented in ``docs/encoders.md``. The
+bundled default ``"all-MiniLM-L6-v2"`` used as ``kind="multivector"`` is a
+*stand-in*: per-token MiniLM states, not a trained ColBERT.
+
+onnxruntime, tokenizers and tqdm are imported lazily so ``import flatcoat``
+works without the ``text`` extra.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+from . import models as _models
+
+__all__ = ["Encoder", "EncoderConfig", "POOLINGS", "KINDS"]
+
+POOLINGS = ("cls", "mean", "last-token", "weighted-mean")
+KINDS = ("dense", "multivector")
+
+# Encodes of at least this many texts show a progress bar (when stderr is a terminal).
+_PROGRESS_MIN_TEXTS = 512
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Everything that turns texts into vectors for one model and one kind.
+
+    Built from a model's ``flatcoat.json`` (top-level keys plus the section
+    named after the kind), see ``docs/encoders.md``.
+    """
+
+    kind: str = "dense"
+    pooling: str = "mean"
+    normalize: bool = True
+    query_max_length: int = 512
+    document_max_length: int = 512
+    query_prefix: str = ""
+    document_prefix: str = ""
+    instruction_template: str = "{instruction} {text}"
+    output: Optional[str] = None
+    # multivector only
+    query_marker: Optional[str] = None
+    document_marker: Optional[str] = None
+    query_augmentation: bool = False
+    attend_to_mask_tokens: bool = False
+    mask_token: str = "[MASK]"
+    projection: Optional[str] = None
+    skiplist: Tuple[str, ...] = ()
+    stand_in: bool = False
+
+    @classmethod
+    def from_dict(cls, cfg: Dict[str, Any], kind: str) -> "EncoderConfig":
+        """Merge the shared keys with the ``kind`` section and validate them."""
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        names = {f.name for f in fields(cls)} - {"kind"}
+        shared = {k: v for k, v in cfg.items() if k in names}
+        section = cfg.get(kind)
+        values: Dict[str, Any] = dict(shared)
+        if kind == "multivector":
+            # Sensible per-token defaults; a model without a "multivector" section is used as a stand-in.
+            dense = cfg.get("dense") or {}
+            values.setdefault("query_max_length", 32)
+            values.setdefault("document_max_length", dense.get("document_max_length", 256))
+            if section is None:
+                values["stand_in"] = True
+        if section is not None:
+            if not isinstance(section, dict):
+                raise ValueError(f"config section {kind!r} must be a JSON object, got {type(section).__name__}")
+            unknown = sorted(set(section) - names)
+            if unknown:
+                raise ValueError(
+                    f"unknown key(s) {unknown} in config section {kind!r}; known keys: {sorted(names)}"
+                )
+            values.update(section)
+        if "skiplist" in values:
+            values["skiplist"] = tuple(values["skiplist"])
+        out = cls(kind=kind, **values)
+        out._validate()
+        return out
+
+    def _validate(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        for name in ("query_max_length", "document_max_length"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 2:
+                raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
+        for name in ("query_prefix", "document_prefix", "instruction_template", "mask_token"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+        if "{text}" not in self.instruction_template or "{instruction}" not in self.instruction_template:
+            raise ValueError(
+                f"instruction_template must contain {{instruction}} and {{text}}, got {self.instruction_template!r}"
+            )
+        if not all(isinstance(s, str) for s in self.skiplist):
+            raise ValueError("skiplist must be a list of strings (tokens or characters)")
+
+
+def _check_texts(texts: Any, name: str = "texts") -> List[str]:
+    if isinstance(texts, str):
+        raise TypeError(f"{name} must be a list of strings; wrap a single text in a list: [{texts[:30]!r}]")
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(f"{name} must be a list of strings, got {type(texts).__name__}") from None
+    if not items:
+        raise ValueError(f"{name} is empty; pass at least one text")
+    for i, t in enumerate(items):
+        if not isinstance(t, str):
+            raise TypeError(f"{name}[{i}] must be a str, got {type(t).__name__}")
+    return items
+
+
+def _check_batch_size(batch_size: Any) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+    return int(batch_size)
+
+
+_SESSIONS: Dict[Tuple[str, Tuple[str, ...], int], Any] = {}
+
+
+def _available_providers() -> List[str]:
+    import onnxruntime as ort
+
+    return list(ort.get_available_providers())
+
+
+def _make_session(model: Path, providers: Optional[Sequence[Any]], threads: Optional[int]):
+    import onnxruntime as ort
+
+    available = _available_providers()
+    if providers is None:
+        providers = ["CPUExecutionProvider"]
+    if isinstance(providers, str):
+        providers = [providers]
+    names = []
+    for p in providers:
+        pname = p[0] if isinstance(p, tuple) else p
+        if not isinstance(pname, str):
+            raise TypeError(f"providers must be provider names or (name, options) tuples, got {p!r}")
+        if pname not in available:
+            raise ValueError(
+                f"execution provider {pname!r} is not available in this onnxruntime; available: {available}"
+                + (" (install onnxruntime-gpu for CUDA)" if pname == "CUDAExecutionProvider" else "")
+            )
+        names.append(pname)
+    if threads is None:
+        threads = os.cpu_count() or 1
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+        raise ValueError(f"threads must be a positive integer, got {threads!r}")
+    key = (str(model), tuple(names), threads)
+    sess = _SESSIONS.get(key)
+    if sess is None:
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1  # one graph at a time: intra-op threads do the work
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(str(model), sess_options=so, providers=list(providers))
+        _SESSIONS[key] = sess
+    return sess
+
+
+def _load_tokenizer(path: Path, max_length: int):
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(path))
+    # tokenizer.json files often carry fixed padding/truncation (MiniLM's: 128): replace them.
+    # Padding is done per length-sorted batch in numpy, so the tokenizer itself does not pad.
+    tok.no_padding()
+    tok.enable_truncation(max_length)
+    return tok
+
+
+class Encoder:
+    """Texts in, vectors out, through an ONNX model.
+
+    Use :meth:`from_pretrained`. ``encode_queries`` / ``encode_documents``
+    return, for ``kind="dense"``, an ``(n, dim)`` float32 array and, for
+    ``kind="multivector"``, a list of ``n`` arrays of shape ``(t_i, dim)``.
+
+    >>> enc = Encoder.from_pretrained("all-MiniLM-L6-v2")          # doctest: +SKIP
+    >>> enc.encode_queries(["what is a csv file"]).shape            # doctest: +SKIP
+    (1, 384)
+    """
+
+    def __init__(
+        self,
+        files: _models.ModelFiles,
+        config: EncoderConfig,
+        providers: Optional[Sequence[Any]] = None,
+        threads: Optional[int] = None,
+        progress: Optional[bool] = None,
+    ):
+        self.files = files
+        self.config = config
+        self.kind = config.kind
+        self.name = files.name
+        self.progress = progress
+        self.session = _make_session(files.model, providers, threads)
+        self.providers = tuple(self.session.get_providers())
+        self._input_names = [i.name for i in self.session.get_inputs()]
+        supported = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
+        unknown = [n for n in self._input_names if n not in supported]
+        if unknown or "input_ids" not in self._input_names:
+            raise ValueError(
+                f"{files.model}: the model declares inputs {self._input_names}; flatcoat feeds "
+                f"input_ids, attention_mask, token_type_ids and position_ids only"
+            )
+        outputs = self.session.get_outputs()
+        out_names = [o.name for o in outputs]
+        if config.output is not None:
+            if config.output not in out_names:
+                raise ValueError(f"config output {config.output!r} is not a model output; outputs: {out_names}")
+            self._output = config.output
+        else:
+            self._output = "last_hidden_state" if "last_hidden_state" in out_names else out_names[0]
+        out_shape = outputs[out_names.index(self._output)].shape
+        self._token_level = len(out_shape) == 3
+        if self.kind == "multivector" and not self._token_level:
+            raise ValueError(
+                f"kind='multivector' needs per-token model output, but {self._output!r} has shape {out_shape}"
+            )
+        self._tok_query = _load_tokenizer(files.tokenizer, config.query_max_length - bool(config.query_marker))
+        self._tok_doc = _load_tokenizer(files.tokenizer, config.document_max_length - bool(config.document_marker))
+        self._pad_id = self._token_id_or(self._tok_doc, "[PAD]", 0)
+        self._marker_ids = {
+            side: self._token_id(marker, f"{side}_marker")
+            for side, marker in (("query", config.query_marker), ("document", config.document_marker))
+            if marker
+        }
+        self._mask_id = self._token_id(config.mask_token, "mask_token") if config.query_augmentation else None
+        self._skip_ids = self._skiplist_ids(config.skiplist)
+        self._projection = self._load_projection(config.projection)
+        hidden = out_shape[-1] if isinstance(out_shape[-1], int) else None
+        if self._projection is not None:
+            if hidden is not None and self._projection.shape[0] != hidden:
+                raise ValueError(
+                    f"projection {config.projection} has shape {self._projection.shape}; "
+                    f"its first dimension must be the model's hidden size {hidden}"
+                )
+            self.dim = int(self._projection.shape[1])
+        else:
+            self.dim = int(hidden) if hidden is not None else int(self._probe_dim())
+
+    # ----------------------------------------------------------------- setup
+    @classmethod
+    def from_pretrained(
+        cls,
+        path_or_name: "str | os.PathLike[str]" = _models.DEFAULT_MODEL,
+        kind: str = "dense",
+        providers: Optional[Sequence[Any]] = None,
+        *,
+        threads: Optional[int] = None,
+        progress: Optional[bool] = None,
+        **overrides: Any,
+    ) -> "Encoder":
+        """Load a model directory, a registered name or a Hugging Face Hub repository.
+
+        ``kind`` is ``"dense"`` or ``"multivector"``; ``providers`` a list of
+        onnxruntime execution providers (default CPU); ``threads`` the
+        intra-op thread count (default: all cores); keyword ``overrides``
+        replace config fields, e.g. ``query_max_length=64``.
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        files = _models.resolve(path_or_name)
+        config = EncoderConfig.from_dict(files.config, kind)
+        if overrides:
+            unknown = sorted(set(overrides) - {f.name for f in fields(EncoderConfig)} - {"kind"})
+            if unknown:
+                raise TypeError(f"unknown config override(s) {unknown}")
+            if "skiplist" in overrides:
+                overrides["skiplist"] = tuple(overrides["skiplist"])
+            config = replace(config, **overrides)
+            config._validate()
+        return cls(files, config, providers=providers, threads=threads, progress=progress)
+
+    def _token_id(self, token: str, what: str) -> int:
+        tid = self._tok_doc.token_to_id(token)
+        if tid is None:
+            raise ValueError(f"{what} {token!r} is not in the vocabulary of {self.files.tokenizer}")
+        return int(tid)
+
+    @staticmethod
+    def _token_id_or(tok, token: str, default: int) -> int:
+        tid = tok.token_to_id(token)
+        return default if tid is None else int(tid)
+
+    def _skiplist_ids(self, skiplist: Tuple[str, ...]) -> Optional[np.ndarray]:
+        if not skiplist:
+            return None
+        ids = []
+        for s in skiplist:
+            tid = self._tok_doc.token_to_id(s)
+            if tid is None:  # a character the vocabulary splits: skip every piece of it
+                ids.extend(self._tok_doc.encode(s, add_special_tokens=False).ids)
+            else:
+                ids.append(tid)
+        return np.unique(np.asarray(ids, dtype=np.int64))
+
+    def _load_projection(self, rel: Optional[str]) -> Optional[np.ndarray]:
+        if rel is None:
+            return None
+        path = Path(rel)
+        if not path.is_absolute():
+            path = self.files.root / path
+        if not path.is_file():
+            raise ValueError(f"projection matrix {path} does not exist; set \"projection\" to a .npy file")
+        p = np.load(path, allow_pickle=False)
+        if p.ndim != 2:
+            raise ValueError(f"projection {path} must be a 2-D (hidden, dim) matrix, got shape {p.shape}")
+        return np.ascontiguousarray(p, dtype=np.float32)
+
+    def _probe_dim(self) -> int:
+        out = self._run(np.array([[self._pad_id, self._pad_id]], dtype=np.int64), np.ones((1, 2), dtype=np.int64))
+        return int(out.shape[-1])
+
+    def __repr__(self) -> str:
+        label = ", stand-in (not a trained late-interaction model)" if self.kind == "multivector" and self.config.stand_in else ""
+        return f"Encoder({self.name!r}, kind={self.kind!r}, dim={self.dim}{label})"
+
+    # ---------------------------------------------------------------- public
+    def format_query(self, text: str, instruction: Optional[str] = None) -> str:
+        """The text the model sees for a query: prefix, then the instruction template if any."""
+        text = self.config.query_prefix + text
+        if instruction is not None:
+            text = self.config.instruction_template.format(instruction=instruction, text=text)
+        return text
+
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        instruction: Optional[str] = None,
+        batch_size: int = 32,
+        progress: Optional[bool] = None,
+    ) -> Union[np.ndarray, List[np.ndarray]]:
+        """Encode queries; ``instruction`` (a task description) goes through the model's template.
+
+        Dense: ``(n, dim)`` float32. Multivector: list of ``(t_i, dim)`` float32.
+        """
+        items = _check_texts(texts)
+        if instruction is not None and not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str or None, got {type(instruction).__name__}")
+        return self._encode([self.format_query(t, instruction) for t in items], "query", batch_size, progress)
+
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int = 32, progress: Optional[bool] = None
+    ) -> Union[np.ndarray, List[np.ndarray]]:
+        """Encode documents (no instruction, the document prefix only). Shapes as :meth:`encode_queries`."""
+        items = _check_texts(texts)
+        prefix = self.config.document_prefix
+        return self._encode([prefix + t for t in items] if prefix else items, "document", batch_size, progress)
+
+    # -------------------------------------------------------------- pipeline
+    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        feeds = {"input_ids": ids}
+        if "attention_mask" in self._input_names:
+            feeds["attention_mask"] = mask
+        if "token_type_ids" in self._input_names:
+            feeds["token_type_ids"] = np.zeros_like(ids)
+        if "position_ids" in self._input_names:
+            feeds["position_ids"] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
+        return self.session.run([self._output], feeds)[0]
+
+    def _batches(self, encodings, side: str, batch_size: int):
+        """Yield (positions, ids, attention mask), length-sorted so each batch has little padding."""
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        order = np.argsort(-lengths, kind="stable")
+        marker = self._marker_ids.get(side)
+        augment = side == "query" and self._mask_id is not None
+        for start in range(0, len(order), batch_size):
+            pos = order[start : start + batch_size]
+            width = int(lengths[pos[0]])
+            if augment:
+                width = self.config.query_max_length - (marker is not None)
+            ids = np.full((len(pos), width), self._pad_id, dtype=np.int64)
+            for row, p in enumerate(pos):
+                ids[row, : lengths[p]] = encodings[p].ids
+            mask = (np.arange(width) < lengths[pos][:, None]).astype(np.int64)
+            if marker is not None:  # ColBERT puts the marker right after [CLS]
+                ids = np.insert(ids, 1, marker, axis=1)
+                mask = np.insert(mask, 1, 1, axis=1)
+            if augment:  # pad with [MASK]: the query is expanded to a fixed length
+                keep = mask.astype(bool).copy()
+                ids[~keep] = self._mask_id
+                if self.config.attend_to_mask_tokens:
+                    mask[:] = 1
+                yield pos, ids, mask, np.ones_like(keep)
+            else:
+                yield pos, ids, mask, mask.astype(bool)
+
+    def _encode(self, texts: List[str], side: str, batch_size: int, progress: Optional[bool]):
+        batch_size = _check_batch_size(batch_size)
+        tok = self._tok_query if side == "query" else self._tok_doc
+        encodings = tok.encode_batch(texts)
+        show = self.progress if progress is None else progress
+        if show is None:
+            show = len(texts) >= _PROGRESS_MIN_TEXTS and sys.stderr.isatty()
+        bar = None
+        if show:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=len(texts), desc=f"encoding {side}s", unit="text", disable=False)
+        dense = self.kind == "dense"
+        out_dense = np.empty((len(texts), self.dim), dtype=np.float32) if dense else None
+        out_multi: List[Optional[np.ndarray]] = [] if dense else [None] * len(texts)
+        try:
+            for pos, ids, mask, keep in self._batches(encodings, side, batch_size):
+                hidden = self._run(ids, mask)
+                if dense:
+                    out_dense[pos] = self._pool(hidden, mask)
+                else:
+                    for p, vecs in zip(pos, self._tokens(hidden, ids, keep, side)):
+                        out_multi[p] = vecs
+                if bar is not None:
+                    bar.update(len(pos))
+        finally:
+            if bar is not None:
+                bar.close()
+        return out_dense if dense else out_multi
+
+    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        hidden = hidden.astype(np.float32, copy=False)
+        if hidden.ndim == 2:  # the model pools itself (e.g. a sentence_embedding output)
+            vecs = hidden
+        else:
+            m = mask.astype(np.float32)
+            pooling = self.config.pooling
+            if pooling == "cls":
+                vecs = hidden[:, 0]
+            elif pooling == "last-token":
+                # Right padding: the last real token sits at length - 1.
+                last = mask.sum(axis=1) - 1
+                vecs = hidden[np.arange(hidden.shape[0]), last]
+            else:
+                if pooling == "weighted-mean":  # position weights 1..T (SGPT)
+                    m = m * np.arange(1, m.shape[1] + 1, dtype=np.float32)
+                summed = np.matmul(m[:, None, :], hidden)[:, 0]
+                vecs = summed / np.maximum(m.sum(axis=1, keepdims=True), 1e-9)
+        if self._projection is not None:
+            vecs = vecs @ self._projection
+        if self.config.normalize:
+            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
+        return np.ascontiguousarray(vecs, dtype=np.float32)
+
+    def _tokens(self, hidden: np.ndarray, ids: np.ndarray, keep: np.ndarray, side: str) -> List[np.ndarray]:
+        hidden = hidden.astype(np.float32, copy=False)
+        if self._projection is not None:
+            hidden = hidden @ self._projection
+        if self.config.normalize:
+            hidden = hidden / np.maximum(np.linalg.norm(hidden, axis=2, keepdims=True), 1e-12)
+        if side == "document" and self._skip_ids is not None:
+            keep = keep & ~np.isin(ids, self._skip_ids)
+        # Boolean selection per row drops padding (and skipped punctuation) in one step.
+        return [np.ascontiguousarray(hidden[i][keep[i]]) for i in range(hidden.shape[0])]
