@@ -146,11 +146,13 @@ class DenseIndex:
             self._fit_int8(x)
 
     def _fit_int8(self, x: np.ndarray) -> None:
+        # 255 equal bins over each dimension's [min, max], decoded at bin centres:
+        # x ~ offset + scale * code with offset = min + scale / 2.
         low = x.min(axis=0).astype(np.float64)
         high = x.max(axis=0).astype(np.float64)
-        span = np.maximum(high - low, 1e-12)
-        self._offset = low.astype(np.float32)
-        self._scale = (span / 255.0).astype(np.float32)
+        scale = np.maximum(high - low, 1e-30) / 255.0
+        self._scale = scale.astype(np.float32)
+        self._offset = (low + 0.5 * scale).astype(np.float32)
 
     def _prepare(self, vectors, name: str) -> np.ndarray:
         x = as_float_matrix(vectors, name, self._dim)
@@ -168,7 +170,7 @@ class DenseIndex:
                 raise ValueError("vectors: values exceed the float16 range (|x| > 65504); use storage='f32'")
             codes, decoded = half.view(np.uint16), half.astype(np.float32)
         elif self._storage == "int8":
-            q = np.rint((x - self._offset) / self._scale)
+            q = np.floor((x - self._offset) / self._scale + 0.5)
             codes = np.clip(q, 0, 255).astype(np.uint8)
             decoded = self._offset + self._scale * codes.astype(np.float32)
         else:

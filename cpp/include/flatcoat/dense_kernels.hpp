@@ -23,11 +23,17 @@ using dot_block_fn = void (*)(const float* q, size_t nq, const element_t* x, siz
 using hamming_block_fn = void (*)(const uint64_t* q, size_t nq, const uint64_t* x, size_t nx,
                                   size_t words, uint32_t* out, size_t ldo);
 
+/// out[i] = float(x[i]) for i < n.
+template <class element_t>
+using widen_fn = void (*)(const element_t* x, size_t n, float* out);
+
 struct dense_kernels_t {
     dot_block_fn<float> dot_f32;
     dot_block_fn<uint16_t> dot_f16;
     dot_block_fn<uint8_t> dot_u8;
     hamming_block_fn hamming;
+    widen_fn<uint16_t> widen_f16;
+    widen_fn<uint8_t> widen_u8;
 };
 
 /// The dense table of the ISA given; throws flatcoat::error if it is not compiled in.

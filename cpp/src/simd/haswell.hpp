@@ -7,12 +7,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>  // std::memcpy
 
 namespace flatcoat {
 namespace simd {
 
 struct haswell_t {
     static constexpr size_t width = 8;
+    static constexpr size_t registers = 16;  // architectural vector registers, for register blocking
     using vf = __m256;
 
     static vf zero() { return _mm256_setzero_ps(); }
@@ -43,6 +45,26 @@ struct haswell_t {
         s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
         return _mm_cvtss_f32(s);
     }
+
+    // Integer path (int8 MaxSim): 8 int32 lanes, each holding 4 bytes of a code vector.
+    using vi = __m256i;
+    static vi zero_i() { return _mm256_setzero_si256(); }
+    static vi load_i(const void* p) { return _mm256_loadu_si256(static_cast<const __m256i*>(p)); }
+    /// The 4 bytes at p repeated in every lane (vpbroadcastd).
+    static vi set1_u32(const uint8_t* p) {
+        int32_t word;
+        std::memcpy(&word, p, 4);
+        return _mm256_set1_epi32(word);
+    }
+    /// acc[l] += sum over k < 4 of u8(u[4l + k]) * s8(s[4l + k]) with vpmaddubsw + vpmaddwd.
+    /// vpmaddubsw saturates each pair sum to int16: exact only if |u*s + u'*s'| <= 32767
+    /// (e.g. u <= 255 and |s| <= 64), which callers guarantee.
+    static vi dpbusd(vi acc, vi u, vi s) {
+        __m256i pairs = _mm256_maddubs_epi16(u, s);
+        return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+    }
+    static vf to_float(vi a) { return _mm256_cvtepi32_ps(a); }
+    static vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
 };
 
 }  // namespace simd

@@ -13,6 +13,7 @@ namespace simd {
 
 struct neon_t {
     static constexpr size_t width = 4;
+    static constexpr size_t registers = 32;  // architectural vector registers, for register blocking
     using vf = float32x4_t;
 
     static vf zero() { return vdupq_n_f32(0.0f); }
@@ -37,6 +38,33 @@ struct neon_t {
     static vf max(vf a, vf b) { return vmaxq_f32(a, b); }
     static float reduce_add(vf a) { return vaddvq_f32(a); }
     static float reduce_max(vf a) { return vmaxvq_f32(a); }
+
+    // Integer path (int8 MaxSim): 4 int32 lanes, each holding 4 bytes of a code vector.
+    // Baseline arm64 has no u8 x s8 dot instruction: widen to int16, vmull to int32,
+    // then two pairwise adds (vpaddq) sum each lane's 4 products. Exact.
+    using vi = int32x4_t;
+    static vi zero_i() { return vdupq_n_s32(0); }
+    static vi load_i(const void* p) { return vreinterpretq_s32_u8(vld1q_u8(static_cast<const uint8_t*>(p))); }
+    static vi set1_u32(const uint8_t* p) {
+        int32_t word;
+        std::memcpy(&word, p, 4);
+        return vdupq_n_s32(word);
+    }
+    static vi dpbusd(vi acc, vi u, vi s) {
+        uint8x16_t ub = vreinterpretq_u8_s32(u);
+        int8x16_t sb = vreinterpretq_s8_s32(s);
+        int16x8_t u_lo = vreinterpretq_s16_u16(vmovl_u8(vget_low_u8(ub)));
+        int16x8_t u_hi = vreinterpretq_s16_u16(vmovl_u8(vget_high_u8(ub)));
+        int16x8_t s_lo = vmovl_s8(vget_low_s8(sb));
+        int16x8_t s_hi = vmovl_s8(vget_high_s8(sb));
+        int32x4_t p0 = vmull_s16(vget_low_s16(u_lo), vget_low_s16(s_lo));    // bytes 0..3: lane 0
+        int32x4_t p1 = vmull_s16(vget_high_s16(u_lo), vget_high_s16(s_lo));  // bytes 4..7: lane 1
+        int32x4_t p2 = vmull_s16(vget_low_s16(u_hi), vget_low_s16(s_hi));    // lane 2
+        int32x4_t p3 = vmull_s16(vget_high_s16(u_hi), vget_high_s16(s_hi));  // lane 3
+        return vaddq_s32(acc, vpaddq_s32(vpaddq_s32(p0, p1), vpaddq_s32(p2, p3)));
+    }
+    static vf to_float(vi a) { return vcvtq_f32_s32(a); }
+    static vf mul(vf a, vf b) { return vmulq_f32(a, b); }
 };
 
 }  // namespace simd

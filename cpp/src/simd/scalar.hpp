@@ -12,6 +12,7 @@ namespace simd {
 
 struct scalar_t {
     static constexpr size_t width = 8;
+    static constexpr size_t registers = 16;  // as for AVX2: the compiler vectorises with the baseline ISA
     struct vf {
         float v[width];
     };
@@ -92,6 +93,46 @@ struct scalar_t {
         float m = a.v[0];
         for (size_t i = 1; i < width; ++i) m = a.v[i] > m ? a.v[i] : m;
         return m;
+    }
+
+    // Integer path (int8 MaxSim): 8 int32 lanes, each holding 4 bytes of a code vector.
+    struct vi {
+        int32_t v[width];
+    };
+    static vi zero_i() {
+        vi r;
+        for (size_t i = 0; i < width; ++i) r.v[i] = 0;
+        return r;
+    }
+    static vi load_i(const void* p) {
+        vi r;
+        std::memcpy(r.v, p, sizeof r.v);
+        return r;
+    }
+    static vi set1_u32(const uint8_t* p) {
+        vi r;
+        for (size_t i = 0; i < width; ++i) std::memcpy(&r.v[i], p, 4);
+        return r;
+    }
+    /// acc[l] += sum over k < 4 of u8(u[4l + k]) * s8(s[4l + k]); exact integer arithmetic.
+    static vi dpbusd(vi acc, vi u, vi s) {
+        for (size_t i = 0; i < width; ++i) {
+            uint8_t ub[4];
+            int8_t sb[4];
+            std::memcpy(ub, &u.v[i], 4);
+            std::memcpy(sb, &s.v[i], 4);
+            for (size_t k = 0; k < 4; ++k) acc.v[i] += int32_t(ub[k]) * int32_t(sb[k]);
+        }
+        return acc;
+    }
+    static vf to_float(vi a) {
+        vf r;
+        for (size_t i = 0; i < width; ++i) r.v[i] = float(a.v[i]);
+        return r;
+    }
+    static vf mul(vf a, vf b) {
+        for (size_t i = 0; i < width; ++i) a.v[i] *= b.v[i];
+        return a;
     }
 };
 

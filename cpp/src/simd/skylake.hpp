@@ -6,12 +6,14 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>  // std::memcpy
 
 namespace flatcoat {
 namespace simd {
 
 struct skylake_t {
     static constexpr size_t width = 16;
+    static constexpr size_t registers = 32;  // architectural vector registers, for register blocking
     using vf = __m512;
 
     static vf zero() { return _mm512_setzero_ps(); }
@@ -39,6 +41,25 @@ struct skylake_t {
         return _mm_cvtss_f32(s);
     }
     static float reduce_max(vf a) { return _mm512_reduce_max_ps(a); }
+
+    // Integer path (int8 MaxSim): 16 int32 lanes, each holding 4 bytes of a code vector.
+    using vi = __m512i;
+    static vi zero_i() { return _mm512_setzero_si512(); }
+    static vi load_i(const void* p) { return _mm512_loadu_si512(p); }
+    /// The 4 bytes at p repeated in every lane (vpbroadcastd).
+    static vi set1_u32(const uint8_t* p) {
+        int32_t word;
+        std::memcpy(&word, p, 4);
+        return _mm512_set1_epi32(word);
+    }
+    /// acc[l] += sum over k < 4 of u8(u[4l + k]) * s8(s[4l + k]) with vpmaddubsw + vpmaddwd
+    /// (AVX-512BW); exact only if every int16 pair sum fits, which callers guarantee.
+    static vi dpbusd(vi acc, vi u, vi s) {
+        __m512i pairs = _mm512_maddubs_epi16(u, s);
+        return _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)));
+    }
+    static vf to_float(vi a) { return _mm512_cvtepi32_ps(a); }
+    static vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 };
 
 }  // namespace simd

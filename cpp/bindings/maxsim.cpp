@@ -1,0 +1,135 @@
+// Bindings of MaxSim search over packed multi-vector documents. The Python
+// layer (python/flatcoat/multivector.py) validates user input and prepares
+// the arrays; these functions check buffers and sizes, never copy or cast.
+#include <string>
+
+#include "common.hpp"
+#include "flatcoat/maxsim_search.hpp"
+
+namespace flatcoat {
+namespace bindings {
+
+namespace {
+
+maxsim_codec_t maxsim_codec_from_name(const std::string& name) {
+    if (name == "f32") return maxsim_codec_t::f32_k;
+    if (name == "f16") return maxsim_codec_t::f16_k;
+    if (name == "int8") return maxsim_codec_t::i8_k;
+    throw py::value_error("unknown multi-vector storage '" + name + "': expected f32, f16 or int8");
+}
+
+void expect_length(const py::array& a, const char* name, size_t n) {
+    if (size_t(a.shape(0)) != n)
+        throw py::value_error(std::string(name) + ": expected " + std::to_string(n) + " entries, got " +
+                              std::to_string(a.shape(0)));
+}
+
+/// Checks a packed offsets array (n + 1 entries ending at `rows`); returns its pointer.
+const int64_t* packed_offsets(const py::array& offsets, const char* name, size_t rows) {
+    const int64_t* p = checked<int64_t>(offsets, name, 1);
+    if (offsets.shape(0) < 1) throw py::value_error(std::string(name) + ": needs at least one entry (0)");
+    if (p[offsets.shape(0) - 1] != int64_t(rows))
+        throw py::value_error(std::string(name) + ": last offset is " + std::to_string(p[offsets.shape(0) - 1]) +
+                              " but there are " + std::to_string(rows) + " token rows");
+    return p;
+}
+
+maxsim_data_t make_data(const std::string& storage, size_t dim, const py::array& tokens, const py::array& offsets,
+                        const py::object& token_scales) {
+    maxsim_data_t data;
+    data.codec = maxsim_codec_from_name(storage);
+    data.dim = dim;
+    switch (data.codec) {
+        case maxsim_codec_t::f32_k: data.tokens = checked<float>(tokens, "tokens", 2); break;
+        case maxsim_codec_t::f16_k: data.tokens = checked<uint16_t>(tokens, "tokens", 2); break;
+        case maxsim_codec_t::i8_k: data.tokens = checked<uint8_t>(tokens, "tokens", 2); break;
+    }
+    if (size_t(tokens.shape(1)) != dim)
+        throw py::value_error("tokens: expected " + std::to_string(dim) + " columns, got " +
+                              std::to_string(tokens.shape(1)));
+    const size_t rows = size_t(tokens.shape(0));
+    data.offsets = packed_offsets(offsets, "offsets", rows);
+    data.docs = size_t(offsets.shape(0)) - 1;
+    data.token_scales = checked_or_null<float>(token_scales, "token_scales", 1);
+    if (data.token_scales) expect_length(py::reinterpret_borrow<py::array>(token_scales), "token_scales", rows);
+    return data;
+}
+
+maxsim_query_t make_query(size_t dim, const py::array& queries, const py::array& query_offsets,
+                          const py::object& weights) {
+    maxsim_query_t query;
+    query.tokens = checked<float>(queries, "queries", 2);
+    if (size_t(queries.shape(1)) != dim)
+        throw py::value_error("queries: expected " + std::to_string(dim) + " columns, got " +
+                              std::to_string(queries.shape(1)));
+    const size_t rows = size_t(queries.shape(0));
+    query.offsets = packed_offsets(query_offsets, "query_offsets", rows);
+    query.nq = size_t(query_offsets.shape(0)) - 1;
+    query.weights = checked_or_null<float>(weights, "weights", 1);
+    if (query.weights) expect_length(py::reinterpret_borrow<py::array>(weights), "weights", rows);
+    return query;
+}
+
+py::tuple search_maxsim_py(const std::string& storage, size_t dim, const py::array& tokens,
+                           const py::array& offsets, const py::object& token_scales, const py::array& ids,
+                           const py::array& queries, const py::array& query_offsets, const py::object& weights,
+                           size_t k, const py::object& candidates, const py::object& candidate_offsets) {
+    maxsim_data_t data = make_data(storage, dim, tokens, offsets, token_scales);
+    data.ids = checked<int64_t>(ids, "ids", 1);
+    expect_length(ids, "ids", data.docs);
+    maxsim_query_t query = make_query(dim, queries, query_offsets, weights);
+    if (k == 0) throw py::value_error("k must be positive");
+
+    const int64_t* cand = nullptr;
+    const int64_t* cand_offsets = nullptr;
+    if (!candidates.is_none()) {
+        auto c = py::reinterpret_borrow<py::array>(candidates);
+        cand = checked<int64_t>(c, "candidates", 1);
+        if (candidate_offsets.is_none()) throw py::value_error("candidates need candidate_offsets");
+        auto co = py::reinterpret_borrow<py::array>(candidate_offsets);
+        cand_offsets = packed_offsets(co, "candidate_offsets", size_t(c.shape(0)));
+        expect_length(co, "candidate_offsets", query.nq + 1);
+    }
+
+    py::array_t<float> out_scores({query.nq, k});
+    py::array_t<int64_t> out_ids({query.nq, k});
+    float* scores_ptr = out_scores.mutable_data();
+    int64_t* ids_ptr = out_ids.mutable_data();
+    {
+        py::gil_scoped_release release;
+        search_maxsim(data, query, k, cand, cand_offsets, scores_ptr, ids_ptr);
+    }
+    return py::make_tuple(out_scores, out_ids);
+}
+
+py::array_t<float> maxsim_scores_py(const std::string& storage, size_t dim, const py::array& tokens,
+                                    const py::array& offsets, const py::object& token_scales,
+                                    const py::array& queries, const py::array& query_offsets,
+                                    const py::object& weights) {
+    maxsim_data_t data = make_data(storage, dim, tokens, offsets, token_scales);
+    maxsim_query_t query = make_query(dim, queries, query_offsets, weights);
+    py::array_t<float> out({query.nq, data.docs});
+    float* out_ptr = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        maxsim_scores(data, query, out_ptr);
+    }
+    return out;
+}
+
+}  // namespace
+
+void bind_maxsim(py::module_& m) {
+    m.def("search_maxsim", &search_maxsim_py, py::arg("storage"), py::arg("dim"), py::arg("tokens"),
+          py::arg("offsets"), py::arg("token_scales"), py::arg("ids"), py::arg("queries"), py::arg("query_offsets"),
+          py::arg("weights"), py::arg("k"), py::arg("candidates") = py::none(),
+          py::arg("candidate_offsets") = py::none(),
+          "Exact MaxSim over packed documents with fused top-k; returns (scores float32 (nq, k), ids int64 (nq, k)).\n"
+          "Rerank mode: candidates are document positions, candidate_offsets (nq + 1) split them per query.");
+    m.def("maxsim_scores", &maxsim_scores_py, py::arg("storage"), py::arg("dim"), py::arg("tokens"),
+          py::arg("offsets"), py::arg("token_scales"), py::arg("queries"), py::arg("query_offsets"),
+          py::arg("weights"), "All MaxSim scores, float32 (nq, docs).");
+}
+
+}  // namespace bindings
+}  // namespace flatcoat

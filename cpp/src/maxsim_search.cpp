@@ -1,0 +1,288 @@
+// MaxSim orchestration: lays queries out as kernel panels (quantizing them for
+// int8 storage), splits documents across threads, walks each document in
+// token blocks that stay in L2 while every query of the batch scores them, and
+// feeds per-thread, per-query top-k selectors that are merged at the end.
+#include "flatcoat/maxsim_search.hpp"
+
+#include <algorithm>  // std::min, std::max, std::sort, std::unique
+#include <cmath>      // std::lround, std::fabs
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "flatcoat/isa.hpp"
+#include "flatcoat/maxsim_kernels.hpp"
+#include "flatcoat/thread_pool.hpp"
+#include "flatcoat/topk.hpp"
+
+namespace flatcoat {
+
+namespace kernels {
+#ifdef FLATCOAT_HAVE_scalar
+const maxsim_kernels_t& maxsim_kernels_scalar();
+#endif
+#ifdef FLATCOAT_HAVE_haswell
+const maxsim_kernels_t& maxsim_kernels_haswell();
+#endif
+#ifdef FLATCOAT_HAVE_skylake
+const maxsim_kernels_t& maxsim_kernels_skylake();
+#endif
+#ifdef FLATCOAT_HAVE_neon
+const maxsim_kernels_t& maxsim_kernels_neon();
+#endif
+}  // namespace kernels
+
+const maxsim_kernels_t& maxsim_kernels(isa_t isa) {
+    switch (isa) {
+#ifdef FLATCOAT_HAVE_scalar
+        case isa_t::scalar_k: return kernels::maxsim_kernels_scalar();
+#endif
+#ifdef FLATCOAT_HAVE_haswell
+        case isa_t::haswell_k: return kernels::maxsim_kernels_haswell();
+#endif
+#ifdef FLATCOAT_HAVE_skylake
+        case isa_t::skylake_k: return kernels::maxsim_kernels_skylake();
+#endif
+#ifdef FLATCOAT_HAVE_neon
+        case isa_t::neon_k: return kernels::maxsim_kernels_neon();
+#endif
+        default: throw error(std::string("no MaxSim kernels compiled for ISA '") + isa_name(isa) + "'");
+    }
+}
+
+namespace {
+
+constexpr size_t block_tokens_k = 256;  // a block (128 KiB of f32 at dim 128) stays in L2 while the batch scores it
+constexpr size_t query_batch_k = 32;    // queries sharing one pass over the documents
+constexpr int query_code_max_k = 64;    // int8 queries: |code| <= 64 keeps vpmaddubsw's pair sums exact
+
+/// One query in kernel layout, plus what turns its maxima into a score.
+struct prepared_query_t {
+    size_t tokens = 0;
+    size_t panels = 0;
+    std::vector<float> panel_f32;    // float path
+    std::vector<int8_t> panel_i8;    // int8 path
+    std::vector<int32_t> bias;       // int8 path: -128 * sum of each token's codes
+    std::vector<float> factor;       // per token: weight (times the query scale for int8)
+};
+
+void check_offsets(const int64_t* offsets, size_t n, const char* what, const char* item) {
+    if (offsets == nullptr) throw error(std::string(what) + " offsets are missing");
+    if (offsets[0] != 0) throw error(std::string(what) + " offsets must start at 0");
+    for (size_t i = 0; i < n; ++i)
+        if (offsets[i + 1] <= offsets[i])
+            throw error(std::string(what) + " offsets must be strictly increasing: " + item + " " +
+                        std::to_string(i) + " has " + std::to_string(offsets[i + 1] - offsets[i]) + " tokens");
+}
+
+void check(const maxsim_data_t& data, const maxsim_query_t& query) {
+    if (data.dim == 0) throw error("dim must be positive");
+    if (data.docs > 0) {
+        check_offsets(data.offsets, data.docs, "document", "document");
+        if (data.tokens == nullptr) throw error("document tokens are missing");
+        if (data.codec == maxsim_codec_t::i8_k && data.token_scales == nullptr)
+            throw error("int8 storage needs its per-token scales");
+    }
+    if (query.nq > 0) {
+        check_offsets(query.offsets, query.nq, "query", "query");
+        if (query.tokens == nullptr) throw error("query tokens are missing");
+    }
+}
+
+prepared_query_t prepare(const maxsim_query_t& query, size_t i, size_t dim, maxsim_codec_t codec, size_t width) {
+    prepared_query_t p;
+    const size_t first = size_t(query.offsets[i]);
+    p.tokens = size_t(query.offsets[i + 1]) - first;
+    p.panels = (p.tokens + width - 1) / width;
+    const float* q = query.tokens + first * dim;
+    p.factor.resize(p.tokens);
+    for (size_t t = 0; t < p.tokens; ++t) p.factor[t] = query.weights ? query.weights[first + t] : 1.0f;
+
+    if (codec != maxsim_codec_t::i8_k) {
+        // panel v, step d, lane l = q[v * width + l][d]
+        p.panel_f32.assign(p.panels * dim * width, 0.0f);
+        for (size_t t = 0; t < p.tokens; ++t)
+            for (size_t d = 0; d < dim; ++d) p.panel_f32[((t / width) * dim + d) * width + t % width] = q[t * dim + d];
+        return p;
+    }
+    // Symmetric per-token quantization to [-64, 64]; the scale joins the weight.
+    const size_t steps = (dim + 3) / 4;
+    p.panel_i8.assign(p.panels * steps * width * 4, 0);
+    p.bias.assign(p.panels * width, 0);
+    for (size_t t = 0; t < p.tokens; ++t) {
+        float amax = 0.0f;
+        for (size_t d = 0; d < dim; ++d) amax = std::max(amax, std::fabs(q[t * dim + d]));
+        const float scale = amax > 0.0f ? amax / float(query_code_max_k) : 1.0f;
+        int32_t sum = 0;
+        for (size_t d = 0; d < dim; ++d) {
+            long code = std::lround(q[t * dim + d] / scale);
+            code = std::max<long>(-query_code_max_k, std::min<long>(query_code_max_k, code));
+            sum += int32_t(code);
+            // panel v, step s, lane l, byte b = code of token v * width + l, dimension 4 s + b
+            p.panel_i8[(((t / width) * steps + d / 4) * width + t % width) * 4 + d % 4] = int8_t(code);
+        }
+        p.bias[t] = -128 * sum;
+        p.factor[t] *= scale;
+    }
+    return p;
+}
+
+/// Per-thread state: maxima for a batch of queries and a scratch block for f16.
+struct scratch_t {
+    std::vector<float> maxima;
+    std::vector<float> decoded;
+};
+
+/// Scores one document against queries [q0, q1) of `prepared`; writes scores[i - q0].
+void score_document(const maxsim_data_t& data, const maxsim_kernels_t& kernels,
+                    const std::vector<prepared_query_t>& prepared, size_t q0, size_t q1, size_t doc,
+                    scratch_t& scratch, double* scores) {
+    const size_t dim = data.dim;
+    const size_t width = kernels.width;
+    size_t maxima_size = 0;
+    for (size_t i = q0; i < q1; ++i) maxima_size += prepared[i].panels * width;
+    scratch.maxima.assign(maxima_size, -std::numeric_limits<float>::infinity());
+
+    const size_t begin = size_t(data.offsets[doc]), end = size_t(data.offsets[doc + 1]);
+    for (size_t b = begin; b < end; b += block_tokens_k) {
+        const size_t n = std::min(block_tokens_k, end - b);
+        const float* rows = nullptr;
+        if (data.codec == maxsim_codec_t::f32_k) {
+            rows = static_cast<const float*>(data.tokens) + b * dim;
+        } else if (data.codec == maxsim_codec_t::f16_k) {
+            scratch.decoded.resize(block_tokens_k * dim);
+            kernels.decode_f16(static_cast<const uint16_t*>(data.tokens) + b * dim, n * dim, scratch.decoded.data());
+            rows = scratch.decoded.data();
+        }
+        float* maxima = scratch.maxima.data();
+        for (size_t i = q0; i < q1; ++i) {
+            const prepared_query_t& p = prepared[i];
+            if (data.codec == maxsim_codec_t::i8_k)
+                kernels.max_u8(p.panel_i8.data(), p.panels, p.bias.data(),
+                               static_cast<const uint8_t*>(data.tokens) + b * dim, data.token_scales + b, n, dim,
+                               maxima);
+            else
+                kernels.max_f32(p.panel_f32.data(), p.panels, rows, n, dim, maxima);
+            maxima += p.panels * width;
+        }
+    }
+    const float* maxima = scratch.maxima.data();
+    for (size_t i = q0; i < q1; ++i) {
+        const prepared_query_t& p = prepared[i];
+        double score = 0.0;
+        for (size_t t = 0; t < p.tokens; ++t) score += double(p.factor[t]) * double(maxima[t]);
+        scores[i - q0] = score;
+        maxima += p.panels * width;
+    }
+}
+
+std::vector<prepared_query_t> prepare_all(const maxsim_data_t& data, const maxsim_query_t& query,
+                                          const maxsim_kernels_t& kernels) {
+    std::vector<prepared_query_t> prepared(query.nq);
+    for (size_t i = 0; i < query.nq; ++i) prepared[i] = prepare(query, i, data.dim, data.codec, kernels.width);
+    return prepared;
+}
+
+/// Calls emit(query, doc, score, slot) for every document and every query, with
+/// threads splitting the documents and each batch of queries sharing a pass.
+template <class emit_t>
+void scan_all(const maxsim_data_t& data, const std::vector<prepared_query_t>& prepared,
+              const maxsim_kernels_t& kernels, size_t slots, emit_t&& emit) {
+    const size_t docs_per_task = std::max<size_t>(1, std::min<size_t>(32, data.docs / (slots * 16)));
+    const size_t n_tasks = (data.docs + docs_per_task - 1) / docs_per_task;
+    std::vector<scratch_t> scratch(slots);
+    for (size_t q0 = 0; q0 < prepared.size(); q0 += query_batch_k) {
+        const size_t q1 = std::min(prepared.size(), q0 + query_batch_k);
+        parallel_for(n_tasks, slots, [&](size_t task, size_t slot) {
+            double scores[query_batch_k];
+            const size_t end = std::min(data.docs, (task + 1) * docs_per_task);
+            for (size_t doc = task * docs_per_task; doc < end; ++doc) {
+                score_document(data, kernels, prepared, q0, q1, doc, scratch[slot], scores);
+                for (size_t i = q0; i < q1; ++i) emit(i, doc, float(scores[i - q0]), slot);
+            }
+        });
+    }
+}
+
+}  // namespace
+
+void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_t k, const int64_t* candidates,
+                   const int64_t* candidate_offsets, float* out_scores, int64_t* out_ids) {
+    check(data, query);
+    if (k == 0) throw error("k must be positive");
+    if (data.docs > 0 && data.ids == nullptr) throw error("document ids are missing");
+    for (size_t i = 0; i < query.nq * k; ++i) {
+        out_scores[i] = -std::numeric_limits<float>::infinity();
+        out_ids[i] = -1;
+    }
+    std::vector<std::vector<int64_t>> lists;  // rerank mode: sorted, distinct positions per query
+    if (candidates != nullptr) {
+        if (candidate_offsets == nullptr || candidate_offsets[0] != 0) throw error("candidate offsets must start at 0");
+        lists.resize(query.nq);
+        for (size_t i = 0; i < query.nq; ++i) {
+            if (candidate_offsets[i + 1] < candidate_offsets[i])
+                throw error("candidate offsets must be non-decreasing");
+            lists[i].assign(candidates + candidate_offsets[i], candidates + candidate_offsets[i + 1]);
+            for (int64_t row : lists[i])
+                if (row < 0 || size_t(row) >= data.docs)
+                    throw error("candidate position " + std::to_string(row) + " is outside the " +
+                                std::to_string(data.docs) + " documents");
+            std::sort(lists[i].begin(), lists[i].end());  // ascending positions also read memory in order
+            lists[i].erase(std::unique(lists[i].begin(), lists[i].end()), lists[i].end());
+        }
+    }
+    if (data.docs == 0 || query.nq == 0) return;
+
+    const maxsim_kernels_t& kernels = maxsim_kernels(active_isa());
+    const std::vector<prepared_query_t> prepared = prepare_all(data, query, kernels);
+    const size_t slots = std::max<size_t>(1, num_threads());
+    std::vector<std::vector<topk_t>> selectors(slots, std::vector<topk_t>(query.nq, topk_t(k, data.ids)));
+
+    if (candidates == nullptr) {
+        scan_all(data, prepared, kernels, slots, [&](size_t i, size_t doc, float score, size_t slot) {
+            topk_t& top = selectors[slot][i];
+            if (score >= top.threshold()) top.push(score, int64_t(doc));
+        });
+    } else {
+        // Rerank: tasks are chunks of one query's candidates; the query has its own pass.
+        constexpr size_t chunk = 16;
+        std::vector<std::pair<size_t, size_t>> tasks;  // (query, first index in its list)
+        for (size_t i = 0; i < query.nq; ++i)
+            for (size_t c = 0; c < lists[i].size(); c += chunk) tasks.emplace_back(i, c);
+        std::vector<scratch_t> scratch(slots);
+        parallel_for(tasks.size(), slots, [&](size_t task, size_t slot) {
+            const size_t i = tasks[task].first;
+            const std::vector<int64_t>& list = lists[i];
+            topk_t& top = selectors[slot][i];
+            const size_t end = std::min(list.size(), tasks[task].second + chunk);
+            for (size_t c = tasks[task].second; c < end; ++c) {
+                double score;
+                score_document(data, kernels, prepared, i, i + 1, size_t(list[c]), scratch[slot], &score);
+                if (float(score) >= top.threshold()) top.push(float(score), list[c]);
+            }
+        });
+    }
+
+    for (size_t i = 0; i < query.nq; ++i) {
+        topk_t& merged = selectors[0][i];
+        for (size_t s = 1; s < slots; ++s) merged.merge(selectors[s][i]);
+        size_t r = 0;
+        for (const topk_t::entry_t& e : merged.sorted()) {
+            out_scores[i * k + r] = e.value;
+            out_ids[i * k + r] = data.ids[e.row];
+            ++r;
+        }
+    }
+}
+
+void maxsim_scores(const maxsim_data_t& data, const maxsim_query_t& query, float* out) {
+    check(data, query);
+    if (data.docs == 0 || query.nq == 0) return;
+    const maxsim_kernels_t& kernels = maxsim_kernels(active_isa());
+    const std::vector<prepared_query_t> prepared = prepare_all(data, query, kernels);
+    const size_t slots = std::max<size_t>(1, num_threads());
+    scan_all(data, prepared, kernels, slots,
+             [&](size_t i, size_t doc, float score, size_t) { out[i * data.docs + doc] = score; });
+}
+
+}  // namespace flatcoat
