@@ -30,7 +30,8 @@ def as_float_matrix(x, name: str, dim: int) -> np.ndarray:
         raise ValueError(f"{name}: expected a 2-d array of shape (n, {dim}) or one vector of shape ({dim},), got {x.ndim}-d")
     if x.shape[1] != dim:
         raise ValueError(f"{name}: expected dimension {dim}, got {x.shape[1]}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    with np.errstate(over="ignore"):  # overflow to inf is reported just below
+        x = np.ascontiguousarray(x, dtype=np.float32)
     if x.size and not np.isfinite(x).all():
         bad = int(np.argwhere(~np.isfinite(x))[0][0])
         raise ValueError(f"{name}: row {bad} contains NaN or inf (after conversion to float32); remove or fix it")

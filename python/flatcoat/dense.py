@@ -165,7 +165,8 @@ class DenseIndex:
         if self._storage == "f32":
             codes, decoded = x, x
         elif self._storage == "f16":
-            half = x.astype(np.float16)
+            with np.errstate(over="ignore"):  # reported just below
+                half = x.astype(np.float16)
             if not np.isfinite(half).all():
                 raise ValueError("vectors: values exceed the float16 range (|x| > 65504); use storage='f32'")
             codes, decoded = half.view(np.uint16), half.astype(np.float32)
