@@ -94,6 +94,11 @@ def _multivector_index_cls():
 
     cls = getattr(flatcoat, "MultiVectorIndex", None)
     if cls is None:
+        try:
+            from .multivector import MultiVectorIndex as cls
+        except ImportError:
+            cls = None
+    if cls is None:
         raise CLIError("multi-vector search needs flatcoat.MultiVectorIndex, which this build does not provide")
     return cls
 

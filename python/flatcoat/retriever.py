@@ -306,6 +306,10 @@ class Retriever:
         from . import load as load_index
         from ._persist import IndexFormatError
 
+        try:
+            from . import multivector  # noqa: F401  (registers the MultiVectorIndex loader)
+        except ImportError:
+            pass
         root = Path(path)
         man = root / MANIFEST
         if not root.is_dir() or not man.is_file():
