@@ -361,14 +361,17 @@ def stdlib_documents(max_docs: int) -> Tuple[List[str], List[str]]:
     ids: List[str] = []
     texts: List[str] = []
     seen = set()
+    names = set()
 
     def add(qualname: str, obj: Any) -> None:
-        if id(obj) in seen or len(ids) >= max_docs:
+        # Each object once (re-exports), each name once (a name listed twice in __all__).
+        if id(obj) in seen or qualname in names or len(ids) >= max_docs:
             return
         para = _first_paragraph(getattr(obj, "__doc__", None))
         if len(para) < 12:  # nothing to match a request against
             return
         seen.add(id(obj))
+        names.add(qualname)
         ids.append(qualname)
         texts.append(f"{qualname}: {para}")
 
