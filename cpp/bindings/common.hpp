@@ -34,6 +34,7 @@ const T* checked_or_null(const py::object& o, const char* name, py::ssize_t ndim
 
 void bind_dense(py::module_& m);
 void bind_maxsim(py::module_& m);
+void bind_probe(py::module_& m);
 
 }  // namespace bindings
 }  // namespace flatcoat

@@ -10,8 +10,9 @@
 namespace flatcoat {
 
 /// Keeps the k best (value, row) pairs: higher value is better, and equal
-/// values are ordered by the smaller user id (ids[row]), so the result is the
-/// same whatever order rows arrive in, whatever the thread count.
+/// values are ordered by the smaller user id (ids[row], or row itself when
+/// ids is null), so the result is the same whatever order rows arrive in,
+/// whatever the thread count.
 class topk_t {
    public:
     struct entry_t {
@@ -54,7 +55,8 @@ class topk_t {
 
    private:
     bool better(const entry_t& a, const entry_t& b) const {
-        return a.value > b.value || (a.value == b.value && ids_[a.row] < ids_[b.row]);
+        if (a.value != b.value) return a.value > b.value;
+        return ids_ ? ids_[a.row] < ids_[b.row] : a.row < b.row;
     }
     // std heap algorithms keep the "largest" on top: with better() as less-than,
     // the top is the worst kept entry, the one a newcomer must beat.

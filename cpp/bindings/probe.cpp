@@ -1,0 +1,64 @@
+// Bindings of the ceiling probes and plain top-k selection.
+#include "common.hpp"
+#include "flatcoat/probe.hpp"
+
+namespace flatcoat {
+namespace bindings {
+
+void bind_probe(py::module_& m) {
+    auto as_tuple = [](probe_result_t r) { return py::make_tuple(r.seconds, r.work); };
+    m.def(
+        "probe_read_bandwidth",
+        [](const py::array& x, size_t threads) {
+            const float* p = checked<float>(x, "x", 1);
+            size_t n = size_t(x.shape(0));
+            py::gil_scoped_release release;
+            return probe_read_bandwidth(p, n, threads);
+        },
+        py::arg("x"), py::arg("threads"), "Reads x once on `threads` threads; returns (seconds, bytes).");
+    m.def(
+        "probe_fma",
+        [](size_t rounds, size_t threads) {
+            py::gil_scoped_release release;
+            return probe_fma(rounds, threads);
+        },
+        py::arg("rounds"), py::arg("threads"), "float32 FMA loop; returns (seconds, flops).");
+    m.def(
+        "probe_int8",
+        [](size_t rounds, size_t threads) {
+            py::gil_scoped_release release;
+            return probe_int8(rounds, threads);
+        },
+        py::arg("rounds"), py::arg("threads"), "u8 x s8 dot loop; returns (seconds, integer ops).");
+    m.def(
+        "probe_popcount",
+        [](size_t rounds, size_t threads) {
+            py::gil_scoped_release release;
+            return probe_popcount(rounds, threads);
+        },
+        py::arg("rounds"), py::arg("threads"), "64-bit popcount loop; returns (seconds, popcounts).");
+    m.def(
+        "topk",
+        [](const py::array& scores, size_t k) {
+            const float* p = checked<float>(scores, "scores", 2);
+            size_t rows = size_t(scores.shape(0)), n = size_t(scores.shape(1));
+            py::array_t<float> values({rows, k});
+            py::array_t<int64_t> indices({rows, k});
+            float* v = values.mutable_data();
+            int64_t* i = indices.mutable_data();
+            {
+                py::gil_scoped_release release;
+                select_topk(p, rows, n, k, v, i);
+            }
+            return py::make_tuple(values, indices);
+        },
+        py::arg("scores"), py::arg("k"),
+        "Top-k of each row (largest first, ties by smaller index); pads with -inf / -1.");
+    py::class_<probe_result_t>(m, "ProbeResult")
+        .def_readonly("seconds", &probe_result_t::seconds)
+        .def_readonly("work", &probe_result_t::work)
+        .def("__iter__", [as_tuple](const probe_result_t& r) { return py::iter(as_tuple(r)); });
+}
+
+}  // namespace bindings
+}  // namespace flatcoat

@@ -1,0 +1,47 @@
+// Probes of the machine's ceilings, used by `flatcoat bench` to say how close
+// the kernels come to the hardware: memory read bandwidth, float32 FMA
+// throughput, int8 dot throughput and popcount throughput, each with the
+// active ISA's instructions and on as many threads as asked.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "flatcoat/isa.hpp"
+
+namespace flatcoat {
+
+/// Per-ISA probe loops; each returns a value that depends on all its work so
+/// the compiler cannot drop it.
+struct probe_kernels_t {
+    /// Sum of n floats (streams x once with independent accumulators).
+    float (*read_sum)(const float* x, size_t n);
+    /// `rounds` x (independent FMA chains x width) fused multiply-adds.
+    float (*fma_loop)(size_t rounds, float seed);
+    size_t fma_per_round;  ///< multiply-adds per round (chains x lanes)
+    /// `rounds` x (chains x lanes x 4) int8 multiply-adds (u8 x s8 -> i32).
+    int64_t (*int8_loop)(size_t rounds, uint8_t seed);
+    size_t int8_per_round;
+    /// popcount of `words` uint64 words, `rounds` times.
+    uint64_t (*popcount_loop)(const uint64_t* x, size_t words, size_t rounds);
+};
+
+const probe_kernels_t& probe_kernels(isa_t isa);
+
+/// Result of one timed probe: seconds of wall time and the work done.
+struct probe_result_t {
+    double seconds;
+    double work;  ///< bytes read, or operations (an FMA or a multiply-add counts 2)
+};
+
+probe_result_t probe_read_bandwidth(const float* x, size_t n, size_t threads);
+probe_result_t probe_fma(size_t rounds_per_thread, size_t threads);
+probe_result_t probe_int8(size_t rounds_per_thread, size_t threads);
+probe_result_t probe_popcount(size_t rounds_per_thread, size_t threads);
+
+/// Top-k of each row of a (rows x n) score matrix: values and column indices,
+/// best first, ties by smaller index; threads split the rows, or the columns
+/// of a single row.
+void select_topk(const float* scores, size_t rows, size_t n, size_t k, float* out_values, int64_t* out_indices);
+
+}  // namespace flatcoat

@@ -1,0 +1,132 @@
+// Timed ceiling probes and plain top-k selection (for `flatcoat bench`).
+#include "flatcoat/probe.hpp"
+
+#include <algorithm>  // std::min
+#include <atomic>     // std::atomic
+#include <chrono>     // std::chrono::steady_clock
+#include <limits>     // std::numeric_limits
+#include <vector>
+
+#include "flatcoat/common.hpp"
+#include "flatcoat/thread_pool.hpp"
+#include "flatcoat/topk.hpp"
+
+namespace flatcoat {
+
+namespace kernels {
+#ifdef FLATCOAT_HAVE_scalar
+const probe_kernels_t& probe_kernels_scalar();
+#endif
+#ifdef FLATCOAT_HAVE_haswell
+const probe_kernels_t& probe_kernels_haswell();
+#endif
+#ifdef FLATCOAT_HAVE_skylake
+const probe_kernels_t& probe_kernels_skylake();
+#endif
+#ifdef FLATCOAT_HAVE_neon
+const probe_kernels_t& probe_kernels_neon();
+#endif
+}  // namespace kernels
+
+const probe_kernels_t& probe_kernels(isa_t isa) {
+    switch (isa) {
+#ifdef FLATCOAT_HAVE_scalar
+        case isa_t::scalar_k: return kernels::probe_kernels_scalar();
+#endif
+#ifdef FLATCOAT_HAVE_haswell
+        case isa_t::haswell_k: return kernels::probe_kernels_haswell();
+#endif
+#ifdef FLATCOAT_HAVE_skylake
+        case isa_t::skylake_k: return kernels::probe_kernels_skylake();
+#endif
+#ifdef FLATCOAT_HAVE_neon
+        case isa_t::neon_k: return kernels::probe_kernels_neon();
+#endif
+        default: throw error(std::string("no probe kernels compiled for ISA '") + isa_name(isa) + "'");
+    }
+}
+
+namespace {
+
+// Keeps results alive so the optimiser cannot drop the probe loops.
+std::atomic<double> g_sink{0.0};
+
+template <class body_t>
+double timed_on_threads(size_t threads, const body_t& body) {
+    threads = std::max<size_t>(1, threads);
+    auto start = std::chrono::steady_clock::now();
+    parallel_for(threads, threads, [&](size_t task, size_t) { body(task); });
+    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+}
+
+}  // namespace
+
+probe_result_t probe_read_bandwidth(const float* x, size_t n, size_t threads) {
+    const probe_kernels_t& k = probe_kernels(active_isa());
+    threads = std::max<size_t>(1, std::min(threads, n / 4096 + 1));
+    const size_t chunk = (n + threads - 1) / threads;
+    double seconds = timed_on_threads(threads, [&](size_t t) {
+        size_t begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
+        g_sink.store(g_sink.load() + double(k.read_sum(x + begin, end - begin)));
+    });
+    return {seconds, double(n) * sizeof(float)};
+}
+
+probe_result_t probe_fma(size_t rounds, size_t threads) {
+    const probe_kernels_t& k = probe_kernels(active_isa());
+    double seconds = timed_on_threads(threads, [&](size_t t) {
+        g_sink.store(g_sink.load() + double(k.fma_loop(rounds, float(t) * 1e-3f)));
+    });
+    return {seconds, 2.0 * double(rounds) * double(k.fma_per_round) * double(std::max<size_t>(1, threads))};
+}
+
+probe_result_t probe_int8(size_t rounds, size_t threads) {
+    const probe_kernels_t& k = probe_kernels(active_isa());
+    double seconds = timed_on_threads(threads, [&](size_t t) {
+        g_sink.store(g_sink.load() + double(k.int8_loop(rounds, uint8_t(t))));
+    });
+    return {seconds, 2.0 * double(rounds) * double(k.int8_per_round) * double(std::max<size_t>(1, threads))};
+}
+
+probe_result_t probe_popcount(size_t rounds, size_t threads) {
+    const probe_kernels_t& k = probe_kernels(active_isa());
+    constexpr size_t words = 512;  // 4 KiB: L1-resident, so the loop measures popcount, not memory
+    std::vector<uint64_t> data(words);
+    for (size_t i = 0; i < words; ++i) data[i] = 0x9e3779b97f4a7c15ull * (i + 1);
+    double seconds = timed_on_threads(threads, [&](size_t) {
+        g_sink.store(g_sink.load() + double(k.popcount_loop(data.data(), words, rounds)));
+    });
+    return {seconds, double(rounds) * double(words) * double(std::max<size_t>(1, threads))};
+}
+
+void select_topk(const float* scores, size_t rows, size_t n, size_t k, float* out_values, int64_t* out_indices) {
+    if (k == 0) throw error("k must be positive");
+    // A single row is split into column blocks, one selector per block, merged after.
+    const size_t blocks = rows == 1 ? std::max<size_t>(1, std::min(num_threads() * 4, n / 65536 + 1)) : 1;
+    const size_t block = (n + blocks - 1) / blocks;
+    for (size_t i = 0; i < rows * k; ++i) {
+        out_values[i] = -std::numeric_limits<float>::infinity();
+        out_indices[i] = -1;
+    }
+    std::vector<topk_t> partial(rows * blocks);
+    parallel_for(rows * blocks, num_threads(), [&](size_t task, size_t) {
+        const size_t r = task / blocks, b = task % blocks;
+        const float* row = scores + r * n;
+        topk_t top(k, nullptr);
+        for (size_t j = b * block, end = std::min(n, (b + 1) * block); j < end; ++j)
+            if (row[j] >= top.threshold()) top.push(row[j], int64_t(j));
+        partial[task] = std::move(top);
+    });
+    for (size_t r = 0; r < rows; ++r) {
+        topk_t& merged = partial[r * blocks];
+        for (size_t b = 1; b < blocks; ++b) merged.merge(partial[r * blocks + b]);
+        size_t at = 0;
+        for (const topk_t::entry_t& e : merged.sorted()) {
+            out_values[r * k + at] = e.value;
+            out_indices[r * k + at] = e.row;
+            ++at;
+        }
+    }
+}
+
+}  // namespace flatcoat
