@@ -328,3 +328,15 @@ def test_progress_bar_only_when_asked(dense, capfd):
     assert capfd.readouterr().err == ""
     dense.encode_documents(TEXTS, progress=True)
     assert "encoding documents" in capfd.readouterr().err
+
+
+def test_shared_document_pass_equals_separate_encodes(dense):
+    from flatcoat.encoders import encode_documents_shared
+
+    mv = Encoder.from_pretrained("all-MiniLM-L6-v2", kind="multivector")
+    d, m = encode_documents_shared([dense, mv], TEXTS, batch_size=2)
+    np.testing.assert_allclose(d, dense.encode_documents(TEXTS), atol=1e-6)
+    for a, b in zip(m, mv.encode_documents(TEXTS)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(TypeError, match="non-empty list"):
+        encode_documents_shared([], TEXTS)

@@ -168,32 +168,53 @@ def _cache_path(cache: Optional[str], *parts: Any) -> Optional[Path]:
     return Path(cache) / key
 
 
-def _encode_cached(enc, texts: List[str], side: str, cache: Optional[str], tag: str, batch_size: int):
-    """Encode (or read back) texts; multivector results are stored as one flat array plus lengths."""
+def _cache_file(cache: Optional[str], enc, texts: List[str], side: str, tag: str) -> Optional[Path]:
     import dataclasses
 
-    path = _cache_path(cache, tag, enc.name, enc.kind, dataclasses.asdict(enc.config), side, len(texts),
+    return _cache_path(cache, tag, enc.name, enc.kind, dataclasses.asdict(enc.config), side, len(texts),
                        hashlib.sha1("\x00".join(texts).encode()).hexdigest())
-    if path is not None and (path / "vectors.npy").is_file():
-        flat = np.load(path / "vectors.npy")
-        if enc.kind == "dense":
-            return flat, 0.0
-        lengths = np.load(path / "lengths.npy")
-        return np.split(flat, np.cumsum(lengths)[:-1]), 0.0
-    t0 = time.perf_counter()
-    if side == "query":
-        out = enc.encode_queries(texts, batch_size=batch_size)
+
+
+def _cache_read(path: Optional[Path], kind: str):
+    if path is None or not (path / "vectors.npy").is_file():
+        return None
+    flat = np.load(path / "vectors.npy")
+    if kind == "dense":
+        return flat
+    lengths = np.load(path / "lengths.npy")
+    return np.split(flat, np.cumsum(lengths)[:-1])
+
+
+def _cache_write(path: Optional[Path], kind: str, out) -> None:
+    if path is None:
+        return
+    path.mkdir(parents=True, exist_ok=True)
+    if kind == "dense":
+        np.save(path / "vectors.npy", out)
     else:
-        out = enc.encode_documents(texts, batch_size=batch_size)
+        np.save(path / "lengths.npy", np.array([len(x) for x in out], dtype=np.int64))
+        np.save(path / "vectors.npy", np.concatenate(out))
+
+
+def _encode_all(encs, texts: List[str], side: str, cache: Optional[str], tag: str, batch_size: int):
+    """Encode texts for each encoder (reading back cached results); documents share a forward pass
+    between encoders of one model. Returns ([outputs], seconds spent encoding)."""
+    from .encoders import encode_documents_shared
+
+    paths = [_cache_file(cache, e, texts, side, tag) for e in encs]
+    outs = [_cache_read(p, e.kind) for p, e in zip(paths, encs)]
+    todo = [i for i, o in enumerate(outs) if o is None]
+    t0 = time.perf_counter()
+    if todo and side == "document":
+        for i, o in zip(todo, encode_documents_shared([encs[i] for i in todo], texts, batch_size=batch_size)):
+            outs[i] = o
+    else:
+        for i in todo:
+            outs[i] = encs[i].encode_queries(texts, batch_size=batch_size)
     elapsed = time.perf_counter() - t0
-    if path is not None:
-        path.mkdir(parents=True, exist_ok=True)
-        if enc.kind == "dense":
-            np.save(path / "vectors.npy", out)
-        else:
-            np.save(path / "lengths.npy", np.array([len(x) for x in out], dtype=np.int64))
-            np.save(path / "vectors.npy", np.concatenate(out))
-    return out, elapsed
+    for i in todo:
+        _cache_write(paths[i], encs[i].kind, outs[i])
+    return outs, elapsed
 
 
 def bm25_run(corpus_ids: List[str], corpus_texts: List[str], qids: List[str], qtexts: List[str], k: int):
@@ -227,7 +248,10 @@ def evaluate_dataset(
     cache: Optional[str] = None,
     log=None,
 ) -> List[Dict[str, Any]]:
-    """Rows of ``{"system", metrics..., "encode_s", "search_s"}`` for one BEIR-format collection."""
+    """Rows of ``{"system", metrics..., "encode_s", "search_s"}`` for one BEIR-format collection.
+
+    One document encode serves every storage; the dense and multi-vector encoders of one model share
+    a forward pass (so their ``encode_s`` is the same shared time)."""
     import flatcoat
     from . import eval as fe
 
@@ -249,32 +273,37 @@ def evaluate_dataset(
         if log:
             log(r)
 
+    encs = []
     if storages:
-        enc = _encoder(model, "dense")
-        D, td = _encode_cached(enc, texts, "document", cache, tag, batch_size)
-        Q, tq = _encode_cached(enc, qtexts, "query", cache, tag, batch_size)
-        for storage in storages:
-            quantized = storage in ("int8", "binary")
-            index = flatcoat.DenseIndex(enc.dim, metric="ip", storage=storage, keep_float=quantized and bool(rescore))
-            index.add(D)
-            depths = [None] + ([r for r in rescore if r >= k] if quantized else [])
-            for depth in depths:
-                t0 = time.perf_counter()
-                scores, ids = index.search(Q, k=k, rescore=depth)
-                ts = time.perf_counter() - t0
-                name = f"dense {storage}" + (f" + rescore@{depth}" if depth else "")
-                row(name, fe.run_from_results(qids, scores, ids, dids), td + tq, ts)
+        encs.append(_encoder(model, "dense"))
     if multivector:
-        menc = _encoder(model, "multivector")
-        D, td = _encode_cached(menc, texts, "document", cache, tag, batch_size)
-        Q, tq = _encode_cached(menc, qtexts, "query", cache, tag, batch_size)
-        index = _multivector_index_cls()(menc.dim)
-        index.add(D)
-        t0 = time.perf_counter()
-        scores, ids = index.search(Q, k=k)
-        ts = time.perf_counter() - t0
-        label = "multivector (stand-in)" if menc.config.stand_in else "multivector"
-        row(f"{label} MaxSim", fe.run_from_results(qids, scores, ids, dids), td + tq, ts)
+        encs.append(_encoder(model, "multivector"))
+    if encs:
+        docs, td = _encode_all(encs, texts, "document", cache, tag, batch_size)
+        qs, tq = _encode_all(encs, qtexts, "query", cache, tag, batch_size)
+        if log:
+            log({"encoded": f"{len(texts)} documents and {len(qtexts)} queries in {td + tq:.1f} s"})
+    for enc, D, Q in zip(encs, docs if encs else [], qs if encs else []):
+        if enc.kind == "dense":
+            for storage in storages:
+                quantized = storage in ("int8", "binary")
+                index = flatcoat.DenseIndex(enc.dim, metric="ip", storage=storage, keep_float=quantized and bool(rescore))
+                index.add(D)
+                depths = [None] + ([r for r in rescore if r >= k] if quantized else [])
+                for depth in depths:
+                    t0 = time.perf_counter()
+                    scores, ids = index.search(Q, k=k, rescore=depth)
+                    ts = time.perf_counter() - t0
+                    name = f"dense {storage}" + (f" + rescore@{depth}" if depth else "")
+                    row(name, fe.run_from_results(qids, scores, ids, dids), td + tq, ts)
+        else:
+            index = _multivector_index_cls()(enc.dim)
+            index.add(D)
+            t0 = time.perf_counter()
+            scores, ids = index.search(Q, k=k)
+            ts = time.perf_counter() - t0
+            label = "multivector (stand-in)" if enc.config.stand_in else "multivector"
+            row(f"{label} MaxSim", fe.run_from_results(qids, scores, ids, dids), td + tq, ts)
     if bm25:
         run, ti, ts = bm25_run(dids, texts, qids, qtexts, k)
         row("BM25 (bm25s)", run, ti, ts)
@@ -298,9 +327,16 @@ def _cmd_eval(args) -> int:
     for m in metrics:
         fe._parse_metric(m)
     storages = [] if args.multivector and not args.storage_given else args.storage
+    def log(r):
+        if "encoded" in r:
+            print(f"encoded {r['encoded']}", file=sys.stderr)
+        else:
+            print(f"  {r['system']}: " + ", ".join(f"{m} {r[m]:.4f}" for m in metrics), file=sys.stderr)
+
     rows = evaluate_dataset(
         args.dataset, model=args.model, storages=storages, rescore=args.rescore, multivector=args.multivector,
         bm25=args.bm25, split=args.split, metrics=metrics, batch_size=args.batch_size, cache=args.cache,
+        log=log if args.verbose else None,
     )
     print(f"{args.dataset} (split {args.split}, model {args.model})")
     print(format_table(rows, metrics))
@@ -477,6 +513,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.add_argument("--cache", default=None, help="directory to cache embeddings in between runs")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
+    p.add_argument("-v", "--verbose", action="store_true", help="report each row on stderr as it is measured")
     p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("demo", help="search the standard library's docstrings with the bundled model")

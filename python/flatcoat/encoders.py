@@ -30,7 +30,7 @@ import numpy as np
 
 from . import models as _models
 
-__all__ = ["Encoder", "EncoderConfig", "POOLINGS", "KINDS"]
+__all__ = ["Encoder", "EncoderConfig", "encode_documents_shared", "POOLINGS", "KINDS"]
 
 POOLINGS = ("cls", "mean", "last-token", "weighted-mean")
 KINDS = ("dense", "multivector")
@@ -411,7 +411,10 @@ class Encoder:
             else:
                 yield pos, ids, mask, mask.astype(bool)
 
-    def _encode(self, texts: List[str], side: str, batch_size: int, progress: Optional[bool]):
+    def _encode(self, texts: List[str], side: str, batch_size: int, progress: Optional[bool],
+                partners: Sequence["Encoder"] = ()):
+        """Run the model over length-sorted batches; ``partners`` (same model and tokenization) pool
+        the same forward pass their own way."""
         batch_size = _check_batch_size(batch_size)
         tok = self._tok_query if side == "query" else self._tok_doc
         encodings = tok.encode_batch(texts)
@@ -423,23 +426,25 @@ class Encoder:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=len(texts), desc=f"encoding {side}s", unit="text", disable=False)
-        dense = self.kind == "dense"
-        out_dense = np.empty((len(texts), self.dim), dtype=np.float32) if dense else None
-        out_multi: List[Optional[np.ndarray]] = [] if dense else [None] * len(texts)
+        encs = (self,) + tuple(partners)
+        outs = [
+            np.empty((len(texts), e.dim), dtype=np.float32) if e.kind == "dense" else [None] * len(texts) for e in encs
+        ]
         try:
             for pos, ids, mask, keep in self._batches(encodings, side, batch_size):
                 hidden = self._run(ids, mask)
-                if dense:
-                    out_dense[pos] = self._pool(hidden, mask)
-                else:
-                    for p, vecs in zip(pos, self._tokens(hidden, ids, keep, side)):
-                        out_multi[p] = vecs
+                for e, out in zip(encs, outs):
+                    if e.kind == "dense":
+                        out[pos] = e._pool(hidden, mask)
+                    else:
+                        for p, vecs in zip(pos, e._tokens(hidden, ids, keep, side)):
+                            out[p] = vecs
                 if bar is not None:
                     bar.update(len(pos))
         finally:
             if bar is not None:
                 bar.close()
-        return out_dense if dense else out_multi
+        return outs if partners else outs[0]
 
     def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
         hidden = hidden.astype(np.float32, copy=False)
@@ -475,3 +480,40 @@ class Encoder:
             keep = keep & ~np.isin(ids, self._skip_ids)
         # Boolean selection per row drops padding (and skipped punctuation) in one step.
         return [np.ascontiguousarray(hidden[i][keep[i]]) for i in range(hidden.shape[0])]
+
+
+def encode_documents_shared(
+    encoders: Sequence[Encoder], texts: Sequence[str], batch_size: int = 32, progress: Optional[bool] = None
+) -> List[Union[np.ndarray, List[np.ndarray]]]:
+    """Encode documents for several encoders, sharing one forward pass where they can.
+
+    Encoders of the same model whose documents are tokenized alike (same session, tokenizer,
+    document length and prefix, no document marker), e.g. a dense MiniLM and its multi-vector
+    stand-in, pool one run of the model; any other encoder runs on its own. Returns one result per
+    encoder, as :meth:`Encoder.encode_documents` would.
+    """
+    encoders = list(encoders)
+    if not encoders or not all(isinstance(e, Encoder) for e in encoders):
+        raise TypeError("encoders must be a non-empty list of flatcoat.Encoder")
+    items = _check_texts(texts)
+
+    def key(e: Encoder):
+        c = e.config
+        if c.document_marker:
+            return ("alone", id(e))
+        return (id(e.session), str(e.files.tokenizer), c.document_max_length, c.document_prefix)
+
+    results: List[Any] = [None] * len(encoders)
+    groups: Dict[Any, List[int]] = {}
+    for i, e in enumerate(encoders):
+        groups.setdefault(key(e), []).append(i)
+    for members in groups.values():
+        lead = encoders[members[0]]
+        prefix = lead.config.document_prefix
+        docs = [prefix + t for t in items] if prefix else items
+        outs = lead._encode(docs, "document", batch_size, progress, partners=[encoders[i] for i in members[1:]])
+        if len(members) == 1:
+            outs = [outs]
+        for i, out in zip(members, outs):
+            results[i] = out
+    return results
