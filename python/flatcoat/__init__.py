@@ -12,11 +12,12 @@ from ._persist import IndexFormatError, load
 from .dense import DenseIndex
 from . import eval
 from .encoders import Encoder
+from .multivector import MultiVectorIndex, maxsim
 from .retriever import Hit, Retriever
 
 __version__ = _core.__version__
 
-__all__ = ["DenseIndex", "Encoder", "Retriever", "Hit", "eval", "IndexFormatError", "load", "info", "set_num_threads", "get_num_threads", "__version__"]
+__all__ = ["DenseIndex", "MultiVectorIndex", "maxsim", "Encoder", "Retriever", "Hit", "eval", "IndexFormatError", "load", "info", "set_num_threads", "get_num_threads", "__version__"]
 
 
 def info() -> dict:
