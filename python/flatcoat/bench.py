@@ -1,0 +1,332 @@
+"""``flatcoat bench``: measure the machine's ceilings, then the kernels against them.
+
+First the ceilings, each with the best instruction set compiled in: memory
+read bandwidth (a buffer far larger than the last-level cache), float32 FMA
+throughput, int8 dot throughput and 64-bit popcount throughput. Then every
+kernel on generated data sized beyond the caches: dense f32/f16/int8/binary
+scans at Q = 1 and batched, MaxSim f32/f16/int8, and top-k over 10M scores.
+Each figure is the median of several timed repeats after a warm-up, with its
+spread, and the percentage of the ceiling that bounds it (bandwidth for a
+single-query scan, arithmetic for a batch).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Dict, List, Optional
+
+import numpy as np
+
+from . import _core
+
+__all__ = ["run", "measure_ceilings", "Row"]
+
+
+@dataclass
+class Row:
+    kernel: str
+    isa: str
+    threads: int
+    seconds: float  # median of the repeats
+    spread: float  # (max - min) / median of the repeats
+    items_per_s: float
+    item: str  # what items_per_s counts: "vectors", "docs", "scores"
+    gb_per_s: float  # bytes of stored data read per second
+    gops: float  # arithmetic operations per second / 1e9 (an FMA counts 2)
+    bound: str  # "bandwidth" or the compute ceiling that bounds it
+    percent_of_ceiling: float
+    bytes_moved: float
+    operations: float
+    repeats: List[float] = field(default_factory=list)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _timed(fn: Callable[[], object], repeats: int) -> List[float]:
+    fn()  # warm-up: page faults, thread start, caches
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _median_spread(times: List[float]):
+    med = statistics.median(times)
+    return med, (max(times) - min(times)) / med if med > 0 else 0.0
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _cpu_flags() -> List[str]:
+    wanted = {"avx2", "fma", "f16c", "popcnt", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "asimd", "sve"}
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return sorted(wanted & set(line.split(":", 1)[1].split()))
+    except OSError:
+        pass
+    return []
+
+
+class _Progress:
+    """tqdm when it is installed and stderr is a terminal; silent otherwise."""
+
+    def __init__(self, total: int, enabled: bool):
+        self._bar = None
+        if enabled and sys.stderr.isatty():
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, desc="flatcoat bench", unit="step", file=sys.stderr)
+            except ImportError:
+                pass
+
+    def step(self, label: str):
+        if self._bar is not None:
+            self._bar.set_postfix_str(label)
+            self._bar.update(1)
+
+    def close(self):
+        if self._bar is not None:
+            self._bar.close()
+
+
+# ----------------------------------------------------------------------------- ceilings
+
+
+def measure_ceilings(threads: int, quick: bool, size_factor: float = 1.0, repeats: int = 3) -> Dict[str, float]:
+    """The machine's ceilings with the active ISA: GB/s, GFLOP/s, int8 GOP/s, Gpopcount/s."""
+    n = max(1 << 16, int((256 if quick else 1024) * 2**20 * size_factor) // 4)
+    buffer = np.ones(n, dtype=np.float32)  # written once so every page is really backed
+    bandwidth = max(b / s for s, b in (_core.probe_read_bandwidth(buffer, threads) for _ in range(repeats)))
+    del buffer
+    rounds = max(1000, int((2_000_000 if quick else 10_000_000) * size_factor))
+    fma = max(f / s for s, f in (_core.probe_fma(rounds, threads) for _ in range(repeats)))
+    int8 = max(f / s for s, f in (_core.probe_int8(rounds, threads) for _ in range(repeats)))
+    pop_rounds = max(100, rounds // 200)
+    popcount = max(p / s for s, p in (_core.probe_popcount(pop_rounds, threads) for _ in range(repeats)))
+    return {
+        "read_gb_per_s": bandwidth / 1e9,
+        "fma_gflops": fma / 1e9,
+        "int8_gops": int8 / 1e9,
+        "popcount_g_per_s": popcount / 1e9,
+    }
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+def _sizes(quick: bool, factor: float) -> Dict[str, int]:
+    base = {
+        "dense_n": 200_000 if quick else 1_000_000,
+        "binary_n": 2_000_000 if quick else 8_000_000,
+        "dim": 384,
+        "batch": 64 if quick else 256,
+        "maxsim_docs": 3_000 if quick else 20_000,
+        "topk_n": 10_000_000,
+    }
+    return {k: (v if k == "dim" else max(64, int(v * factor))) for k, v in base.items()}
+
+
+def _dense_rows(isa, threads, sizes, ceilings, repeats, rng, progress) -> List[Row]:
+    from .dense import DenseIndex
+
+    rows: List[Row] = []
+    dim, batch = sizes["dim"], sizes["batch"]
+    queries = rng.standard_normal((batch, dim), dtype=np.float32)
+    for storage in ("f32", "f16", "int8", "binary"):
+        n = sizes["binary_n"] if storage == "binary" else sizes["dense_n"]
+        index = DenseIndex(dim, storage=storage)
+        chunk = 100_000
+        for start in range(0, n, chunk):  # in chunks: the f32 source never exists whole
+            index.add(rng.standard_normal((min(chunk, n - start), dim), dtype=np.float32))
+        stored = index._rows.view("codes").nbytes
+        for nq in (1, batch):
+            q = queries[:nq]
+            times = _timed(lambda: index.search(q, k=10), repeats)
+            med, spread = _median_spread(times)
+            if storage == "binary":
+                ops = n * nq * (dim // 64 + (dim % 64 > 0))  # 64-bit popcounts
+                ceiling_name, ceiling = "popcount", ceilings["popcount_g_per_s"]
+            else:
+                ops = 2.0 * n * dim * nq
+                ceiling_name, ceiling = "fma", ceilings["fma_gflops"]
+            gb = stored / med / 1e9
+            gops = ops / med / 1e9
+            if nq == 1:
+                bound, pct = "bandwidth", 100.0 * gb / ceilings["read_gb_per_s"]
+            else:
+                bound, pct = ceiling_name, 100.0 * gops / ceiling
+            rows.append(Row(f"dense {storage} Q={nq}", isa, threads, med, spread, n * nq / med, "vectors",
+                            gb, gops, bound, pct, float(stored), float(ops), times))
+            progress.step(rows[-1].kernel)
+        del index
+    return rows
+
+
+def _maxsim_rows(isa, threads, sizes, ceilings, repeats, rng, progress) -> List[Row]:
+    from .multivector import MultiVectorIndex
+
+    rows: List[Row] = []
+    dim, n_docs, q_tokens = 128, sizes["maxsim_docs"], 32
+    lengths = rng.integers(50, 301, n_docs)
+    tokens = rng.standard_normal((int(lengths.sum()), dim), dtype=np.float32)
+    tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
+    query = rng.standard_normal((q_tokens, dim), dtype=np.float32)
+    for storage in ("f32", "f16", "int8"):
+        index = MultiVectorIndex(dim, storage=storage)
+        index.add((tokens, lengths))
+        stored = index.nbytes
+        times = _timed(lambda: index.search(query, k=10), repeats)
+        med, spread = _median_spread(times)
+        ops = 2.0 * q_tokens * tokens.shape[0] * dim
+        ceiling_name, ceiling = ("int8", ceilings["int8_gops"]) if storage == "int8" else ("fma", ceilings["fma_gflops"])
+        gops = ops / med / 1e9
+        rows.append(Row(f"maxsim {storage}", isa, threads, med, spread, n_docs / med, "docs", stored / med / 1e9,
+                        gops, ceiling_name, 100.0 * gops / ceiling, float(stored), ops, times))
+        progress.step(rows[-1].kernel)
+        del index
+    return rows
+
+
+def _topk_rows(isa, threads, sizes, ceilings, repeats, rng, progress) -> List[Row]:
+    n = sizes["topk_n"]
+    scores = rng.standard_normal((1, n), dtype=np.float32)
+    times = _timed(lambda: _core.topk(scores, 10), repeats)
+    med, spread = _median_spread(times)
+    gb = scores.nbytes / med / 1e9
+    row = Row(f"top-k k=10 of {n:,}", isa, threads, med, spread, n / med, "scores", gb, 0.0, "bandwidth",
+              100.0 * gb / ceilings["read_gb_per_s"], float(scores.nbytes), 0.0, times)
+    progress.step(row.kernel)
+    return [row]
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, device: str = "cpu",
+        json_path: Optional[str] = None, plot_path: Optional[str] = None, progress: bool = True,
+        size_factor: float = 1.0, repeats: Optional[int] = None, out=sys.stdout) -> dict:
+    """Runs the benchmark and returns (and optionally writes) its report as a dict."""
+    if device != "cpu":
+        from . import cuda as _cuda_module  # noqa: F401 - raises a clear error when CUDA is unavailable
+
+        raise RuntimeError("flatcoat bench --device cuda: run bench/gpu_check.sh on a GPU machine")
+    if plot_path is not None:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise RuntimeError("--plot needs matplotlib: pip install matplotlib") from None
+    compiled = [name for name in _core.compiled_isas() if _core.cpu_supports(name)]
+    if isa == "all":
+        isas = compiled
+    elif isa == "best":
+        isas = [_core.active_isa()]
+    elif isa in compiled:
+        isas = [isa]
+    else:
+        raise ValueError(f"--isa: {isa!r} is not usable here; choose one of {', '.join(compiled)} or 'all'")
+    threads = threads or _core.num_threads()
+    repeats = repeats or (3 if quick else 5)
+    sizes = _sizes(quick, size_factor)
+    previous_isa, previous_threads = _core.active_isa(), _core.num_threads()
+    bar = _Progress(total=1 + len(isas) * 12, enabled=progress)
+    rows: List[Row] = []
+    try:
+        _core.set_num_threads(threads)
+        _core.set_active_isa(_core.detected_isa())
+        ceilings = measure_ceilings(threads, quick, size_factor)
+        bar.step("ceilings")
+        rng = np.random.default_rng(0)
+        for name in isas:
+            _core.set_active_isa(name)
+            rows += _dense_rows(name, threads, sizes, ceilings, repeats, rng, bar)
+            rows += _maxsim_rows(name, threads, sizes, ceilings, repeats, rng, bar)
+            rows += _topk_rows(name, threads, sizes, ceilings, repeats, rng, bar)
+    finally:
+        _core.set_active_isa(previous_isa)
+        _core.set_num_threads(previous_threads)
+        bar.close()
+    report = {
+        "machine": {
+            "cpu": _cpu_model(), "flags": _cpu_flags(), "cores": os.cpu_count(), "platform": platform.platform(),
+        },
+        "versions": {"flatcoat": _core.__version__, "numpy": np.__version__, "python": platform.python_version()},
+        "settings": {"quick": quick, "threads": threads, "repeats": repeats, "isas": isas, "sizes": sizes,
+                     "ceiling_isa": _core.detected_isa()},
+        "ceilings": ceilings,
+        "rows": [asdict(r) for r in rows],
+        "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    }
+    print(format_table(report), file=out)
+    if json_path:
+        with open(json_path, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+    if plot_path:
+        plot_roofline(report, plot_path)
+    return report
+
+
+def format_table(report: dict) -> str:
+    c = report["ceilings"]
+    lines = [
+        f"flatcoat bench on {report['machine']['cpu']} ({report['settings']['threads']} threads)",
+        f"ceilings ({report['settings']['ceiling_isa']}): read {c['read_gb_per_s']:.1f} GB/s, "
+        f"float32 FMA {c['fma_gflops']:.1f} GFLOP/s, int8 dot {c['int8_gops']:.1f} GOP/s, "
+        f"popcount {c['popcount_g_per_s']:.2f} G/s",
+        "",
+        "| kernel | isa | median ms | spread | throughput | GB/s | GOP/s | % of ceiling |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["rows"]:
+        lines.append(
+            f"| {r['kernel']} | {r['isa']} | {r['seconds'] * 1e3:.2f} | {100 * r['spread']:.0f}% | "
+            f"{r['items_per_s']:.3g} {r['item']}/s | {r['gb_per_s']:.1f} | {r['gops']:.1f} | "
+            f"{r['percent_of_ceiling']:.0f}% of {r['bound']} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_roofline(report: dict, path: str) -> None:
+    """Operational intensity (ops per byte) against achieved GOP/s, under the two roofs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    c = report["ceilings"]
+    fig, ax = plt.subplots(figsize=(7, 5))
+    intensities = np.logspace(-2, 3, 200)
+    ax.plot(intensities, np.minimum(c["fma_gflops"], intensities * c["read_gb_per_s"]), "k-", label="float32 roof")
+    ax.plot(intensities, np.minimum(c["int8_gops"], intensities * c["read_gb_per_s"]), "k--", label="int8 roof")
+    for r in report["rows"]:
+        if r["operations"] > 0 and r["bytes_moved"] > 0:
+            ax.scatter(r["operations"] / r["bytes_moved"], r["gops"], label=f"{r['kernel']} ({r['isa']})", s=18)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("operations per byte of stored data")
+    ax.set_ylabel("GOP/s")
+    ax.set_title(f"flatcoat roofline: {report['machine']['cpu']}")
+    ax.legend(fontsize=6, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
