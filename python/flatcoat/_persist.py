@@ -251,20 +251,24 @@ def load_index(path, mmap: bool = True, verify: bool = True) -> Tuple[str, dict,
     return kind, meta, arrays
 
 
-def load(path, mmap: bool = True, verify: bool = True):
+def load(path, mmap: bool = True, verify: bool = True, device: str = "cpu"):
     """Loads any flatcoat index saved with ``.save(path)``.
 
     ``mmap=True`` maps the arrays read-only and searches them without copying;
     the first change (``add``/``remove``) copies them into memory. ``verify``
-    checks every file's checksum first (one sequential read).
+    checks every file's checksum first (one sequential read). ``device="cuda"``
+    uploads a dense index to the GPU straight after loading.
     """
     kind, meta, arrays = load_index(path, mmap=mmap, verify=verify)
     loader = _LOADERS.get(kind)
     if loader is None:
         raise IndexFormatError(f"{Path(path) / MANIFEST}: unknown index kind {kind!r}")
     try:
-        return loader(meta, arrays)
+        index = loader(meta, arrays)
     except IndexFormatError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise IndexFormatError(f"{Path(path) / MANIFEST}: inconsistent {kind} index ({exc})") from exc
+    if device != "cpu":
+        index.to(device)
+    return index

@@ -56,7 +56,8 @@ class DenseIndex:
     ([[11, 12]], [[1.0, 0.5]])
     """
 
-    def __init__(self, dim: int, metric: str = "ip", storage: str = "f32", keep_float: bool = False):
+    def __init__(self, dim: int, metric: str = "ip", storage: str = "f32", keep_float: bool = False,
+                 device: str = "cpu"):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise ValueError(f"dim: expected a positive integer, got {dim!r}")
         if metric not in METRICS:
@@ -73,6 +74,11 @@ class DenseIndex:
         self._scale: Optional[np.ndarray] = None
         self._offset: Optional[np.ndarray] = None
         self._rows = RowStore(self._fields())
+        self._mirror = None
+        if device != "cpu":
+            from . import cuda
+
+            self._mirror = cuda.mirror_for(device)
 
     def _fields(self):
         fields = {"codes": _code_layout(self._storage, self._dim), "ids": ((), np.dtype(np.int64))}
@@ -101,6 +107,26 @@ class DenseIndex:
     @property
     def keep_float(self) -> bool:
         return self._keep_float
+
+    @property
+    def device(self) -> str:
+        """Where searches run: "cpu", or "cuda:N" for a copy resident in GPU memory."""
+        return "cpu" if self._mirror is None else self._mirror.device
+
+    def to(self, device: str) -> "DenseIndex":
+        """Searches on ``device`` ("cpu", "cuda", "cuda:N") from now on; uploads now; returns self.
+
+        The host arrays stay the index of record (saving, adding, removing); the
+        device copy is refreshed on the first search after a change.
+        """
+        from . import cuda
+
+        mirror = cuda.mirror_for(device, self._mirror)
+        if mirror is not None:
+            with self._lock.read():
+                mirror.sync(self)
+        self._mirror = mirror
+        return self
 
     @property
     def is_trained(self) -> bool:
@@ -144,6 +170,11 @@ class DenseIndex:
             if len(self) > 0:
                 raise ValueError("train: the index already holds vectors encoded with the current range")
             self._fit_int8(x)
+            self._invalidate_device()
+
+    def _invalidate_device(self) -> None:
+        if self._mirror is not None:
+            self._mirror.invalidate()
 
     def _fit_int8(self, x: np.ndarray) -> None:
         # 255 equal bins over each dimension's [min, max], decoded at bin centres:
@@ -213,6 +244,7 @@ class DenseIndex:
                 rows = self._encode(x)
                 rows["ids"] = ids
                 self._rows.append(rows)
+                self._invalidate_device()
             except BaseException:
                 self._ids.erase(ids)
                 raise
@@ -235,6 +267,7 @@ class DenseIndex:
             self._ids.erase(ids)
             if moved_to.size:
                 self._ids.assign(np.ascontiguousarray(self._rows.view("ids")[moved_to]), moved_to.astype(np.int64))
+            self._invalidate_device()
             return int(ids.size)
 
     def __contains__(self, id_) -> bool:
@@ -261,6 +294,9 @@ class DenseIndex:
                 raise ValueError(f"rescore: must be at least k ({k}), got {rescore}")
             if not self._keep_float:
                 raise ValueError("rescore: this index keeps no float copy; build it with keep_float=True")
+        if self._mirror is not None:  # CuPy queries must not reach the host-side checks
+            with self._lock.read():
+                return self._mirror.search(self, queries, k, rescore)
         q = self._prepare(queries, "queries")
         kernel_metric = "l2" if self._metric == "l2" else "ip"
         with self._lock.read():
