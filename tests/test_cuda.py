@@ -341,7 +341,7 @@ def test_store_built_from_device_arrays(storage, rng):
     v = index._rows.views()
     device_store = cuda.CudaDenseStore(
         dim, "l2", storage, codes=cp.asarray(v["codes"]), ids=cp.asarray(v["ids"]),
-        sq_norms=None if storage == "binary" else cp.asarray(v["sq_norms"]), scale=index._scale, offset=index._offset,
+        sq_norms=None if storage == "binary" else cp.asarray(v["sq_norms"]), scale=None if storage != "int8" else cp.asarray(v["scale"]), offset=None if storage != "int8" else cp.asarray(v["offset"]),
         float_rows=cp.asarray(v["float_rows"]), float_sq_norms=cp.asarray(v["float_sq_norms"]),
     )
     for rescore in (None, 40):

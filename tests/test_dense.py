@@ -83,9 +83,10 @@ def test_int8_recall_is_at_least_faiss_sq8(metric):
     sq.add(xf)
     _, faiss_found = sq.search(qf, k)
     faiss_recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(faiss_found, truth)])
-    # The same per-dimension 255-bin quantizer as SQ8: recall may differ only by
-    # float32 rounding at near-ties (a few of 10,000 neighbours).
-    assert recall >= faiss_recall - 0.001, (recall, faiss_recall)
+    # Per-vector ranges lose less than SQ8's per-dimension ranges on this data
+    # (bench/int8_scale.py: 0.975 vs 0.966 at 1M vectors).
+    print(f"int8 recall@10 {recall:.4f}, FAISS SQ8 {faiss_recall:.4f}")
+    assert recall >= faiss_recall, (recall, faiss_recall)
     assert recall >= 0.96
 
     _, rescored = index.search(q, k=k, rescore=50)

@@ -66,7 +66,7 @@ class dense_store_t {
     dense_store_t& operator=(const dense_store_t&) = delete;
 
     /// Copies `n` rows of `field` ("codes", "ids", "sq_norms", "float_rows",
-    /// "float_sq_norms"; or "scale"/"offset" with row_begin 0 and n = dim) from
+    /// "float_sq_norms", and for int8 the rows' "scale" and "offset") from
     /// host or device memory at `src`, rows `src_pitch` bytes apart, to rows
     /// row_begin.. of the store. Synchronous.
     void upload(const std::string& field, size_t row_begin, const void* src, size_t n, size_t src_pitch);

@@ -88,8 +88,8 @@ dense_store_t::dense_store_t(int device, codec_t codec, size_t dim, size_t rows,
     s.ids = device_buffer_t<int64_t>(rows);
     if (has_sq_norms) s.sq_norms = device_buffer_t<float>(rows);
     if (codec == codec_t::u8_k) {
-        s.scale = device_buffer_t<float>(dim);
-        s.offset = device_buffer_t<float>(dim);
+        s.scale = device_buffer_t<float>(rows);
+        s.offset = device_buffer_t<float>(rows);
     }
     if (has_float_rows) {
         s.float_stride = round_up(dim, 4);
@@ -151,7 +151,6 @@ void dense_store_t::upload(const std::string& field, size_t row_begin, const voi
     } else if (field == "scale" || field == "offset") {
         base = reinterpret_cast<char*>(field == "scale" ? s.scale.get() : s.offset.get());
         width = 4;
-        limit = s.dim;
     } else {
         throw error("unknown field '" + field + "'");
     }
@@ -256,8 +255,6 @@ void dense_store_t::search(const dense_search_t& a) const {
         p.codec = s.codec;
         p.normalize = a.normalize;
         p.l2 = l2;
-        p.scale = s.scale.get();
-        p.offset = s.offset.get();
         p.bad = bad.get();
         if (mma) {
             qh = device_buffer_t<__half>(nq * depth, stream);
@@ -322,6 +319,8 @@ void dense_store_t::search(const dense_search_t& a) const {
                 m.ql = ql.get() ? ql.get() + b0 * depth : nullptr;
                 m.inv_scale = inv_scale.get() + b0;
                 m.constants = constants.get() ? constants.get() + b0 : nullptr;
+                m.row_scale = s.scale.get();
+                m.row_offset = s.offset.get();
                 m.nq = nb;
                 m.sq_norms = s.sq_norms.get();
                 m.l2 = l2;
@@ -339,6 +338,8 @@ void dense_store_t::search(const dense_search_t& a) const {
                 c.l2 = l2;
                 c.queries = reinterpret_cast<const uint4*>(qf.get()) + b0 * words;
                 c.constants = constants.get() ? constants.get() + b0 : nullptr;
+                c.row_scale = s.scale.get();
+                c.row_offset = s.offset.get();
                 c.nq = nb;
                 c.lanes = choose_lanes(s.chunks);
                 c.queries_per_block = int(group);

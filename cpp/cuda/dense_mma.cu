@@ -202,7 +202,8 @@ __global__ void __launch_bounds__(mma_threads) dense_mma_kernel(const mma_args_t
             const int r = e % BN;
             const size_t row = row0 + r;
             if (row < end && q0 + qi < a.nq) {
-                float value = Cs[qi * LDC + r] * inv_scale[qi] + constant[qi];
+                float value = Cs[qi * LDC + r] * inv_scale[qi];
+                if (a.row_scale) value = a.row_scale[row] * value + a.row_offset[row] * constant[qi];  // u8
                 if (a.l2) value = 2.0f * value - a.sq_norms[row];
                 top.offer(qi, make_key(value, uint32_t(row)));
             }

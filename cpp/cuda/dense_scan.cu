@@ -167,10 +167,12 @@ __global__ void __launch_bounds__(scan_threads) dense_scan_kernel(const scan_arg
                             float value;
                             if constexpr (std::is_same<codes_t, binary_codes_t>::value)
                                 value = -acc[r][i];  // -hamming: fewer differing bits rank higher
-                            else if (a.l2)
-                                value = 2.0f * (acc[r][i] + constant[i]) - norm;  // orders like -|q - x|^2
-                            else
-                                value = acc[r][i] + constant[i];
+                            else {
+                                value = acc[r][i];
+                                if constexpr (std::is_same<codes_t, u8_codes_t>::value)  // offset + scale * code
+                                    value = a.row_scale[row] * value + a.row_offset[row] * constant[i];
+                                if (a.l2) value = 2.0f * value - norm;  // orders like -|q - x|^2
+                            }
                             if (q0 + i < a.nq) top.offer(i, make_key(value, uint32_t(row)));
                         }
                     }

@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(prepare_threads) prepare_kernel(const prepare_
     // numpy's normalize_rows: float64 division, then rounding to float32.
     auto value = [&](size_t j) { return a.normalize ? float(double(x[j]) / norm) : x[j]; };
     const bool u8 = a.codec == codec_t::u8_k;
-    auto prepared = [&](size_t j) { return u8 ? value(j) * a.scale[j] : value(j); };
+    auto prepared = [&](size_t j) { return value(j); };
 
     if (a.q_sq_norms) {
         double qn = ss;
@@ -78,7 +78,7 @@ __global__ void __launch_bounds__(prepare_threads) prepare_kernel(const prepare_
     }
     if (u8) {
         double c = 0.0;
-        for (size_t j = threadIdx.x; j < a.dim; j += blockDim.x) c += double(value(j)) * double(a.offset[j]);
+        for (size_t j = threadIdx.x; j < a.dim; j += blockDim.x) c += double(value(j));
         c = block_sum(c, red_d);
         if (threadIdx.x == 0) a.constants[q] = float(c);
     }

@@ -38,7 +38,7 @@ void check(const dense_data_t& data, const dense_query_t& query) {
     if (query.nq > 0 && query.queries == nullptr) throw error("queries are missing");
     if (query.k == 0) throw error("k must be positive");
     if (data.codec == codec_t::u8_k && (data.scale == nullptr || data.offset == nullptr))
-        throw error("int8 storage needs its trained scale and offset");
+        throw error("int8 storage needs the rows' scales and offsets");
     if (query.metric == metric_t::l2_k && data.codec != codec_t::binary_k && data.sq_norms == nullptr &&
         data.rows > 0)
         throw error("l2 search needs the rows' squared norms");
@@ -64,23 +64,17 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
     const size_t slots = std::max<size_t>(1, std::min(num_threads(), n_tiles));
     const size_t words = binary_words(dim);
 
-    // Per-query preparation: int8 folds the scale into the query and the
-    // offset into a constant; binary turns the query into sign bits.
-    std::vector<float> prepared;
-    std::vector<float> constant(nq, 0.0f);
+    // Per-query preparation: int8 needs each query's sum (the rows' offsets
+    // multiply it); binary turns the query into sign bits.
+    std::vector<float> query_sums(nq, 0.0f);
     std::vector<uint64_t> query_bits;
     const float* q = queries;
     if (data.codec == codec_t::u8_k) {
-        prepared.resize(nq * dim);
         for (size_t i = 0; i < nq; ++i) {
-            double c = 0.0;
-            for (size_t j = 0; j < dim; ++j) {
-                prepared[i * dim + j] = queries[i * dim + j] * data.scale[j];
-                c += double(queries[i * dim + j]) * data.offset[j];
-            }
-            constant[i] = float(c);
+            double sum = 0.0;
+            for (size_t j = 0; j < dim; ++j) sum += queries[i * dim + j];
+            query_sums[i] = float(sum);
         }
-        q = prepared.data();
     } else if (binary) {
         query_bits.resize(nq * words);
         binarize(queries, nq, dim, query_bits.data());
@@ -136,23 +130,22 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
                                scores.data(), rows);
                 break;
         }
+        // Turn dot products into ranking values: int8 rows decode as
+        // offset + scale * code, so <q, x> = scale * <q, code> + offset * sum(q);
+        // l2 ranks by 2<q, x> - |x|^2, which orders like -|q - x|^2.
+        const bool u8 = data.codec == codec_t::u8_k;
+        const float* scale = u8 ? data.scale + begin : nullptr;
+        const float* offset = u8 ? data.offset + begin : nullptr;
+        const float* norms = l2 ? data.sq_norms + begin : nullptr;
         for (size_t i = 0; i < nq; ++i) {
             topk_t& top = mine[i];
-            const float* row = scores.data() + i * rows;
-            const float c = constant[i];
-            if (l2) {
-                // Rank by 2<q,x> - |x|^2, which orders like -|q - x|^2.
-                const float* norms = data.sq_norms + begin;
-                for (size_t j = 0; j < rows; ++j) {
-                    float value = 2.0f * (row[j] + c) - norms[j];
-                    if (value >= top.threshold()) top.push(value, int64_t(begin + j));
-                }
-            } else {
-                for (size_t j = 0; j < rows; ++j) {
-                    float value = row[j] + c;
-                    if (value >= top.threshold()) top.push(value, int64_t(begin + j));
-                }
-            }
+            float* row = scores.data() + i * rows;
+            if (u8)
+                for (size_t j = 0; j < rows; ++j) row[j] = scale[j] * row[j] + offset[j] * query_sums[i];
+            if (l2)
+                for (size_t j = 0; j < rows; ++j) row[j] = 2.0f * row[j] - norms[j];
+            for (size_t j = 0; j < rows; ++j)
+                if (row[j] >= top.threshold()) top.push(row[j], int64_t(begin + j));
         }
     });
 

@@ -13,6 +13,8 @@ from typing import Dict, Optional, Tuple
 
 import numpy as np
 
+from . import _core
+
 _GROWTH = 1.25
 
 
@@ -62,6 +64,8 @@ class RowStore:
             if a.shape[0] < needed:
                 capacity = max(needed, int(a.shape[0] * _GROWTH) + 16)
                 a.resize((capacity,) + a.shape[1:], refcheck=False)
+                # realloc'd memory misses numpy's own huge-page advice for large arrays
+                _core.advise_hugepages(a)
             a[self.count : needed] = rows[name]
         self.count = needed
 

@@ -268,7 +268,7 @@ class CudaDenseStore:
         if metric == "l2" and storage != "binary" and sq_norms is None:
             raise ValueError("sq_norms: l2 search needs the squared norms of the stored (decoded) rows")
         if storage == "int8" and (scale is None or offset is None) and len(ids) > 0:
-            raise ValueError("scale, offset: int8 storage needs its trained quantizer")
+            raise ValueError("scale, offset: int8 storage needs the rows' scales and offsets")
         if float_rows is None and float_sq_norms is not None:
             raise ValueError("float_sq_norms given without float_rows")
         self._keep_float = float_rows is not None
@@ -289,6 +289,9 @@ class CudaDenseStore:
         fields = {"codes": (codes, row_shape, row_dtype), "ids": (ids, (), np.int64)}
         if sq_norms is not None:
             fields["sq_norms"] = (sq_norms, (), np.float32)
+        if storage == "int8":
+            fields["scale"] = (scale, (), np.float32)
+            fields["offset"] = (offset, (), np.float32)
         if float_rows is not None:
             fields["float_rows"] = (float_rows, (self._dim,), np.float32)
         if float_sq_norms is not None:
@@ -318,12 +321,6 @@ class CudaDenseStore:
         with context:
             for name, (a, _, _) in fields.items():
                 self._upload(name, a, order, xp)
-            if storage == "int8" and n > 0:
-                for name, a in (("scale", scale), ("offset", offset)):
-                    a = xp.ascontiguousarray(xp.asarray(a, dtype=xp.float32))
-                    if a.shape != (self._dim,):
-                        raise ValueError(f"{name}: expected float32 of shape ({self._dim},), got {a.shape}")
-                    self._store.upload(name, 0, _address(a), self._dim, 4)
         self._rows = n
 
     def _upload(self, name, a, order, xp):
@@ -345,7 +342,7 @@ class CudaDenseStore:
         v = index._rows.views()
         return cls(
             index.dim, index.metric, index.storage, codes=v["codes"], ids=v["ids"], sq_norms=v.get("sq_norms"),
-            scale=index._scale, offset=index._offset, float_rows=v.get("float_rows"),
+            scale=v.get("scale"), offset=v.get("offset"), float_rows=v.get("float_rows"),
             float_sq_norms=v.get("float_sq_norms"), device=device,
         )
 

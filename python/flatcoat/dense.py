@@ -37,9 +37,9 @@ class DenseIndex:
         queries are L2-normalised, then inner product) or ``"l2"`` (squared
         Euclidean distance, smaller is better).
     storage: ``"f32"``; ``"f16"`` (half precision, float32 accumulation);
-        ``"int8"`` (per-dimension scalar quantization trained on the first
-        ``add``, or by ``train``; queries stay float); ``"binary"`` (one sign bit
-        per dimension, Hamming scan).
+        ``"int8"`` (per-vector scalar quantization: 255 steps over each vector's
+        own [min, max]; no training; queries stay float); ``"binary"`` (one
+        sign bit per dimension, Hamming scan).
     keep_float: also keep a float32 copy of every vector (``dim * 4`` bytes per
         vector on top of the codes) so that ``search(..., rescore=R)`` can re-rank
         the ``R`` best candidates of an int8 or binary scan exactly.
@@ -71,8 +71,6 @@ class DenseIndex:
         self._lock = RWLock()
         self._ids = _core.IdMap()
         self._next_id = 0
-        self._scale: Optional[np.ndarray] = None
-        self._offset: Optional[np.ndarray] = None
         self._rows = RowStore(self._fields())
         self._mirror = None
         if device != "cpu":
@@ -82,6 +80,9 @@ class DenseIndex:
 
     def _fields(self):
         fields = {"codes": _code_layout(self._storage, self._dim), "ids": ((), np.dtype(np.int64))}
+        if self._storage == "int8":
+            fields["scale"] = ((), np.dtype(np.float32))
+            fields["offset"] = ((), np.dtype(np.float32))
         if self._metric == "l2" and self._storage != "binary":
             fields["sq_norms"] = ((), np.dtype(np.float32))
         if self._keep_float:
@@ -129,11 +130,6 @@ class DenseIndex:
         return self
 
     @property
-    def is_trained(self) -> bool:
-        """int8 only needs training; other storages always report True."""
-        return self._storage != "int8" or self._scale is not None
-
-    @property
     def ids(self) -> np.ndarray:
         """A copy of the stored ids, in storage order."""
         with self._lock.read():
@@ -155,35 +151,9 @@ class DenseIndex:
 
     # ------------------------------------------------------------------ building
 
-    def train(self, vectors) -> None:
-        """Fits the int8 quantizer's per-dimension range to ``vectors``.
-
-        ``add`` trains on its first batch when this was not called; vectors added
-        later are clipped to the trained range, so train on a representative sample.
-        """
-        if self._storage != "int8":
-            return
-        x = self._prepare(vectors, "vectors")
-        if x.shape[0] == 0:
-            raise ValueError("vectors: training needs at least one vector")
-        with self._lock.write():
-            if len(self) > 0:
-                raise ValueError("train: the index already holds vectors encoded with the current range")
-            self._fit_int8(x)
-            self._invalidate_device()
-
     def _invalidate_device(self) -> None:
         if self._mirror is not None:
             self._mirror.invalidate()
-
-    def _fit_int8(self, x: np.ndarray) -> None:
-        # 255 equal bins over each dimension's [min, max], decoded at bin centres:
-        # x ~ offset + scale * code with offset = min + scale / 2.
-        low = x.min(axis=0).astype(np.float64)
-        high = x.max(axis=0).astype(np.float64)
-        scale = np.maximum(high - low, 1e-30) / 255.0
-        self._scale = scale.astype(np.float32)
-        self._offset = (low + 0.5 * scale).astype(np.float32)
 
     def _prepare(self, vectors, name: str) -> np.ndarray:
         x = as_float_matrix(vectors, name, self._dim)
@@ -202,9 +172,18 @@ class DenseIndex:
                 raise ValueError("vectors: values exceed the float16 range (|x| > 65504); use storage='f32'")
             codes, decoded = half.view(np.uint16), half.astype(np.float32)
         elif self._storage == "int8":
-            q = np.floor((x - self._offset) / self._scale + 0.5)
-            codes = np.clip(q, 0, 255).astype(np.uint8)
-            decoded = self._offset + self._scale * codes.astype(np.float32)
+            # 255 equal steps over each vector's own [min, max], decoded at step
+            # centres: x ~ offset + scale * code with offset = min + scale / 2.
+            # Per-vector ranges measured better than per-dimension ones
+            # (bench/int8_scale.py) and need no training.
+            low = x.min(axis=1, keepdims=True).astype(np.float64)
+            high = x.max(axis=1, keepdims=True).astype(np.float64)
+            scale = np.maximum(high - low, 1e-30) / 255.0
+            offset = low + 0.5 * scale
+            codes = np.clip(np.floor((x - offset) / scale + 0.5), 0, 255).astype(np.uint8)
+            rows["scale"] = scale[:, 0].astype(np.float32)
+            rows["offset"] = offset[:, 0].astype(np.float32)
+            decoded = rows["offset"][:, None] + rows["scale"][:, None] * codes.astype(np.float32)
         else:
             codes, decoded = _core.binarize(x), None
         rows["codes"] = codes
@@ -239,8 +218,6 @@ class DenseIndex:
                     "ids must be unique (remove the old vector first to replace it)"
                 )
             try:
-                if self._storage == "int8" and self._scale is None:
-                    self._fit_int8(x)
                 rows = self._encode(x)
                 rows["ids"] = ids
                 self._rows.append(rows)
@@ -303,7 +280,7 @@ class DenseIndex:
             v = self._rows.views()
             return _core.search_dense(
                 self._storage, kernel_metric, self._dim, v["codes"], v["ids"], v.get("sq_norms"),
-                self._scale, self._offset, v.get("float_rows"), v.get("float_sq_norms"), q, k, rescore or 0,
+                v.get("scale"), v.get("offset"), v.get("float_rows"), v.get("float_sq_norms"), q, k, rescore or 0,
             )
 
     # ------------------------------------------------------------------ persistence
@@ -312,8 +289,6 @@ class DenseIndex:
         """Writes the index to directory ``path`` atomically (see ``flatcoat.load``)."""
         with self._lock.read():
             arrays = dict(self._rows.views())
-            if self._scale is not None:
-                arrays["scale"], arrays["offset"] = self._scale, self._offset
             meta = {
                 "dim": self._dim, "metric": self._metric, "storage": self._storage,
                 "keep_float": self._keep_float, "count": len(self), "next_id": self._next_id,
@@ -326,13 +301,9 @@ class DenseIndex:
         if not isinstance(count, int) or count < 0 or not isinstance(next_id, int) or next_id < 0:
             raise IndexFormatError(f"manifest: invalid count {count!r} or next_id {next_id!r}")
         index = cls(meta["dim"], meta["metric"], meta["storage"], bool(meta["keep_float"]))
-        if index._storage == "int8" and count > 0:
-            for name in ("scale", "offset"):
-                a = arrays.get(name)
-                if a is None or a.dtype != np.float32 or a.shape != (index._dim,):
-                    raise IndexFormatError(f"{name}.npy: int8 storage needs a float32 ({index._dim},) array")
-            index._scale = np.ascontiguousarray(arrays["scale"])
-            index._offset = np.ascontiguousarray(arrays["offset"])
+        missing = sorted(set(index._fields()) - set(arrays))
+        if missing:
+            raise IndexFormatError(f"{missing[0]}.npy: missing from the manifest of a {index._storage} index")
         index._rows = RowStore.from_arrays(index._fields(), arrays, count)
         ids = np.ascontiguousarray(index._rows.view("ids"))
         if count and int(ids.min()) < 0:

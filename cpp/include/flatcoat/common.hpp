@@ -23,7 +23,7 @@ enum class metric_t { ip_k, l2_k };
 enum class codec_t {
     f32_k,     ///< float32, `dim` floats per row
     f16_k,     ///< IEEE half, `dim` uint16 per row, widened to float32 to accumulate
-    u8_k,      ///< scalar quantization: x[j] ~ offset[j] + scale[j] * code[j], code in 0..255
+    u8_k,      ///< per-vector scalar quantization: x[j] ~ offset + scale * code[j], code in 0..255
     binary_k,  ///< sign bits, ceil(dim / 64) little-endian uint64 words per row
 };
 

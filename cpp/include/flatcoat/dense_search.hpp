@@ -16,8 +16,8 @@ struct dense_data_t {
     const void* codes = nullptr;       ///< rows x (dim floats | dim halves | dim u8 | binary_words(dim) uint64)
     const int64_t* ids = nullptr;      ///< rows user ids, all distinct
     const float* sq_norms = nullptr;   ///< rows: |decode(x)|^2, needed for l2 (not binary)
-    const float* scale = nullptr;      ///< dim: u8 only
-    const float* offset = nullptr;     ///< dim: u8 only
+    const float* scale = nullptr;      ///< rows: u8 only, each row's step
+    const float* offset = nullptr;     ///< rows: u8 only, each row's value of code 0
     const float* float_rows = nullptr;      ///< rows x dim float32 copy for rescoring, or null
     const float* float_sq_norms = nullptr;  ///< rows: |x|^2 of the float copy, needed for l2 rescoring
 };
