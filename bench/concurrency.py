@@ -78,7 +78,8 @@ def main() -> None:
     flatcoat.set_num_threads(1)
     rng = np.random.default_rng(0)
     print(f"flatcoat {flatcoat.__version__}, isa {flatcoat.info()['isa']}, core threads per call: {flatcoat.get_num_threads()}, "
-          f"hardware threads: {flatcoat.info()['hardware_threads']}")
+          f"hardware threads: {flatcoat.info()['hardware_threads']}, load average: {os.getloadavg()[0]:.1f} "
+          "(a busy machine leaves no second core to gain)")
     print(f"| {'configuration':<48} | {'1 thread /s':>11} | {'2 threads /s':>12} | {'ratio':>5} |")
     print(f"|{'-' * 50}|{'-' * 13}|{'-' * 14}|{'-' * 7}|")
     for name, search in configurations(rng):
