@@ -112,6 +112,9 @@ def _cmd_index(args) -> int:
     import flatcoat
     from .retriever import Retriever
 
+    if args.multivector and (args.rerank or args.storage != "f32"):
+        raise CLIError("--multivector builds a single-stage MaxSim index; drop --storage/--rerank, "
+                       "or keep a dense first stage with --rerank multivector")
     ids, texts = read_corpus_jsonl(args.corpus)
     out = Path(args.out)
     if out.exists() and not (out / "retriever.json").is_file():

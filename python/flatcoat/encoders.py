@@ -165,7 +165,8 @@ def _make_session(model: Path, providers: Optional[Sequence[Any]], threads: Opti
             )
         names.append(pname)
     if threads is None:
-        threads = os.cpu_count() or 1
+        # The CPUs this process may run on (a container's quota), not the machine's count.
+        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
     key = (str(model), tuple(names), threads)
