@@ -6,7 +6,8 @@
 #   bench/gpu_check.sh [output-dir]
 #
 # Output (default bench/results/gpu-<date>, or $OUT when set): cmake.log,
-# build.log, tests.log, gpu_bench.md (the table for BENCHMARKS.md), gpu_bench.json.
+# build.log, tests.log, gpu_bench.md + gpu_maxsim.md (the tables for BENCHMARKS.md),
+# gpu_bench.json, gpu_maxsim.json.
 # Needs nvcc, cmake, ninja, and pybind11, numpy, pytest for the Python that runs
 # it ($PYTHON, default python3); the benchmarks need CuPy, and PyTorch for the
 # peer column (each is skipped with a message when missing). Installs nothing:
@@ -46,13 +47,18 @@ if ! "$PY" -c "import flatcoat.cuda as c; c.require(); print('device:', c._exten
 fi
 
 log "GPU tests"
-"$PY" -m pytest tests/test_cuda.py -q -p no:cacheprovider -rs >"$OUT_DIR/tests.log" 2>&1
+"$PY" -m pytest tests/test_cuda.py tests/test_cuda_maxsim.py tests/test_cuda_encoders.py -q -p no:cacheprovider -rs >"$OUT_DIR/tests.log" 2>&1
 TESTS_RC=$?
 tail -15 "$OUT_DIR/tests.log"
 
 log "benchmarks"
-timeout 330 "$PY" bench/gpu_bench.py --out "$OUT_DIR/gpu_bench.md" --json "$OUT_DIR/gpu_bench.json"
+timeout 240 "$PY" bench/gpu_bench.py --out "$OUT_DIR/gpu_bench.md" --json "$OUT_DIR/gpu_bench.json"
 BENCH_RC=$?
+
+log "MaxSim and encoder benchmarks (issue 6)"
+timeout 150 "$PY" bench/gpu_maxsim.py --out "$OUT_DIR/gpu_maxsim.md" --json "$OUT_DIR/gpu_maxsim.json"
+MAXSIM_RC=$?
+[ "$BENCH_RC" -eq 0 ] && BENCH_RC=$MAXSIM_RC
 
 log "done: tests exit $TESTS_RC, benchmarks exit $BENCH_RC; results in $OUT_DIR"
 [ "$TESTS_RC" -eq 0 ] && [ "$BENCH_RC" -eq 0 ]

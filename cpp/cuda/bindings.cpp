@@ -13,6 +13,7 @@
 #include <string>
 
 #include "api.cuh"
+#include "maxsim_api.cuh"  // MaxSimStore (issue 6)
 
 namespace py = pybind11;
 using namespace flatcoat;
@@ -48,6 +49,22 @@ cuda::dense_path_t path_from_name(const std::string& name) {
     if (name == "scan") return cuda::dense_path_t::scan_k;
     if (name == "mma") return cuda::dense_path_t::mma_k;
     throw error("path: expected 'auto', 'scan' or 'mma', got '" + name + "'");
+}
+
+cuda::mv_codec_t mv_codec_from_name(const std::string& name) {
+    if (name == "f32") return cuda::mv_codec_t::f32_k;
+    if (name == "f16") return cuda::mv_codec_t::f16_k;
+    if (name == "int8") return cuda::mv_codec_t::u8_k;
+    throw error("unknown multi-vector storage '" + name + "' (expected 'f32', 'f16' or 'int8')");
+}
+
+const char* mv_codec_name(cuda::mv_codec_t codec) {
+    switch (codec) {
+        case cuda::mv_codec_t::f32_k: return "f32";
+        case cuda::mv_codec_t::f16_k: return "f16";
+        case cuda::mv_codec_t::u8_k: return "int8";
+    }
+    return "?";
 }
 
 template <class T>
@@ -137,4 +154,53 @@ PYBIND11_MODULE(_cuda, m, py::mod_gil_not_used()) {
         py::arg("device"), py::arg("scores"), py::arg("m"), py::arg("n"), py::arg("on_device"), py::arg("k"),
         py::arg("out_values"), py::arg("out_indices"), py::arg("stream"),
         "Top-k of each row of an m x n float32 matrix: largest first, ties by the smaller column.");
+
+    py::class_<cuda::maxsim_store_t>(m, "MaxSimStore", "A MultiVectorIndex's arrays in device memory.")
+        .def(py::init([](int device, const std::string& storage, size_t dim, size_t docs, size_t tokens,
+                         bool has_ranks) {
+                 const cuda::mv_codec_t codec = mv_codec_from_name(storage);
+                 py::gil_scoped_release release;
+                 return new cuda::maxsim_store_t(device, codec, dim, docs, tokens, has_ranks);
+             }),
+             py::arg("device"), py::arg("storage"), py::arg("dim"), py::arg("docs"), py::arg("tokens"),
+             py::arg("has_ranks"))
+        .def(
+            "upload",
+            [](cuda::maxsim_store_t& self, const std::string& field, size_t row_begin, uintptr_t src, size_t n,
+               size_t src_pitch) {
+                py::gil_scoped_release release;
+                self.upload(field, row_begin, address<const void>(src), n, src_pitch);
+            },
+            py::arg("field"), py::arg("row_begin"), py::arg("src"), py::arg("n"), py::arg("src_pitch"),
+            "Copies n entries of a field (tokens, scales, offsets, ids, ranks) from host or device address src.")
+        .def(
+            "search",
+            [](const cuda::maxsim_store_t& self, uintptr_t tokens, uintptr_t offsets, size_t nq, uintptr_t weights,
+               bool on_device, size_t k, uintptr_t candidates, uintptr_t candidate_offsets, uintptr_t out_scores,
+               uintptr_t out_ids, uintptr_t stream) {
+                cuda::maxsim_search_t a;
+                a.tokens = address<const float>(tokens);
+                a.offsets = address<const int64_t>(offsets);
+                a.nq = nq;
+                a.weights = address<const float>(weights);
+                a.on_device = on_device;
+                a.k = k;
+                a.candidates = address<const int64_t>(candidates);
+                a.candidate_offsets = address<const int64_t>(candidate_offsets);
+                a.out_scores = address<float>(out_scores);
+                a.out_ids = address<int64_t>(out_ids);
+                a.stream = stream;
+                py::gil_scoped_release release;
+                self.search(a);
+            },
+            py::arg("tokens"), py::arg("offsets"), py::arg("nq"), py::arg("weights"), py::arg("on_device"),
+            py::arg("k"), py::arg("candidates"), py::arg("candidate_offsets"), py::arg("out_scores"),
+            py::arg("out_ids"), py::arg("stream"),
+            "MaxSim of nq packed float32 queries (host offsets); writes nq x k float32 scores and int64 ids.")
+        .def_property_readonly("device", &cuda::maxsim_store_t::device)
+        .def_property_readonly("storage", [](const cuda::maxsim_store_t& self) { return mv_codec_name(self.codec()); })
+        .def_property_readonly("dim", &cuda::maxsim_store_t::dim)
+        .def_property_readonly("docs", &cuda::maxsim_store_t::docs)
+        .def_property_readonly("tokens", &cuda::maxsim_store_t::tokens)
+        .def_property_readonly("nbytes", &cuda::maxsim_store_t::nbytes);
 }
