@@ -21,8 +21,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import pytest
-from hypothesis import HealthCheck, Phase, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
@@ -225,39 +224,16 @@ class MultiVectorMachine(_Persisting):
         assert scores[: len(order)].tolist() == expected
 
 
-def _dense_machine(storage: str, shrink: bool = True):
+def _dense_machine(storage: str):
     machine = type(f"Dense{storage.upper()}Machine", (DenseMachine,), {"storage": storage})
     case = machine.TestCase
-    case.settings = STATEFUL if shrink else settings(STATEFUL, phases=[Phase.explicit, Phase.reuse, Phase.generate])
+    case.settings = STATEFUL
     return case
 
 
 TestDenseF32 = _dense_machine("f32")
 TestDenseF16 = _dense_machine("f16")
 TestDenseBinary = _dense_machine("binary")
-TestDenseInt8 = _dense_machine("int8", shrink=False)  # while it is expected to fail
-TestDenseInt8 = pytest.mark.xfail(strict=True, reason=(
-    "an untrained int8 DenseIndex raises on search instead of returning no results, and an empty trained "
-    "one loses its trained range on save/load (see the two tests below)"))(TestDenseInt8)
+TestDenseInt8 = _dense_machine("int8")
 TestMultiVectorMachine = MultiVectorMachine.TestCase
 TestMultiVectorMachine.settings = STATEFUL
-
-
-# ----------------------------------------------------------------------------- int8 gaps found by the machine above
-
-
-@pytest.mark.xfail(strict=True, reason="dense.py search passes scale=None to the core for an untrained int8 index")
-def test_empty_untrained_int8_index_searches_like_the_others():
-    index = flatcoat.DenseIndex(5, storage="int8")
-    scores, ids = index.search(np.zeros(5, dtype=np.float32), k=2)
-    assert ids.tolist() == [[-1, -1]] and scores.tolist() == [[-np.inf, -np.inf]]
-
-
-@pytest.mark.xfail(strict=True, reason="DenseIndex._from_saved reads scale/offset only when count > 0")
-def test_trained_empty_int8_index_keeps_its_range(tmp_path):
-    index = flatcoat.DenseIndex(5, storage="int8")
-    index.train(np.arange(20, dtype=np.float32).reshape(4, 5))
-    index.save(tmp_path / "idx")
-    loaded = flatcoat.load(tmp_path / "idx")
-    assert loaded.is_trained
-    np.testing.assert_array_equal(loaded._scale, index._scale)
