@@ -162,9 +162,6 @@ def test_kill_during_save_leaves_old_or_new(tmp_path):
     assert stats["killed"] >= KILLS // 3 and stats["old"] >= 1 and stats["new"] >= 1, stats
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "_persist._recover picks the newest .old-* directory by mtime; a stray .old-* whose deletion was "
-    "interrupted is newer than the index it should recover"))
 def test_recovery_ignores_a_partly_deleted_stray(tmp_path, monkeypatch):
     # The fallback path (no atomic exchange), two crashes:
     # 1. save B over A, killed after both renames but while deleting the old A:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import json
+import math
 import os
 import shutil
 import uuid
@@ -154,29 +155,49 @@ def _fail(path: Path, reason: str):
     raise IndexFormatError(f"{path}: {reason}")
 
 
+def _complete(directory: Path) -> bool:
+    """Whether every file its manifest lists is there with the listed size."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text(encoding="utf-8"))
+        return all(
+            (directory / entry["file"]).stat().st_size == entry["size"] for entry in manifest["files"].values()
+        )
+    except (OSError, ValueError, RecursionError, KeyError, TypeError, AttributeError):
+        return False
+
+
 def _recover(target: Path) -> None:
-    """If a save was interrupted between its two renames, put the old index back."""
+    """If a save was interrupted between its two renames, put the old index back.
+
+    Only a complete old index qualifies: a stray whose deletion was cut short
+    may be newer than the one to bring back.
+    """
     if target.exists():
         return
     parent = target.parent if str(target.parent) else Path(".")
     olds = sorted(parent.glob(f".{target.name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
     for old in olds:
-        if (old / MANIFEST).is_file():
+        if _complete(old):
             os.rename(old, target)
             return
 
 
-def _crc32_of(path: Path) -> int:
+def _crc32_of(path: Path, size: int) -> int:
+    # One buffer no larger than the file, reused: reading never allocates more than the file justifies.
+    buffer = bytearray(max(1, min(_CHUNK, size)))
+    view = memoryview(buffer)
     crc = 0
-    with open(path, "rb") as f:
+    with open(path, "rb", buffering=0) as f:
         while True:
-            chunk = f.read(_CHUNK)
-            if not chunk:
+            n = f.readinto(buffer)
+            if not n:
                 return crc
-            crc = zlib.crc32(chunk, crc)
+            crc = zlib.crc32(view[:n], crc)
 
 
 def _read_array(directory: Path, name: str, entry, mmap: bool, verify: bool) -> np.ndarray:
+    if not name.isidentifier():  # the same rule as save_index: no path can leave the directory
+        _fail(directory / MANIFEST, f"array name {name!r} is not an identifier")
     if not isinstance(entry, dict):
         _fail(directory / MANIFEST, f"entry for array {name!r} is not an object")
     file_name = entry.get("file")
@@ -189,7 +210,7 @@ def _read_array(directory: Path, name: str, entry, mmap: bool, verify: bool) -> 
     expected_size = entry.get("size")
     if not isinstance(expected_size, int) or size != expected_size:
         _fail(path, f"size is {size} bytes, manifest says {expected_size}: the file is truncated or was replaced")
-    if verify and _crc32_of(path) != entry.get("crc32"):
+    if verify and _crc32_of(path, size) != entry.get("crc32"):
         _fail(path, "checksum mismatch: the file is corrupt")
     try:
         with open(path, "rb") as f:
@@ -209,11 +230,16 @@ def _read_array(directory: Path, name: str, entry, mmap: bool, verify: bool) -> 
         _fail(path, "holds an object or Fortran-ordered array; flatcoat writes neither")
     if dtype.str != entry.get("dtype") or list(shape) != entry.get("shape"):
         _fail(path, f"holds {dtype.str}{list(shape)}, manifest says {entry.get('dtype')}{entry.get('shape')}")
-    if header_end + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize != size:
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        _fail(path, f"invalid shape {shape} in its header")
+    if header_end + math.prod(shape) * dtype.itemsize != size:  # Python ints: no wrap-around
         _fail(path, "data size does not match its header")
-    if mmap:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    return np.load(path, allow_pickle=False)
+    try:
+        if mmap:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OverflowError, MemoryError) as exc:
+        _fail(path, f"unreadable array ({exc})")
 
 
 def load_index(path, mmap: bool = True, verify: bool = True) -> Tuple[str, dict, Dict[str, np.ndarray]]:
@@ -235,8 +261,8 @@ def load_index(path, mmap: bool = True, verify: bool = True) -> Tuple[str, dict,
         _fail(manifest_path, "larger than any manifest flatcoat writes")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        _fail(manifest_path, f"not valid JSON ({exc})")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        _fail(manifest_path, f"not valid JSON ({type(exc).__name__})")
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         _fail(manifest_path, "not a flatcoat manifest")
     version = manifest.get("version")

@@ -16,6 +16,9 @@ import numpy as np
 from . import _core
 
 _GROWTH = 1.25
+# Past this size an array grows to exactly what is needed: realloc of a large
+# block is an mremap (no copy), and slack would be zero-filled, i.e. resident.
+_EXACT_GROWTH_BYTES = 64 << 20
 
 
 class RowStore:
@@ -62,7 +65,7 @@ class RowStore:
         for name in self.fields:
             a = self._owned(name)
             if a.shape[0] < needed:
-                capacity = max(needed, int(a.shape[0] * _GROWTH) + 16)
+                capacity = needed if a.nbytes >= _EXACT_GROWTH_BYTES else max(needed, int(a.shape[0] * _GROWTH) + 16)
                 a.resize((capacity,) + a.shape[1:], refcheck=False)
                 # realloc'd memory misses numpy's own huge-page advice for large arrays
                 _core.advise_hugepages(a)
