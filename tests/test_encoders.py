@@ -340,3 +340,15 @@ def test_shared_document_pass_equals_separate_encodes(dense):
         np.testing.assert_allclose(a, b, atol=1e-6)
     with pytest.raises(TypeError, match="non-empty list"):
         encode_documents_shared([], TEXTS)
+
+
+def test_token_budget_changes_batching_not_results(dense):
+    small = Encoder.from_pretrained("all-MiniLM-L6-v2", max_batch_tokens=300)
+    unbounded = Encoder.from_pretrained("all-MiniLM-L6-v2", providers=["CPUExecutionProvider"])
+    unbounded.max_batch_tokens = None
+    assert dense.max_batch_tokens == 2048  # the CPU default
+    widths = [ids.shape for _, ids, _, _ in small._batches(small._tok_doc.encode_batch(TEXTS), "document", 32)]
+    assert all(r * w <= 300 or r == 1 for r, w in widths) and sum(r for r, _ in widths) == len(TEXTS)
+    np.testing.assert_allclose(small.encode_documents(TEXTS), unbounded.encode_documents(TEXTS), atol=1e-5)
+    with pytest.raises(ValueError, match="max_batch_tokens"):
+        Encoder.from_pretrained("all-MiniLM-L6-v2", max_batch_tokens=0)

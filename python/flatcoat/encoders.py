@@ -37,6 +37,9 @@ KINDS = ("dense", "multivector")
 
 # Encodes of at least this many texts show a progress bar (when stderr is a terminal).
 _PROGRESS_MIN_TEXTS = 512
+# On CPU a batch of 32 x 256 tokens spills attention and FFN activations out of cache; capping
+# rows x padded length keeps long-text batches small while short texts still batch up to batch_size.
+_CPU_MAX_BATCH_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -213,6 +216,7 @@ class Encoder:
         providers: Optional[Sequence[Any]] = None,
         threads: Optional[int] = None,
         progress: Optional[bool] = None,
+        max_batch_tokens: Optional[int] = None,
     ):
         self.files = files
         self.config = config
@@ -221,6 +225,11 @@ class Encoder:
         self.progress = progress
         self.session = _make_session(files.model, providers, threads)
         self.providers = tuple(self.session.get_providers())
+        if max_batch_tokens is None and self.providers[:1] == ("CPUExecutionProvider",):
+            max_batch_tokens = _CPU_MAX_BATCH_TOKENS
+        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
+            raise ValueError(f"max_batch_tokens must be a positive integer or None, got {max_batch_tokens!r}")
+        self.max_batch_tokens = max_batch_tokens
         self._input_names = [i.name for i in self.session.get_inputs()]
         supported = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
         unknown = [n for n in self._input_names if n not in supported]
@@ -275,13 +284,16 @@ class Encoder:
         *,
         threads: Optional[int] = None,
         progress: Optional[bool] = None,
+        max_batch_tokens: Optional[int] = None,
         **overrides: Any,
     ) -> "Encoder":
         """Load a model directory, a registered name or a Hugging Face Hub repository.
 
         ``kind`` is ``"dense"`` or ``"multivector"``; ``providers`` a list of
         onnxruntime execution providers (default CPU); ``threads`` the
-        intra-op thread count (default: all cores); keyword ``overrides``
+        intra-op thread count (default: all cores); ``max_batch_tokens`` caps
+        rows x padded length per batch (default 2048 on CPU, none elsewhere;
+        ``batch_size`` still caps the rows); keyword ``overrides``
         replace config fields, e.g. ``query_max_length=64``.
         """
         if kind not in KINDS:
@@ -296,7 +308,8 @@ class Encoder:
                 overrides["skiplist"] = tuple(overrides["skiplist"])
             config = replace(config, **overrides)
             config._validate()
-        return cls(files, config, providers=providers, threads=threads, progress=progress)
+        return cls(files, config, providers=providers, threads=threads, progress=progress,
+                   max_batch_tokens=max_batch_tokens)
 
     def _token_id(self, token: str, what: str) -> int:
         tid = self._tok_doc.token_to_id(token)
@@ -391,11 +404,17 @@ class Encoder:
         order = np.argsort(-lengths, kind="stable")
         marker = self._marker_ids.get(side)
         augment = side == "query" and self._mask_id is not None
-        for start in range(0, len(order), batch_size):
-            pos = order[start : start + batch_size]
-            width = int(lengths[pos[0]])
+        start = 0
+        while start < len(order):
+            # Longest first: the batch's first text sets its padded width.
+            width = int(lengths[order[start]])
             if augment:
                 width = self.config.query_max_length - (marker is not None)
+            rows = batch_size
+            if self.max_batch_tokens is not None:
+                rows = max(1, min(batch_size, self.max_batch_tokens // max(width, 1)))
+            pos = order[start : start + rows]
+            start += rows
             ids = np.full((len(pos), width), self._pad_id, dtype=np.int64)
             for row, p in enumerate(pos):
                 ids[row, : lengths[p]] = encodings[p].ids
