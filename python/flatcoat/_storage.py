@@ -21,6 +21,24 @@ _GROWTH = 1.25
 _EXACT_GROWTH_BYTES = 64 << 20
 
 
+def grown(a: np.ndarray, needed: int, keep: Optional[int] = None) -> np.ndarray:
+    """``a`` with room for at least ``needed`` rows, owned and writable.
+
+    A memory map (or any array it does not own) is first copied, its first
+    ``keep`` rows only (all by default). Small arrays grow geometrically;
+    large ones to exactly ``needed`` (see _EXACT_GROWTH_BYTES).
+    """
+    if not (a.flags.owndata and a.flags.writeable):
+        a = np.array(a[: a.shape[0] if keep is None else keep], copy=True, order="C")
+    if a.shape[0] < needed:
+        small = a.nbytes < _EXACT_GROWTH_BYTES
+        capacity = max(needed, int(a.shape[0] * _GROWTH) + 16) if small else needed
+        a.resize((capacity,) + a.shape[1:], refcheck=False)
+        # realloc'd memory misses numpy's own huge-page advice for large arrays
+        _core.advise_hugepages(a)
+    return a
+
+
 class RowStore:
     """Named arrays that share a row count: field -> (per-row shape, dtype)."""
 
@@ -52,24 +70,16 @@ class RowStore:
     def nbytes(self) -> int:
         return sum(self.view(name).nbytes for name in self.fields)
 
-    def _owned(self, name: str) -> np.ndarray:
-        a = self.arrays[name]
-        if not (a.flags.owndata and a.flags.writeable):
-            a = np.array(a[: max(self.count, 0)], copy=True, order="C")
-            self.arrays[name] = a
+    def _owned(self, name: str, needed: int = 0) -> np.ndarray:
+        a = grown(self.arrays[name], needed, keep=self.count)
+        self.arrays[name] = a
         return a
 
     def append(self, rows: Dict[str, np.ndarray]) -> None:
         n = next(iter(rows.values())).shape[0]
         needed = self.count + n
         for name in self.fields:
-            a = self._owned(name)
-            if a.shape[0] < needed:
-                capacity = needed if a.nbytes >= _EXACT_GROWTH_BYTES else max(needed, int(a.shape[0] * _GROWTH) + 16)
-                a.resize((capacity,) + a.shape[1:], refcheck=False)
-                # realloc'd memory misses numpy's own huge-page advice for large arrays
-                _core.advise_hugepages(a)
-            a[self.count : needed] = rows[name]
+            self._owned(name, needed)[self.count : needed] = rows[name]
         self.count = needed
 
     def remove_positions(self, positions: np.ndarray) -> Optional[np.ndarray]:

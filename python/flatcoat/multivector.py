@@ -33,11 +33,11 @@ import numpy as np
 
 from . import _core
 from ._persist import IndexFormatError, register_kind, save_index
+from ._storage import grown
 from ._validate import RWLock, as_ids, as_k
 
 STORAGES = ("f32", "f16", "int8")
 _KIND = "multivector"
-_GROWTH = 1.25
 _TOKEN_DTYPES = {"f32": np.dtype(np.float32), "f16": np.dtype(np.uint16), "int8": np.dtype(np.uint8)}
 
 __all__ = ["MultiVectorIndex", "maxsim"]
@@ -223,11 +223,7 @@ def maxsim(query, tokens, lengths, query_weights=None) -> np.ndarray:
 
 def _grown(a: np.ndarray, needed: int) -> np.ndarray:
     """`a` with at least `needed` rows, owned and writable (a loaded memory map is copied)."""
-    if not (a.flags.owndata and a.flags.writeable):
-        a = np.array(a, copy=True, order="C")
-    if a.shape[0] < needed:
-        a.resize((max(needed, int(a.shape[0] * _GROWTH) + 16),) + a.shape[1:], refcheck=False)
-    return a
+    return grown(a, needed)
 
 
 class MultiVectorIndex:
@@ -251,7 +247,7 @@ class MultiVectorIndex:
     ([0, 1], [2.0, 1.0])
     """
 
-    def __init__(self, dim: int, storage: str = "f32"):
+    def __init__(self, dim: int, storage: str = "f32", device: str = "cpu"):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
             raise ValueError(f"dim: expected a positive integer, got {dim!r}")
         if storage not in STORAGES:
@@ -267,6 +263,11 @@ class MultiVectorIndex:
         self._scales = np.empty(0, dtype=np.float32) if storage == "int8" else None
         self._offsets = np.zeros(1, dtype=np.int64)
         self._ids = np.empty(0, dtype=np.int64)
+        self._mirror = None
+        if device != "cpu":
+            from . import cuda_maxsim
+
+            self._mirror = cuda_maxsim.mirror_for(device)
 
     # ------------------------------------------------------------------ properties
 
@@ -302,6 +303,26 @@ class MultiVectorIndex:
 
     def __len__(self) -> int:
         return self._n_docs
+
+    @property
+    def device(self) -> str:
+        """Where searches run: "cpu", or "cuda:N" for a copy resident in GPU memory."""
+        return "cpu" if self._mirror is None else self._mirror.device
+
+    def to(self, device: str) -> "MultiVectorIndex":
+        """Searches on ``device`` ("cpu", "cuda", "cuda:N") from now on; uploads now; returns self."""
+        from . import cuda_maxsim
+
+        mirror = cuda_maxsim.mirror_for(device, self._mirror)
+        if mirror is not None:
+            with self._lock.read():
+                mirror.sync(self)
+        self._mirror = mirror
+        return self
+
+    def _invalidate_device(self) -> None:
+        if self._mirror is not None:
+            self._mirror.invalidate()
 
     def __contains__(self, id_) -> bool:
         return bool(self._id_map.find(np.array([id_], dtype=np.int64))[0] >= 0)
@@ -369,6 +390,7 @@ class MultiVectorIndex:
                 raise
             self._n_tokens, self._n_docs = t1, d1
             self._next_id = max(self._next_id, int(ids.max()) + 1)
+            self._invalidate_device()
             return ids
 
     def remove(self, ids) -> int:
@@ -415,6 +437,7 @@ class MultiVectorIndex:
             self._id_map.erase(ids)
             if moved_ids.size:
                 self._id_map.assign(np.ascontiguousarray(moved_ids), np.arange(first, self._n_docs, dtype=np.int64))
+            self._invalidate_device()
             return int(ids.size)
 
     # ------------------------------------------------------------------ searching
@@ -467,6 +490,9 @@ class MultiVectorIndex:
         queries' token counts: ``sum_t w_t * max_j <q_t, d_j>``.
         """
         k = as_k(k)
+        if self._mirror is not None:  # CuPy queries and candidates must not reach the host checks
+            with self._lock.read():
+                return self._mirror.search(self, queries, k, candidates, query_weights)
         q, offsets, single = _queries(queries, self._dim)
         weights = _weights(query_weights, offsets, single)
         nq = offsets.size - 1
