@@ -348,6 +348,28 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from . import bench
+
+    try:
+        bench.run(quick=args.quick, isa=args.isa, threads=args.threads, device=args.device, json_path=args.json,
+                  plot_path=args.plot, progress=not args.no_progress, size_factor=args.size_factor,
+                  repeats=args.repeats)
+    except RuntimeError as exc:  # --plot without matplotlib, --device cuda without a GPU
+        raise CLIError(str(exc)) from None
+    return 0
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return v
+
+
 def _cmd_info(args) -> int:
     import flatcoat
 
@@ -524,6 +546,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-k", type=_positive_int, default=3)
     p.add_argument("--query", action="append", help="a request to answer (repeatable); default: a built-in few")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("bench", help="measure the machine's ceilings, then the kernels against them")
+    p.add_argument("--quick", action="store_true", help="about a minute: smaller data, fewer repeats")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--isa", default="best", help="'best' (default), 'all' (one row per compiled ISA) or an ISA name")
+    p.add_argument("--threads", type=_positive_int, default=None, help="threads (default: flatcoat's setting)")
+    p.add_argument("--json", default=None, help="write the full report (machine, versions, every figure) here")
+    p.add_argument("--plot", default=None, help="draw a roofline to this image file (needs matplotlib)")
+    p.add_argument("--repeats", type=_positive_int, default=None, help="timed repeats per figure (default 5, quick 3)")
+    p.add_argument("--size-factor", type=_positive_float, default=1.0, help=argparse.SUPPRESS)  # tests: tiny sizes
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("info", help="build and CPU features")
     p.set_defaults(func=_cmd_info)

@@ -151,28 +151,16 @@ def _available_providers() -> List[str]:
 def _make_session(model: Path, providers: Optional[Sequence[Any]], threads: Optional[int]):
     import onnxruntime as ort
 
-    available = _available_providers()
-    if providers is None:
-        providers = ["CPUExecutionProvider"]
-    if isinstance(providers, str):
-        providers = [providers]
-    names = []
-    for p in providers:
-        pname = p[0] if isinstance(p, tuple) else p
-        if not isinstance(pname, str):
-            raise TypeError(f"providers must be provider names or (name, options) tuples, got {p!r}")
-        if pname not in available:
-            raise ValueError(
-                f"execution provider {pname!r} is not available in this onnxruntime; available: {available}"
-                + (" (install onnxruntime-gpu for CUDA)" if pname == "CUDAExecutionProvider" else "")
-            )
-        names.append(pname)
+    from .cuda_encoders import check_providers
+
+    # Explains a missing CUDA provider, including the onnxruntime + onnxruntime-gpu trap.
+    providers = check_providers(providers, _available_providers())
     if threads is None:
         # The CPUs this process may run on (a container's quota), not the machine's count.
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
         raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    key = (str(model), tuple(names), threads)
+    key = (str(model), repr(providers), threads)  # options too: two device_ids are two sessions
     sess = _SESSIONS.get(key)
     if sess is None:
         so = ort.SessionOptions()

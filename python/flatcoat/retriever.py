@@ -228,12 +228,22 @@ class Retriever:
         if len(self) == 0:
             raise ValueError("the retriever is empty; add documents first")
         depth = shortlist if shortlist is not None else _default_shortlist(k)
-        q = self.encoder.encode_queries(items, instruction=instruction, batch_size=batch_size)
+        from . import cuda_encoders
+
+        on_gpu = (cuda_encoders.session_device(self.encoder.session) is not None
+                  and getattr(self.index, "device", "cpu") != "cpu"
+                  and (self._rerank_kind != "multivector" or getattr(self._rerank_index, "device", "cpu") != "cpu"))
+        if on_gpu:  # embeddings stay on the GPU: IO binding straight into the device index
+            q = cuda_encoders.encode_on_device(self.encoder, items, "query", instruction, batch_size)
+        else:
+            q = self.encoder.encode_queries(items, instruction=instruction, batch_size=batch_size)
         if self._rerank_kind == "exact":
             scores, ids = self.index.search(q, k=k, rescore=max(depth, k))
         elif self._rerank_kind == "multivector":
             _, cand = self.index.search(q, k=depth)
-            qmv = self._rerank_encoder.encode_queries(items, instruction=instruction, batch_size=batch_size)
+            qmv = (cuda_encoders.encode_on_device(self._rerank_encoder, items, "query", instruction, batch_size)
+                   if on_gpu and cuda_encoders.session_device(self._rerank_encoder.session) is not None
+                   else self._rerank_encoder.encode_queries(items, instruction=instruction, batch_size=batch_size))
             scores, ids = self._rerank_index.search(qmv, k=k, candidates=cand)
         else:
             scores, ids = self.index.search(q, k=k)
@@ -242,7 +252,9 @@ class Retriever:
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> List[Hit]:
         hits = []
-        for s, i in zip(np.asarray(scores).tolist(), np.asarray(ids).tolist()):
+        from .cuda_encoders import to_numpy
+
+        for s, i in zip(to_numpy(scores).tolist(), to_numpy(ids).tolist()):
             if i < 0:
                 continue  # fewer documents than k
             hits.append(Hit(self._ids[i], float(s), self._texts[i]))

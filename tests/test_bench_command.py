@@ -1,0 +1,81 @@
+"""`flatcoat bench --quick` with tiny sizes: a well-formed, self-consistent report (no timing thresholds)."""
+
+import json
+import math
+
+import pytest
+
+import flatcoat
+from flatcoat import bench
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bench") / "bench.json"
+    from flatcoat.cli import main
+
+    assert main(["bench", "--quick", "--size-factor", "0.002", "--repeats", "2", "--json", str(path), "--no-progress"]) == 0
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def test_report_records_the_machine_and_settings(report):
+    assert report["machine"]["cpu"] and report["machine"]["cores"] >= 1
+    assert report["versions"]["flatcoat"] == flatcoat.__version__
+    assert report["settings"]["threads"] == flatcoat.get_num_threads()
+    assert report["settings"]["isas"] == [flatcoat.info()["isa"]]
+
+
+def test_ceilings_are_positive(report):
+    for name in ("read_gb_per_s", "fma_gflops", "int8_gops", "popcount_g_per_s"):
+        assert report["ceilings"][name] > 0, name
+
+
+def test_every_kernel_is_measured_and_figures_are_consistent(report):
+    kernels = {row["kernel"].split(" Q=")[0] for row in report["rows"]}
+    for storage in ("f32", "f16", "int8", "binary"):
+        assert f"dense {storage}" in kernels
+    for storage in ("f32", "f16", "int8"):
+        assert f"maxsim {storage}" in kernels
+    assert any(k.startswith("top-k") for k in kernels)
+    for row in report["rows"]:
+        assert row["seconds"] > 0 and row["items_per_s"] > 0 and row["percent_of_ceiling"] > 0
+        assert len(row["repeats"]) == report["settings"]["repeats"]
+        assert math.isclose(row["seconds"], sorted(row["repeats"])[len(row["repeats"]) // 2], rel_tol=0.5)
+        # bytes moved / time = GB/s, operations / time = GOP/s
+        assert math.isclose(row["gb_per_s"], row["bytes_moved"] / row["seconds"] / 1e9, rel_tol=1e-9)
+        assert math.isclose(row["gops"], row["operations"] / row["seconds"] / 1e9, rel_tol=1e-9)
+        ceiling = {"bandwidth": report["ceilings"]["read_gb_per_s"], "fma": report["ceilings"]["fma_gflops"],
+                   "int8": report["ceilings"]["int8_gops"], "popcount": report["ceilings"]["popcount_g_per_s"]}[row["bound"]]
+        achieved = row["gb_per_s"] if row["bound"] == "bandwidth" else row["gops"]
+        assert math.isclose(row["percent_of_ceiling"], 100 * achieved / ceiling, rel_tol=1e-9)
+
+
+def test_every_isa_gets_a_row_with_isa_all(tmp_path):
+    usable = [i for i in flatcoat.info()["compiled_isas"] if flatcoat._core.cpu_supports(i)]
+    with open(tmp_path / "t", "w") as out:
+        r = bench.run(quick=True, isa="all", size_factor=0.001, repeats=1, progress=False, out=out)
+    assert sorted({row["isa"] for row in r["rows"]}) == sorted(usable)
+    assert flatcoat.info()["isa"] == flatcoat._core.active_isa()  # restored
+
+
+def test_bad_isa_is_a_clear_error(capsys):
+    from flatcoat.cli import main
+
+    assert main(["bench", "--isa", "avx9", "--no-progress"]) == 2
+    assert "--isa: 'avx9' is not usable here" in capsys.readouterr().err
+
+
+def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
+    import builtins
+
+    real_import = builtins.__import__
+
+    def fake_import(name, *args, **kwargs):
+        if name == "matplotlib" or name.startswith("matplotlib."):
+            raise ImportError("no matplotlib")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", fake_import)
+    with pytest.raises(RuntimeError, match="pip install matplotlib"):
+        bench.run(quick=True, size_factor=0.001, plot_path=str(tmp_path / "r.png"), progress=False)
