@@ -170,3 +170,15 @@ def test_zero_vector_under_cosine(index):
 def test_set_isa_errors():
     with pytest.raises(ValueError, match="unknown ISA 'avx9'"):
         flatcoat._core.set_active_isa("avx9")
+
+
+def test_a_failure_late_in_a_large_add_adds_nothing():
+    # Encoding runs in chunks; a bad value in the last one must undo the first ones.
+    idx = flatcoat.DenseIndex(2, storage="f16")
+    idx.add(np.ones((3, 2), dtype=np.float32))
+    x = np.ones((70_001, 2), dtype=np.float32)
+    x[-1, 0] = 1e6  # beyond float16
+    with pytest.raises(ValueError, match="float16 range"):
+        idx.add(x)
+    assert len(idx) == 3 and 3 not in idx and idx.ids.tolist() == [0, 1, 2]
+    assert idx.add(np.zeros((1, 2), dtype=np.float32)).tolist() == [3]

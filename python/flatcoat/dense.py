@@ -14,6 +14,7 @@ from ._validate import RWLock, as_float_matrix, as_ids, as_k, normalize_rows
 
 METRICS = ("ip", "cosine", "l2")
 STORAGES = ("f32", "f16", "int8", "binary")
+_ENCODE_CHUNK = 65536
 _KIND = "dense"
 
 
@@ -176,14 +177,16 @@ class DenseIndex:
             # centres: x ~ offset + scale * code with offset = min + scale / 2.
             # Per-vector ranges measured better than per-dimension ones
             # (bench/int8_scale.py) and need no training.
-            low = x.min(axis=1, keepdims=True).astype(np.float64)
-            high = x.max(axis=1, keepdims=True).astype(np.float64)
-            scale = np.maximum(high - low, 1e-30) / 255.0
-            offset = low + 0.5 * scale
-            codes = np.clip(np.floor((x - offset) / scale + 0.5), 0, 255).astype(np.uint8)
-            rows["scale"] = scale[:, 0].astype(np.float32)
-            rows["offset"] = offset[:, 0].astype(np.float32)
-            decoded = rows["offset"][:, None] + rows["scale"][:, None] * codes.astype(np.float32)
+            low = x.min(axis=1, keepdims=True)
+            high = x.max(axis=1, keepdims=True)
+            scale = np.maximum(high - low, np.float32(1e-30)) / np.float32(255.0)
+            offset = low + np.float32(0.5) * scale
+            steps = (x - offset) / scale
+            steps += np.float32(0.5)
+            codes = np.clip(np.floor(steps, out=steps), 0, 255, out=steps).astype(np.uint8)
+            rows["scale"] = scale[:, 0]
+            rows["offset"] = offset[:, 0]
+            decoded = offset + scale * codes.astype(np.float32)
         else:
             codes, decoded = _core.binarize(x), None
         rows["codes"] = codes
@@ -217,14 +220,19 @@ class DenseIndex:
                     f"ids: id {int(ids[duplicate])} is already in the index or repeated in this call; "
                     "ids must be unique (remove the old vector first to replace it)"
                 )
+            count_before = len(self)
             try:
-                rows = self._encode(x)
-                rows["ids"] = ids
-                self._rows.append(rows)
-                self._invalidate_device()
+                # In chunks: the encoders' float temporaries stay small whatever n is.
+                for start in range(0, n, _ENCODE_CHUNK):
+                    rows = self._encode(x[start : start + _ENCODE_CHUNK])
+                    rows["ids"] = ids[start : start + _ENCODE_CHUNK]
+                    self._rows.append(rows)
             except BaseException:
+                self._rows.count = count_before  # all or nothing
                 self._ids.erase(ids)
                 raise
+            finally:
+                self._invalidate_device()
             self._next_id = max(self._next_id, int(ids.max()) + 1)
             return ids
 
