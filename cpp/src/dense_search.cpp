@@ -189,18 +189,40 @@ void search_dense(const dense_data_t& data, const dense_query_t& query, float* o
         std::vector<topk_t> found = scan(data, query, queries, nq, keep, kernels);
 
         if (query.rescore != 0) {
-            // Exact second stage over the shortlist, one task per query.
-            parallel_for(nq, num_threads(), [&](size_t i, size_t) {
+            // Exact second stage over the shortlists. A long shortlist of a
+            // small batch is split into parts so every thread has work; the
+            // parts' selectors are merged per query.
+            std::vector<std::vector<topk_t::entry_t>> shortlists(nq);
+            for (size_t i = 0; i < nq; ++i) shortlists[i] = found[i].sorted();
+            const size_t threads = num_threads();
+            const size_t parts = nq >= threads || keep < 1024 ? 1 : (threads + nq - 1) / nq;
+            std::vector<topk_t> exact(nq * parts, topk_t(k, data.ids));
+            const size_t row_bytes = dim * sizeof(float);
+            parallel_for(nq * parts, threads, [&](size_t task, size_t) {
+                const size_t i = task / parts, part = task % parts;
+                const std::vector<topk_t::entry_t>& shortlist = shortlists[i];
+                const size_t per_part = (shortlist.size() + parts - 1) / parts;
+                const size_t begin = std::min(shortlist.size(), part * per_part);
+                const size_t end = std::min(shortlist.size(), begin + per_part);
                 const float* qi = queries + i * dim;
-                topk_t exact(k, data.ids);
-                for (const topk_t::entry_t& e : found[i].sorted()) {
+                for (size_t c = begin; c < end; ++c) {
+                    // The shortlist's rows are scattered: fetch a few ahead so DRAM latency overlaps.
+                    constexpr size_t ahead = 4;
+                    if (c + ahead < end) {
+                        const char* next =
+                            reinterpret_cast<const char*>(data.float_rows + size_t(shortlist[c + ahead].row) * dim);
+                        for (size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(next + b);
+                    }
+                    const topk_t::entry_t& e = shortlist[c];
                     float dot;
                     kernels.dot_f32(qi, 1, data.float_rows + size_t(e.row) * dim, 1, dim, &dot, 1);
-                    float value = l2 ? 2.0f * dot - data.float_sq_norms[e.row] : dot;
-                    exact.push(value, e.row);
+                    exact[task].push(l2 ? 2.0f * dot - data.float_sq_norms[e.row] : dot, e.row);
                 }
-                found[i] = std::move(exact);
             });
+            for (size_t i = 0; i < nq; ++i) {
+                for (size_t part = 1; part < parts; ++part) exact[i * parts].merge(exact[i * parts + part]);
+                found[i] = std::move(exact[i * parts]);
+            }
         }
 
         for (size_t i = 0; i < nq; ++i) {
