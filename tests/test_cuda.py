@@ -449,18 +449,11 @@ def test_topk_on_device_arrays(rng):
     np.testing.assert_array_equal(cp.asnumpy(indices), expected)
 
 
-# ---------------------------------------------------------------------- GPU: DenseIndex(device="cuda"), once wired
-
-def _device_wired():
-    import inspect
-
-    return "device" in inspect.signature(flatcoat.DenseIndex).parameters and hasattr(flatcoat.DenseIndex, "to")
+# ---------------------------------------------------------------------- GPU: DenseIndex(device="cuda")
 
 
 @gpu
 def test_dense_index_on_the_device_follows_changes(rng, tmp_path):
-    if not _device_wired():
-        pytest.skip("DenseIndex(device=...) and .to() are not wired into dense.py yet")
     dim = 24
     x = rng.standard_normal((1000, dim)).astype(np.float32)
     index = flatcoat.DenseIndex(dim, metric="l2", storage="f16", device="cuda")
