@@ -24,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 
+from ._persist import _fsync_dir
 from .encoders import Encoder, EncoderConfig, _check_texts
 
 __all__ = ["Retriever", "Hit"]
@@ -371,11 +372,3 @@ def _write_json(path: Path, obj: Any) -> None:
         json.dump(obj, f, ensure_ascii=False)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
