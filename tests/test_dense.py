@@ -297,3 +297,17 @@ def test_info_and_threads(restore_threads):
     assert flatcoat.get_num_threads() == 1 and flatcoat.info()["threads"] == 1
     with pytest.raises(ValueError):
         flatcoat.set_num_threads(-1)
+
+
+def test_flatcoat_isa_environment_variable_forces_a_level():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, FLATCOAT_ISA="scalar", PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", "import flatcoat; print(flatcoat.info()['isa'])"],
+                         capture_output=True, text=True, env=env, check=True)
+    assert out.stdout.strip() == "scalar"
+    env["FLATCOAT_ISA"] = "avx9"
+    bad = subprocess.run([sys.executable, "-c", "import flatcoat"], capture_output=True, text=True, env=env)
+    assert bad.returncode != 0 and "unknown ISA 'avx9'" in bad.stderr
