@@ -128,10 +128,15 @@ def test_kill_during_save_leaves_old_or_new(tmp_path):
             durations.append(float(ask(f"time {name} {exchange} 0")))
         on_disk = "a"
         longest = max(durations)
-        for i in range(KILLS):
+        typical = float(np.median(durations))
+        # At least KILLS saves, and more until a third of them were killed mid-save:
+        # how long a save takes varies with the machine's load.
+        i = 0
+        while i < KILLS or (stats["killed"] < KILLS // 3 and i < 4 * KILLS):
             new = rng.choice([n for n in "abc" if n != on_disk])
             exchange = int(rng.integers(0, 2))
-            delay = float(rng.uniform(0, 2.0 * longest))
+            delay = float(rng.uniform(0, 1.5 * typical))
+            i += 1
             outcome = ask(f"kill {new} {exchange} {delay:.6f}")
             stats[outcome] += 1
             loaded = flatcoat.load(target, mmap=bool(i % 2), verify=True)
@@ -154,10 +159,10 @@ def test_kill_during_save_leaves_old_or_new(tmp_path):
         driver.stdin.close()
         driver.wait(timeout=60)
         driver.stdout.close()
-    print(f"\ncrash safety: {KILLS} saves, save took {min(durations) * 1e3:.0f}-{longest * 1e3:.0f} ms; {stats}")
+    print(f"\ncrash safety: {i} saves, save took {min(durations) * 1e3:.0f}-{longest * 1e3:.0f} ms; {stats}")
     if os.environ.get("FLATCOAT_KILLS_REPORT"):
         with open(os.environ["FLATCOAT_KILLS_REPORT"], "a") as f:
-            f.write(f"{KILLS} saves, save {min(durations) * 1e3:.0f}-{longest * 1e3:.0f} ms: {stats}\n")
+            f.write(f"{i} saves, save {min(durations) * 1e3:.0f}-{longest * 1e3:.0f} ms: {stats}\n")
     # The random delays must actually hit saves in progress, and some must complete.
     assert stats["killed"] >= KILLS // 3 and stats["old"] >= 1 and stats["new"] >= 1, stats
 
