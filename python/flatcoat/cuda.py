@@ -447,23 +447,26 @@ class _NoContext:
         return False
 
 
-class DenseMirror:
-    """The GPU side of a ``DenseIndex(device="cuda")``: a copy of its arrays on one GPU.
+class DeviceMirror:
+    """The GPU side of an index with ``device="cuda"``: a copy of its arrays on one GPU.
 
     The host arrays stay the index's truth (add, remove, save and mmap work as
     on the CPU); the device copy is made by ``sync`` (or the first search) and
     dropped by ``invalidate`` after every change, so the first search after a
     change uploads the index again. The caller holds the index's lock: read for
-    ``sync``/``search``, write for ``invalidate``.
+    ``sync``/``search``, write for ``invalidate``. Subclasses name the store
+    class (``store_class.from_index(index, ordinal)``) and define ``search``.
     """
+
+    store_class: type = type(None)
 
     def __init__(self, device="cuda"):
         ordinal = parse_device(device)
         if ordinal is None:
-            raise ValueError("device: a DenseMirror lives on a GPU ('cuda' or 'cuda:N')")
+            raise ValueError(f"device: a {type(self).__name__} lives on a GPU ('cuda' or 'cuda:N')")
         require(ordinal)
         self._ordinal = ordinal
-        self._store: Optional[CudaDenseStore] = None
+        self._store = None
         self._lock = threading.Lock()
 
     @property
@@ -473,27 +476,39 @@ class DenseMirror:
     def invalidate(self) -> None:
         self._store = None
 
-    def sync(self, index) -> CudaDenseStore:
+    def sync(self, index):
         with self._lock:
             if self._store is None:
-                self._store = CudaDenseStore.from_index(index, self._ordinal)
+                self._store = self.store_class.from_index(index, self._ordinal)
             return self._store
 
-    def search(self, index, queries, k, rescore=None, **options):
+    def _current(self, index):
         store = self._store
-        if store is None:
-            store = self.sync(index)
-        return store.search(queries, k, rescore, **options)
+        return store if store is not None else self.sync(index)
+
+    @classmethod
+    def for_device(cls, device, current=None):
+        """The mirror for ``device`` ("cpu" -> None), keeping ``current`` when it is already there."""
+        ordinal = parse_device(device)
+        if ordinal is None:
+            return None
+        if current is not None and current._ordinal == ordinal:
+            return current
+        return cls(f"cuda:{ordinal}")
+
+
+class DenseMirror(DeviceMirror):
+    """The GPU side of a ``DenseIndex(device="cuda")``."""
+
+    store_class = CudaDenseStore
+
+    def search(self, index, queries, k, rescore=None, **options):
+        return self._current(index).search(queries, k, rescore, **options)
 
 
 def mirror_for(device, current: Optional[DenseMirror] = None) -> Optional[DenseMirror]:
-    """The mirror for ``device`` ("cpu" -> None), keeping ``current`` when it is already there."""
-    ordinal = parse_device(device)
-    if ordinal is None:
-        return None
-    if current is not None and current._ordinal == ordinal:
-        return current
-    return DenseMirror(f"cuda:{ordinal}")
+    """The DenseIndex mirror for ``device`` ("cpu" -> None), keeping ``current`` when it is already there."""
+    return DenseMirror.for_device(device, current)
 
 
 # ---------------------------------------------------------------------- top-k of given scores

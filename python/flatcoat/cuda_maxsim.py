@@ -24,13 +24,12 @@ are searched without a host copy.
 
 from __future__ import annotations
 
-import threading
 from typing import Optional, Tuple
 
 import numpy as np
 
 from . import cuda as _cuda
-from .cuda import CudaUnavailableError, MAX_K, parse_device, require
+from .cuda import CudaUnavailableError, MAX_K, require
 from ._validate import as_k
 
 __all__ = ["CudaMaxSimStore", "MaxSimMirror", "mirror_for", "STORAGES", "CudaUnavailableError"]
@@ -318,42 +317,14 @@ class CudaMaxSimStore:
         return (scores[0], ids[0]) if single else (scores, ids)
 
 
-class MaxSimMirror:
-    """The GPU side of a ``MultiVectorIndex(device="cuda")``: a copy of its arrays on one GPU.
+class MaxSimMirror(_cuda.DeviceMirror):
+    """The GPU side of a ``MultiVectorIndex(device="cuda")`` (see :class:`flatcoat.cuda.DeviceMirror`)."""
 
-    The host arrays stay the index's truth (add, remove, save and mmap work as
-    on the CPU); ``sync`` (or the first search) uploads them, ``invalidate``
-    drops the copy after every change. The caller holds the index's lock: read
-    for ``sync``/``search``, write for ``invalidate``.
-    """
-
-    def __init__(self, device="cuda"):
-        ordinal = parse_device(device)
-        if ordinal is None:
-            raise ValueError("device: a MaxSimMirror lives on a GPU ('cuda' or 'cuda:N')")
-        require(ordinal)
-        self._ordinal = ordinal
-        self._store: Optional[CudaMaxSimStore] = None
-        self._lock = threading.Lock()
-
-    @property
-    def device(self) -> str:
-        return f"cuda:{self._ordinal}"
-
-    def invalidate(self) -> None:
-        self._store = None
-
-    def sync(self, index) -> CudaMaxSimStore:
-        with self._lock:
-            if self._store is None:
-                self._store = CudaMaxSimStore.from_index(index, self._ordinal)
-            return self._store
+    store_class = CudaMaxSimStore
 
     def search(self, index, queries, k=10, candidates=None, query_weights=None, **options):
         """MultiVectorIndex.search on the device copy; candidates are ids the index maps itself."""
-        store = self._store
-        if store is None:
-            store = self.sync(index)
+        store = self._current(index)
 
         def positions(nq, single):
             if candidates is None:
@@ -367,10 +338,5 @@ class MaxSimMirror:
 
 
 def mirror_for(device, current: Optional[MaxSimMirror] = None) -> Optional[MaxSimMirror]:
-    """The mirror for ``device`` ("cpu" -> None), keeping ``current`` when it is already there."""
-    ordinal = parse_device(device)
-    if ordinal is None:
-        return None
-    if current is not None and current._ordinal == ordinal:
-        return current
-    return MaxSimMirror(f"cuda:{ordinal}")
+    """The MultiVectorIndex mirror for ``device`` ("cpu" -> None), keeping ``current`` when it is already there."""
+    return MaxSimMirror.for_device(device, current)
