@@ -1,9 +1,11 @@
 import os
+import zlib
 
 import numpy as np
 import pytest
 
 import flatcoat
+from flatcoat import cuda
 
 
 def clustered(n, dim, n_clusters=100, spread=0.3, seed=0):
@@ -62,3 +64,27 @@ def restore_threads():
 
 
 DATA_DIR = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data")
+
+
+# ---------------------------------------------------------------------- GPU tests
+
+GPU_REASON = cuda.unavailable_reason()  # None where flatcoat._cuda is built and a device is visible
+
+
+def gpu(test):
+    """Marks a test as needing a GPU; skips it, saying why, where there is none."""
+    return pytest.mark.gpu(pytest.mark.skipif(GPU_REASON is not None, reason=f"needs a GPU: {GPU_REASON}")(test))
+
+
+@pytest.fixture
+def rng(request):
+    """A generator seeded by the test's own id: fresh inputs per check, reproducible."""
+    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
+
+
+@pytest.fixture
+def fresh_extension():
+    """Forgets the loaded CUDA extension before and after the test."""
+    cuda._reset()
+    yield
+    cuda._reset()

@@ -8,8 +8,6 @@ overwritten; every check draws its own random inputs.
 
 import subprocess
 import sys
-import threading
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -17,28 +15,7 @@ import pytest
 
 import flatcoat
 from flatcoat import cuda
-from conftest import assert_exact_topk, clustered, reference_scores, reference_topk
-
-REASON = cuda.unavailable_reason()
-
-
-def gpu(test):
-    """Marks a test as needing a GPU; skips it, saying why, where there is none."""
-    return pytest.mark.gpu(pytest.mark.skipif(REASON is not None, reason=f"needs a GPU: {REASON}")(test))
-
-
-@pytest.fixture
-def rng(request):
-    """A generator seeded by the test's own name and parameters: fresh inputs per check, reproducible."""
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
-
-
-@pytest.fixture
-def fresh_extension():
-    cuda._reset()
-    yield
-    cuda._reset()
-
+from conftest import assert_exact_topk, clustered, gpu, reference_scores, reference_topk
 
 def small_ints(rng, n, dim):
     """Values in -3..3: every product and sum is exact in float32 and float16, so ties are real ties."""

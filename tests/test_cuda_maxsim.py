@@ -11,34 +11,13 @@ every check draws its own random inputs.
 
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
 
 import flatcoat
 from flatcoat import cuda, cuda_maxsim
-
-REASON = cuda.unavailable_reason()
-
-
-def gpu(test):
-    """Marks a test as needing a GPU; skips it, saying why, where there is none."""
-    return pytest.mark.gpu(pytest.mark.skipif(REASON is not None, reason=f"needs a GPU: {REASON}")(test))
-
-
-@pytest.fixture
-def rng(request):
-    """Seeded by the test's own id: fresh inputs per check, reproducible."""
-    return np.random.default_rng(zlib.crc32(request.node.nodeid.encode()))
-
-
-@pytest.fixture
-def fresh_extension():
-    cuda._reset()
-    yield
-    cuda._reset()
-
+from conftest import gpu
 
 def grid_docs(rng, n_docs, dim, lo=1, hi=40):
     """Documents of lo..hi tokens with values in -3..3 (exact sums everywhere)."""
