@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numbers
 import threading
+from typing import Optional
 
 import numpy as np
 
@@ -57,12 +58,35 @@ def as_ids(ids, name: str, n: int) -> np.ndarray:
     return ids
 
 
-def as_k(k) -> int:
-    if isinstance(k, (bool, np.bool_)) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"k: expected a positive integer, got {k!r}")
-    if k <= 0:
-        raise ValueError(f"k: must be positive, got {k}")
-    return int(k)
+def as_int(value, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:
+    """The one integer rule: Python or numpy integers only (no bool, float or str), within bounds.
+
+    The wrong type is a TypeError, a value out of range a ValueError; both name ``name``.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name}: expected an integer, got {type(value).__name__} {value!r}")
+    value = int(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: must be at least {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: must be at most {maximum}, got {value}")
+    return value
+
+
+def as_bool(value, name: str) -> bool:
+    """The one boolean rule: ``bool`` or ``numpy.bool_`` only; a truthy string such as "no" is an error."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
+    return bool(value)
+
+
+#: The largest k or re-ranking depth any search accepts (an int64 count).
+MAX_K = np.iinfo(np.int64).max
+
+
+def as_k(k, name: str = "k") -> int:
+    """A positive integer ``k`` (or another count named ``name``, e.g. "rerank")."""
+    return as_int(k, name, 1, MAX_K)
 
 
 def normalize_rows(x: np.ndarray, name: str) -> np.ndarray:
