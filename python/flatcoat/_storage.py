@@ -1,4 +1,7 @@
-"""Growable row arrays for the indexes.
+"""Storage names, their array layouts, and growable row arrays for the indexes.
+
+The names and layouts are defined here once; every other module (GPU stores,
+CLI, bench) imports them from here.
 
 Rows live in one contiguous numpy array per field, so the core scans a plain
 view. Growth uses ``ndarray.resize``, which reallocates in place (``mremap``
@@ -14,6 +17,52 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from . import _core
+
+#: Dense metrics: inner product, cosine (normalised, then inner product), squared L2.
+METRICS = ("ip", "cosine", "l2")
+#: DenseIndex storages (see ``dense_code_layout``).
+DENSE_STORAGES = ("f32", "f16", "int8", "binary")
+#: MultiVectorIndex storages (see ``multivector_token_dtype``).
+MULTIVECTOR_STORAGES = ("f32", "f16", "int8")
+
+
+def dense_code_layout(storage: str, dim: int) -> Tuple[Tuple[int, ...], np.dtype]:
+    """``(row_shape, dtype)`` of one stored dense code.
+
+    f32: float32 (dim,); f16: IEEE half bits as uint16 (dim,); int8: uint8
+    (dim,) per-vector affine codes (``x ~ offset + scale * code``, one float32
+    scale and offset per vector); binary: sign bits packed into uint64
+    (ceil(dim / 64),), bit ``j % 64`` of word ``j // 64`` set when ``x_j > 0``.
+
+    >>> dense_code_layout("binary", 100)
+    ((2,), dtype('uint64'))
+    """
+    if storage == "f32":
+        return (dim,), np.dtype(np.float32)
+    if storage == "f16":
+        return (dim,), np.dtype(np.uint16)
+    if storage == "int8":
+        return (dim,), np.dtype(np.uint8)
+    if storage == "binary":
+        return ((dim + 63) // 64,), np.dtype(np.uint64)
+    raise ValueError(f"storage: expected one of {DENSE_STORAGES}, got {storage!r}")
+
+
+def multivector_token_dtype(storage: str) -> np.dtype:
+    """dtype of the stored (n_tokens, dim) token rows of a multi-vector storage.
+
+    f32: float32; f16: IEEE half bits as uint16; int8: uint8 ``code + 128``
+    with per-token symmetric codes in [-127, 127] and one float32 scale per
+    token (``token ~ scale * code``).
+    """
+    if storage == "f32":
+        return np.dtype(np.float32)
+    if storage == "f16":
+        return np.dtype(np.uint16)
+    if storage == "int8":
+        return np.dtype(np.uint8)
+    raise ValueError(f"storage: expected one of {MULTIVECTOR_STORAGES}, got {storage!r}")
+
 
 _GROWTH = 1.25
 # Past this size an array grows to exactly what is needed: realloc of a large
