@@ -1,4 +1,6 @@
 // Bindings of dense search and the id map.
+#include <algorithm>  // std::min
+#include <string>
 #include <vector>
 
 #if defined(__linux__)
@@ -13,20 +15,6 @@
 namespace flatcoat {
 namespace bindings {
 
-static codec_t codec_from_name(const std::string& name) {
-    if (name == "f32") return codec_t::f32_k;
-    if (name == "f16") return codec_t::f16_k;
-    if (name == "int8") return codec_t::u8_k;
-    if (name == "binary") return codec_t::binary_k;
-    throw py::value_error("unknown storage '" + name + "'");
-}
-
-static metric_t metric_from_name(const std::string& name) {
-    if (name == "ip") return metric_t::ip_k;
-    if (name == "l2") return metric_t::l2_k;
-    throw py::value_error("unknown kernel metric '" + name + "'");
-}
-
 static void check_rows(const py::array& a, const char* name, size_t rows) {
     if (size_t(a.shape(0)) != rows)
         throw py::value_error(std::string(name) + ": expected " + std::to_string(rows) + " rows, got " +
@@ -37,7 +25,7 @@ static py::tuple search_dense_py(const std::string& storage, const std::string& 
                                  const py::array& codes, const py::array& ids, const py::object& sq_norms,
                                  const py::object& scale, const py::object& offset, const py::object& float_rows,
                                  const py::object& float_sq_norms, const py::array& queries, size_t k,
-                                 size_t rescore) {
+                                 size_t rerank) {
     dense_data_t data;
     data.codec = codec_from_name(storage);
     data.dim = dim;
@@ -47,7 +35,7 @@ static py::tuple search_dense_py(const std::string& storage, const std::string& 
     switch (data.codec) {
         case codec_t::f32_k: data.codes = checked<float>(codes, "codes", 2); break;
         case codec_t::f16_k: data.codes = checked<uint16_t>(codes, "codes", 2); break;
-        case codec_t::u8_k: data.codes = checked<uint8_t>(codes, "codes", 2); break;
+        case codec_t::int8_k: data.codes = checked<uint8_t>(codes, "codes", 2); break;
         case codec_t::binary_k:
             data.codes = checked<uint64_t>(codes, "codes", 2);
             row_elements = binary_words(dim);
@@ -76,12 +64,17 @@ static py::tuple search_dense_py(const std::string& storage, const std::string& 
     query.queries = checked<float>(queries, "queries", 2);
     if (size_t(queries.shape(1)) != dim) throw py::value_error("queries: expected dim columns");
     query.nq = size_t(queries.shape(0));
-    query.k = k;
+    if (k == 0) throw py::value_error("k: must be positive");
+    if (rerank != 0 && rerank < k)
+        throw py::value_error("rerank: must be at least k (" + std::to_string(k) + "), got " + std::to_string(rerank));
+    // The result rule: never more columns than rows, so memory is bounded by the index.
+    query.k = std::min(k, data.rows);
     query.metric = metric_from_name(metric);
-    query.rescore = rescore;
+    query.rerank = rerank;
 
-    py::array_t<float> out_scores({query.nq, k});
-    py::array_t<int64_t> out_ids({query.nq, k});
+    py::array_t<float> out_scores({query.nq, query.k});
+    py::array_t<int64_t> out_ids({query.nq, query.k});
+    if (query.k == 0) return py::make_tuple(out_scores, out_ids);
     float* scores_ptr = out_scores.mutable_data();
     int64_t* ids_ptr = out_ids.mutable_data();
     {
@@ -122,8 +115,9 @@ void bind_dense(py::module_& m) {
     m.def("search_dense", &search_dense_py, py::arg("storage"), py::arg("metric"), py::arg("dim"),
           py::arg("codes"), py::arg("ids"), py::arg("sq_norms"), py::arg("scale"), py::arg("offset"),
           py::arg("float_rows"), py::arg("float_sq_norms"), py::arg("queries"), py::arg("k"),
-          py::arg("rescore") = 0,
-          "Exhaustive search with fused top-k; returns (scores float32 (q, k), ids int64 (q, k)).");
+          py::arg("rerank") = 0,
+          "Exhaustive search with fused top-k; returns (scores float32 (q, k'), ids int64 (q, k')),\n"
+          "k' = min(k, rows). rerank=R >= k re-ranks the R best exactly against float_rows (0: none).");
     m.def("binarize", &binarize_py, py::arg("x"), "Sign bits of float32 rows as uint64 words (bit j: x[j] > 0).");
 
     py::class_<id_map_t>(m, "IdMap", "Hash map from int64 ids to row positions.")

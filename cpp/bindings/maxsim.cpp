@@ -1,6 +1,7 @@
 // Bindings of MaxSim search over packed multi-vector documents. The Python
 // layer (python/flatcoat/multivector.py) validates user input and prepares
 // the arrays; these functions check buffers and sizes, never copy or cast.
+#include <algorithm>  // std::min
 #include <string>
 
 #include "common.hpp"
@@ -10,13 +11,6 @@ namespace flatcoat {
 namespace bindings {
 
 namespace {
-
-maxsim_codec_t maxsim_codec_from_name(const std::string& name) {
-    if (name == "f32") return maxsim_codec_t::f32_k;
-    if (name == "f16") return maxsim_codec_t::f16_k;
-    if (name == "int8") return maxsim_codec_t::i8_k;
-    throw py::value_error("unknown multi-vector storage '" + name + "': expected f32, f16 or int8");
-}
 
 void expect_length(const py::array& a, const char* name, size_t n) {
     if (size_t(a.shape(0)) != n)
@@ -37,12 +31,13 @@ const int64_t* packed_offsets(const py::array& offsets, const char* name, size_t
 maxsim_data_t make_data(const std::string& storage, size_t dim, const py::array& tokens, const py::array& offsets,
                         const py::object& token_scales) {
     maxsim_data_t data;
-    data.codec = maxsim_codec_from_name(storage);
+    data.codec = maxsim_codec(codec_from_name(storage));
     data.dim = dim;
     switch (data.codec) {
-        case maxsim_codec_t::f32_k: data.tokens = checked<float>(tokens, "tokens", 2); break;
-        case maxsim_codec_t::f16_k: data.tokens = checked<uint16_t>(tokens, "tokens", 2); break;
-        case maxsim_codec_t::i8_k: data.tokens = checked<uint8_t>(tokens, "tokens", 2); break;
+        case codec_t::f32_k: data.tokens = checked<float>(tokens, "tokens", 2); break;
+        case codec_t::f16_k: data.tokens = checked<uint16_t>(tokens, "tokens", 2); break;
+        case codec_t::int8_k: data.tokens = checked<uint8_t>(tokens, "tokens", 2); break;
+        case codec_t::binary_k: break;  // refused by maxsim_codec()
     }
     if (size_t(tokens.shape(1)) != dim)
         throw py::value_error("tokens: expected " + std::to_string(dim) + " columns, got " +
@@ -73,31 +68,37 @@ maxsim_query_t make_query(size_t dim, const py::array& queries, const py::array&
 py::tuple search_maxsim_py(const std::string& storage, size_t dim, const py::array& tokens,
                            const py::array& offsets, const py::object& token_scales, const py::array& ids,
                            const py::array& queries, const py::array& query_offsets, const py::object& weights,
-                           size_t k, const py::object& candidates, const py::object& candidate_offsets) {
+                           size_t k, const py::object& subset, const py::object& subset_offsets_obj) {
     maxsim_data_t data = make_data(storage, dim, tokens, offsets, token_scales);
     data.ids = checked<int64_t>(ids, "ids", 1);
     expect_length(ids, "ids", data.docs);
     maxsim_query_t query = make_query(dim, queries, query_offsets, weights);
-    if (k == 0) throw py::value_error("k must be positive");
+    if (k == 0) throw py::value_error("k: must be positive");
 
-    const int64_t* cand = nullptr;
-    const int64_t* cand_offsets = nullptr;
-    if (!candidates.is_none()) {
-        auto c = py::reinterpret_borrow<py::array>(candidates);
-        cand = checked<int64_t>(c, "candidates", 1);
-        if (candidate_offsets.is_none()) throw py::value_error("candidates need candidate_offsets");
-        auto co = py::reinterpret_borrow<py::array>(candidate_offsets);
-        cand_offsets = packed_offsets(co, "candidate_offsets", size_t(c.shape(0)));
-        expect_length(co, "candidate_offsets", query.nq + 1);
+    const int64_t* subset_positions = nullptr;
+    const int64_t* subset_offsets = nullptr;
+    if (!subset.is_none()) {
+        auto s = py::reinterpret_borrow<py::array>(subset);
+        subset_positions = checked<int64_t>(s, "subset", 1);
+        if (subset_offsets_obj.is_none()) throw py::value_error("subset: needs subset_offsets");
+        auto so = py::reinterpret_borrow<py::array>(subset_offsets_obj);
+        subset_offsets = packed_offsets(so, "subset_offsets", size_t(s.shape(0)));
+        expect_length(so, "subset_offsets", query.nq + 1);
     }
 
+    // The result rule: never more columns than documents, so memory is bounded by the index.
+    k = std::min(k, data.docs);
     py::array_t<float> out_scores({query.nq, k});
     py::array_t<int64_t> out_ids({query.nq, k});
+    if (k == 0) {
+        if (subset_positions != nullptr) normalize_subset(subset_positions, subset_offsets, query.nq, data.docs);
+        return py::make_tuple(out_scores, out_ids);
+    }
     float* scores_ptr = out_scores.mutable_data();
     int64_t* ids_ptr = out_ids.mutable_data();
     {
         py::gil_scoped_release release;
-        search_maxsim(data, query, k, cand, cand_offsets, scores_ptr, ids_ptr);
+        search_maxsim(data, query, k, subset_positions, subset_offsets, scores_ptr, ids_ptr);
     }
     return py::make_tuple(out_scores, out_ids);
 }
@@ -122,10 +123,10 @@ py::array_t<float> maxsim_scores_py(const std::string& storage, size_t dim, cons
 void bind_maxsim(py::module_& m) {
     m.def("search_maxsim", &search_maxsim_py, py::arg("storage"), py::arg("dim"), py::arg("tokens"),
           py::arg("offsets"), py::arg("token_scales"), py::arg("ids"), py::arg("queries"), py::arg("query_offsets"),
-          py::arg("weights"), py::arg("k"), py::arg("candidates") = py::none(),
-          py::arg("candidate_offsets") = py::none(),
-          "Exact MaxSim over packed documents with fused top-k; returns (scores float32 (nq, k), ids int64 (nq, k)).\n"
-          "Rerank mode: candidates are document positions, candidate_offsets (nq + 1) split them per query.");
+          py::arg("weights"), py::arg("k"), py::arg("subset") = py::none(), py::arg("subset_offsets") = py::none(),
+          "Exact MaxSim over packed documents with fused top-k; returns (scores float32 (nq, k'), ids int64\n"
+          "(nq, k')), k' = min(k, docs). subset: document positions each query is restricted to, split per\n"
+          "query by subset_offsets (nq + 1); rows with fewer are padded with id -1 and score -inf.");
     m.def("maxsim_scores", &maxsim_scores_py, py::arg("storage"), py::arg("dim"), py::arg("tokens"),
           py::arg("offsets"), py::arg("token_scales"), py::arg("queries"), py::arg("query_offsets"),
           py::arg("weights"), "All MaxSim scores, float32 (nq, docs).");

@@ -1,4 +1,6 @@
 // Bindings of the ceiling probes and plain top-k selection.
+#include <algorithm>  // std::min
+
 #include "common.hpp"
 #include "flatcoat/probe.hpp"
 
@@ -41,19 +43,22 @@ void bind_probe(py::module_& m) {
         "topk",
         [](const py::array& scores, size_t k) {
             const float* p = checked<float>(scores, "scores", 2);
+            if (k == 0) throw py::value_error("k: must be positive");
             size_t rows = size_t(scores.shape(0)), n = size_t(scores.shape(1));
+            k = std::min(k, n);  // never more columns than scores
             py::array_t<float> values({rows, k});
             py::array_t<int64_t> indices({rows, k});
             float* v = values.mutable_data();
             int64_t* i = indices.mutable_data();
-            {
+            if (k > 0) {
                 py::gil_scoped_release release;
                 select_topk(p, rows, n, k, v, i);
             }
             return py::make_tuple(values, indices);
         },
         py::arg("scores"), py::arg("k"),
-        "Top-k of each row (largest first, ties by smaller index); pads with -inf / -1.");
+        "Top-k of each row: (values float32 (rows, k'), indices int64 (rows, k')), k' = min(k, n),\n"
+        "largest first, ties by smaller index.");
     py::class_<probe_result_t>(m, "ProbeResult")
         .def_readonly("seconds", &probe_result_t::seconds)
         .def_readonly("work", &probe_result_t::work)

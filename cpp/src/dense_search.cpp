@@ -26,7 +26,7 @@ size_t row_bytes(const dense_data_t& data) {
     switch (data.codec) {
         case codec_t::f32_k: return data.dim * sizeof(float);
         case codec_t::f16_k: return data.dim * sizeof(uint16_t);
-        case codec_t::u8_k: return data.dim;
+        case codec_t::int8_k: return data.dim;
         case codec_t::binary_k: return binary_words(data.dim) * sizeof(uint64_t);
     }
     return 0;
@@ -36,18 +36,18 @@ void check(const dense_data_t& data, const dense_query_t& query) {
     if (data.dim == 0) throw error("dim must be positive");
     if (data.rows > 0 && (data.codes == nullptr || data.ids == nullptr)) throw error("index arrays are missing");
     if (query.nq > 0 && query.queries == nullptr) throw error("queries are missing");
-    if (query.k == 0) throw error("k must be positive");
-    if (data.codec == codec_t::u8_k && (data.scale == nullptr || data.offset == nullptr))
+    if (query.k == 0) throw error("k: must be positive");
+    if (data.codec == codec_t::int8_k && (data.scale == nullptr || data.offset == nullptr))
         throw error("int8 storage needs the rows' scales and offsets");
     if (query.metric == metric_t::l2_k && data.codec != codec_t::binary_k && data.sq_norms == nullptr &&
         data.rows > 0)
         throw error("l2 search needs the rows' squared norms");
-    if (query.rescore != 0) {
-        if (query.rescore < query.k) throw error("rescore must be at least k");
+    if (query.rerank != 0) {
+        if (query.rerank < query.k) throw error("rerank: must be at least k");
         if (data.float_rows == nullptr && data.rows > 0)
-            throw error("rescore needs the float32 copy of the rows (build the index with keep_float=True)");
+            throw error("rerank: needs the float32 copy of the rows (build the index with keep_float=True)");
         if (query.metric == metric_t::l2_k && data.float_sq_norms == nullptr && data.rows > 0)
-            throw error("l2 rescoring needs the float copy's squared norms");
+            throw error("rerank: l2 re-ranking needs the float copy's squared norms");
     }
 }
 
@@ -57,7 +57,7 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
     const size_t dim = data.dim;
     const bool l2 = query.metric == metric_t::l2_k;
     const bool binary = data.codec == codec_t::binary_k;
-    const bool widen_tiles = nq >= widen_batch_k && (data.codec == codec_t::f16_k || data.codec == codec_t::u8_k);
+    const bool widen_tiles = nq >= widen_batch_k && (data.codec == codec_t::f16_k || data.codec == codec_t::int8_k);
     const size_t bytes = widen_tiles ? dim * sizeof(float) : row_bytes(data);
     const size_t tile = std::max<size_t>(16, std::min<size_t>(4096, tile_bytes_k / std::max<size_t>(bytes, 1)));
     const size_t n_tiles = (data.rows + tile - 1) / tile;
@@ -69,7 +69,7 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
     std::vector<float> query_sums(nq, 0.0f);
     std::vector<uint64_t> query_bits;
     const float* q = queries;
-    if (data.codec == codec_t::u8_k) {
+    if (data.codec == codec_t::int8_k) {
         for (size_t i = 0; i < nq; ++i) {
             double sum = 0.0;
             for (size_t j = 0; j < dim; ++j) sum += queries[i * dim + j];
@@ -133,7 +133,7 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
         // Turn dot products into ranking values: int8 rows decode as
         // offset + scale * code, so <q, x> = scale * <q, code> + offset * sum(q);
         // l2 ranks by 2<q, x> - |x|^2, which orders like -|q - x|^2.
-        const bool u8 = data.codec == codec_t::u8_k;
+        const bool u8 = data.codec == codec_t::int8_k;
         const float* scale = u8 ? data.scale + begin : nullptr;
         const float* offset = u8 ? data.offset + begin : nullptr;
         const float* norms = l2 ? data.sq_norms + begin : nullptr;
@@ -181,14 +181,14 @@ void search_dense(const dense_data_t& data, const dense_query_t& query, float* o
     if (data.rows == 0 || query.nq == 0) return;
 
     const dense_kernels_t& kernels = dense_kernels(active_isa());
-    const size_t keep = query.rescore != 0 ? std::min(query.rescore, data.rows) : k;
+    const size_t keep = query.rerank != 0 ? std::min(query.rerank, data.rows) : k;
 
     for (size_t q0 = 0; q0 < query.nq; q0 += query_block_k) {
         const size_t nq = std::min(query_block_k, query.nq - q0);
         const float* queries = query.queries + q0 * dim;
         std::vector<topk_t> found = scan(data, query, queries, nq, keep, kernels);
 
-        if (query.rescore != 0) {
+        if (query.rerank != 0) {
             // Exact second stage over the shortlists. A long shortlist of a
             // small batch is split into parts so every thread has work; the
             // parts' selectors are merged per query.
@@ -234,7 +234,7 @@ void search_dense(const dense_data_t& data, const dense_query_t& query, float* o
             for (const topk_t::entry_t& e : found[i].sorted()) {
                 if (r == k) break;
                 float score;
-                if (binary && query.rescore == 0) {
+                if (binary && query.rerank == 0) {
                     float hamming = -e.value;
                     score = l2 ? hamming : float(dim) - 2.0f * hamming;
                 } else if (l2) {

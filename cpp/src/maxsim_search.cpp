@@ -76,11 +76,12 @@ void check_offsets(const int64_t* offsets, size_t n, const char* what, const cha
 }
 
 void check(const maxsim_data_t& data, const maxsim_query_t& query) {
+    maxsim_codec(data.codec);
     if (data.dim == 0) throw error("dim must be positive");
     if (data.docs > 0) {
         check_offsets(data.offsets, data.docs, "document", "document");
         if (data.tokens == nullptr) throw error("document tokens are missing");
-        if (data.codec == maxsim_codec_t::i8_k && data.token_scales == nullptr)
+        if (data.codec == codec_t::int8_k && data.token_scales == nullptr)
             throw error("int8 storage needs its per-token scales");
     }
     if (query.nq > 0) {
@@ -89,7 +90,7 @@ void check(const maxsim_data_t& data, const maxsim_query_t& query) {
     }
 }
 
-prepared_query_t prepare(const maxsim_query_t& query, size_t i, size_t dim, maxsim_codec_t codec, size_t width) {
+prepared_query_t prepare(const maxsim_query_t& query, size_t i, size_t dim, codec_t codec, size_t width) {
     prepared_query_t p;
     const size_t first = size_t(query.offsets[i]);
     p.tokens = size_t(query.offsets[i + 1]) - first;
@@ -98,7 +99,7 @@ prepared_query_t prepare(const maxsim_query_t& query, size_t i, size_t dim, maxs
     p.factor.resize(p.tokens);
     for (size_t t = 0; t < p.tokens; ++t) p.factor[t] = query.weights ? query.weights[first + t] : 1.0f;
 
-    if (codec != maxsim_codec_t::i8_k) {
+    if (codec != codec_t::int8_k) {
         // panel v, step d, lane l = q[v * width + l][d]
         p.panel_f32.assign(p.panels * dim * width, 0.0f);
         for (size_t t = 0; t < p.tokens; ++t)
@@ -147,9 +148,9 @@ void score_document(const maxsim_data_t& data, const maxsim_kernels_t& kernels,
     for (size_t b = begin; b < end; b += block_tokens_k) {
         const size_t n = std::min(block_tokens_k, end - b);
         const float* rows = nullptr;
-        if (data.codec == maxsim_codec_t::f32_k) {
+        if (data.codec == codec_t::f32_k) {
             rows = static_cast<const float*>(data.tokens) + b * dim;
-        } else if (data.codec == maxsim_codec_t::f16_k) {
+        } else if (data.codec == codec_t::f16_k) {
             scratch.decoded.resize(block_tokens_k * dim);
             kernels.decode_f16(static_cast<const uint16_t*>(data.tokens) + b * dim, n * dim, scratch.decoded.data());
             rows = scratch.decoded.data();
@@ -157,7 +158,7 @@ void score_document(const maxsim_data_t& data, const maxsim_kernels_t& kernels,
         float* maxima = scratch.maxima.data();
         for (size_t i = q0; i < q1; ++i) {
             const prepared_query_t& p = prepared[i];
-            if (data.codec == maxsim_codec_t::i8_k)
+            if (data.codec == codec_t::int8_k)
                 kernels.max_u8(p.panel_i8.data(), p.panels, p.bias.data(),
                                static_cast<const uint8_t*>(data.tokens) + b * dim, data.token_scales + b, n, dim,
                                maxima);
@@ -206,31 +207,48 @@ void scan_all(const maxsim_data_t& data, const std::vector<prepared_query_t>& pr
 
 }  // namespace
 
-void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_t k, const int64_t* candidates,
-                   const int64_t* candidate_offsets, float* out_scores, int64_t* out_ids) {
+codec_t maxsim_codec(codec_t codec) {
+    if (codec == codec_t::binary_k)
+        throw error("storage: binary is not a multi-vector storage; expected one of f32, f16, int8");
+    return codec;
+}
+
+subset_t normalize_subset(const int64_t* positions, const int64_t* offsets, size_t nq, size_t docs) {
+    if (offsets == nullptr || offsets[0] != 0) throw error("subset: offsets must start at 0");
+    if (positions == nullptr) throw error("subset: positions are missing");
+    subset_t subset;
+    subset.offsets.assign(1, 0);
+    for (size_t i = 0; i < nq; ++i) {
+        if (offsets[i + 1] < offsets[i]) throw error("subset: offsets must be non-decreasing");
+        const size_t begin = subset.positions.size();
+        subset.positions.insert(subset.positions.end(), positions + offsets[i], positions + offsets[i + 1]);
+        for (size_t c = begin; c < subset.positions.size(); ++c) {
+            const int64_t row = subset.positions[c];
+            if (row < 0 || size_t(row) >= docs)
+                throw error("subset: position " + std::to_string(row) + " is outside the " + std::to_string(docs) +
+                            " documents");
+        }
+        std::sort(subset.positions.begin() + std::ptrdiff_t(begin), subset.positions.end());
+        subset.positions.erase(std::unique(subset.positions.begin() + std::ptrdiff_t(begin), subset.positions.end()),
+                               subset.positions.end());
+        subset.offsets.push_back(int64_t(subset.positions.size()));
+        subset.longest = std::max(subset.longest, subset.positions.size() - begin);
+    }
+    return subset;
+}
+
+void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_t k, const int64_t* subset_positions,
+                   const int64_t* subset_offsets, float* out_scores, int64_t* out_ids) {
     check(data, query);
-    if (k == 0) throw error("k must be positive");
+    if (k == 0) throw error("k: must be positive");
     if (data.docs > 0 && data.ids == nullptr) throw error("document ids are missing");
     for (size_t i = 0; i < query.nq * k; ++i) {
         out_scores[i] = -std::numeric_limits<float>::infinity();
         out_ids[i] = -1;
     }
-    std::vector<std::vector<int64_t>> lists;  // rerank mode: sorted, distinct positions per query
-    if (candidates != nullptr) {
-        if (candidate_offsets == nullptr || candidate_offsets[0] != 0) throw error("candidate offsets must start at 0");
-        lists.resize(query.nq);
-        for (size_t i = 0; i < query.nq; ++i) {
-            if (candidate_offsets[i + 1] < candidate_offsets[i])
-                throw error("candidate offsets must be non-decreasing");
-            lists[i].assign(candidates + candidate_offsets[i], candidates + candidate_offsets[i + 1]);
-            for (int64_t row : lists[i])
-                if (row < 0 || size_t(row) >= data.docs)
-                    throw error("candidate position " + std::to_string(row) + " is outside the " +
-                                std::to_string(data.docs) + " documents");
-            std::sort(lists[i].begin(), lists[i].end());  // ascending positions also read memory in order
-            lists[i].erase(std::unique(lists[i].begin(), lists[i].end()), lists[i].end());
-        }
-    }
+    const bool restricted = subset_positions != nullptr;
+    subset_t subset;
+    if (restricted) subset = normalize_subset(subset_positions, subset_offsets, query.nq, data.docs);
     if (data.docs == 0 || query.nq == 0) return;
 
     const maxsim_kernels_t& kernels = maxsim_kernels(active_isa());
@@ -238,27 +256,27 @@ void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_
     const size_t slots = std::max<size_t>(1, num_threads());
     std::vector<std::vector<topk_t>> selectors(slots, std::vector<topk_t>(query.nq, topk_t(k, data.ids)));
 
-    if (candidates == nullptr) {
+    if (!restricted) {
         scan_all(data, prepared, kernels, slots, [&](size_t i, size_t doc, float score, size_t slot) {
             topk_t& top = selectors[slot][i];
             if (score >= top.threshold()) top.push(score, int64_t(doc));
         });
     } else {
-        // Rerank: tasks are chunks of one query's candidates; the query has its own pass.
+        // Restricted: tasks are chunks of one query's subset; the query has its own pass.
         constexpr size_t chunk = 16;
-        std::vector<std::pair<size_t, size_t>> tasks;  // (query, first index in its list)
+        std::vector<std::pair<size_t, int64_t>> tasks;  // (query, first index into subset.positions)
         for (size_t i = 0; i < query.nq; ++i)
-            for (size_t c = 0; c < lists[i].size(); c += chunk) tasks.emplace_back(i, c);
+            for (int64_t c = subset.offsets[i]; c < subset.offsets[i + 1]; c += chunk) tasks.emplace_back(i, c);
         std::vector<scratch_t> scratch(slots);
         parallel_for(tasks.size(), slots, [&](size_t task, size_t slot) {
             const size_t i = tasks[task].first;
-            const std::vector<int64_t>& list = lists[i];
             topk_t& top = selectors[slot][i];
-            const size_t end = std::min(list.size(), tasks[task].second + chunk);
-            for (size_t c = tasks[task].second; c < end; ++c) {
+            const int64_t end = std::min(subset.offsets[i + 1], tasks[task].second + int64_t(chunk));
+            for (int64_t c = tasks[task].second; c < end; ++c) {
+                const int64_t doc = subset.positions[size_t(c)];
                 double score;
-                score_document(data, kernels, prepared, i, i + 1, size_t(list[c]), scratch[slot], &score);
-                if (float(score) >= top.threshold()) top.push(float(score), list[c]);
+                score_document(data, kernels, prepared, i, i + 1, size_t(doc), scratch[slot], &score);
+                if (float(score) >= top.threshold()) top.push(float(score), doc);
             }
         });
     }

@@ -100,7 +100,7 @@ probe_result_t probe_popcount(size_t rounds, size_t threads) {
 }
 
 void select_topk(const float* scores, size_t rows, size_t n, size_t k, float* out_values, int64_t* out_indices) {
-    if (k == 0) throw error("k must be positive");
+    if (k == 0) throw error("k: must be positive");
     // A single row is split into column blocks, one selector per block, merged after.
     const size_t blocks = rows == 1 ? std::max<size_t>(1, std::min(num_threads() * 4, n / 65536 + 1)) : 1;
     const size_t block = (n + blocks - 1) / blocks;

@@ -1,4 +1,5 @@
-// Shared vocabulary of the core: error type, metrics, storage codecs.
+// Shared vocabulary of the core: error type, metrics, storage codecs, and the
+// only name-to-enum parsing (used by the CPU and the CUDA bindings alike).
 // The core never sees Python: it takes plain pointers and sizes, writes into
 // caller-owned buffers and reports bad input as flatcoat::error.
 #pragma once
@@ -19,13 +20,25 @@ struct error : std::invalid_argument {
 /// that the Python layer normalised; `l2_k` ranks by squared Euclidean distance.
 enum class metric_t { ip_k, l2_k };
 
-/// How a dense vector is stored.
+/// How stored vectors (dense rows or multi-vector tokens) are encoded. One
+/// vocabulary for every kernel family, CPU and CUDA; each family documents how
+/// it reads `int8_k` and throws flatcoat::error for a codec it lacks.
 enum class codec_t {
-    f32_k,     ///< float32, `dim` floats per row
-    f16_k,     ///< IEEE half, `dim` uint16 per row, widened to float32 to accumulate
-    u8_k,      ///< per-vector scalar quantization: x[j] ~ offset + scale * code[j], code in 0..255
-    binary_k,  ///< sign bits, ceil(dim / 64) little-endian uint64 words per row
+    f32_k,     ///< float32, `dim` floats per vector
+    f16_k,     ///< IEEE half, `dim` uint16 per vector, widened to float32 to accumulate
+    int8_k,    ///< one byte per element plus per-vector parameters (dense: affine u8; MaxSim: symmetric +128)
+    binary_k,  ///< sign bits, ceil(dim / 64) little-endian uint64 words per vector (dense only)
 };
+
+/// Parses a storage name ("f32", "f16", "int8", "binary"); throws flatcoat::error
+/// "storage: unknown 'x'; expected one of f32, f16, int8, binary" otherwise.
+codec_t codec_from_name(const std::string& name);
+/// The storage name of a codec ("f32", "f16", "int8", "binary").
+const char* codec_name(codec_t codec);
+/// Parses a kernel metric name ("ip", "l2"); throws flatcoat::error naming `metric` otherwise.
+metric_t metric_from_name(const std::string& name);
+/// The name of a metric ("ip", "l2").
+const char* metric_name(metric_t metric);
 
 inline size_t binary_words(size_t dim) { return (dim + 63) / 64; }
 

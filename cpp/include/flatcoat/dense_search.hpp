@@ -9,6 +9,9 @@
 namespace flatcoat {
 
 /// A read-only view of a dense index's arrays; nothing here is owned.
+///
+/// Codecs: `f32_k`, `f16_k`; `int8_k`, per-vector affine uint8: row x decodes
+/// as x[j] ~ offset + scale * code[j], code in 0..255; `binary_k`, sign bits.
 struct dense_data_t {
     codec_t codec = codec_t::f32_k;
     size_t rows = 0;
@@ -16,10 +19,10 @@ struct dense_data_t {
     const void* codes = nullptr;       ///< rows x (dim floats | dim halves | dim u8 | binary_words(dim) uint64)
     const int64_t* ids = nullptr;      ///< rows user ids, all distinct
     const float* sq_norms = nullptr;   ///< rows: |decode(x)|^2, needed for l2 (not binary)
-    const float* scale = nullptr;      ///< rows: u8 only, each row's step
-    const float* offset = nullptr;     ///< rows: u8 only, each row's value of code 0
-    const float* float_rows = nullptr;      ///< rows x dim float32 copy for rescoring, or null
-    const float* float_sq_norms = nullptr;  ///< rows: |x|^2 of the float copy, needed for l2 rescoring
+    const float* scale = nullptr;      ///< rows: int8 only, each row's step
+    const float* offset = nullptr;     ///< rows: int8 only, each row's value of code 0
+    const float* float_rows = nullptr;      ///< rows x dim float32 copy for re-ranking, or null
+    const float* float_sq_norms = nullptr;  ///< rows: |x|^2 of the float copy, needed for l2 re-ranking
 };
 
 struct dense_query_t {
@@ -29,11 +32,11 @@ struct dense_query_t {
     metric_t metric = metric_t::ip_k;
     /// 0: return the codec's own scores. R >= k: keep the R best by the codec,
     /// then re-rank them exactly against float_rows.
-    size_t rescore = 0;
+    size_t rerank = 0;
 };
 
 /// Writes nq x k results, best first: scores (ip: inner product; l2: squared
-/// distance; binary without rescoring: dim - 2 * hamming for ip, hamming for l2)
+/// distance; binary without re-ranking: dim - 2 * hamming for ip, hamming for l2)
 /// and ids. Missing results are id -1 with score -inf (ip) or +inf (l2).
 /// Validates sizes and throws flatcoat::error; never reads past the views.
 void search_dense(const dense_data_t& data, const dense_query_t& query, float* out_scores, int64_t* out_ids);

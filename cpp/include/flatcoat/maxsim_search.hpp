@@ -7,31 +7,33 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "flatcoat/common.hpp"
 
 namespace flatcoat {
 
-/// How document tokens are stored.
-enum class maxsim_codec_t {
-    f32_k,  ///< float32, dim floats per token
-    f16_k,  ///< IEEE half, dim uint16 per token, widened to float32 before the products
-    /// int8 with one scale per token: token ~ scale * (code - 128), codes uint8 in
-    /// [1, 255] (that is, signed codes in [-127, 127] stored with a +128 offset).
-    /// Queries are quantized per token to [-64, 64] and scored in integers.
-    i8_k,
-};
-
 /// A read-only view of packed documents; nothing here is owned.
+///
+/// Codecs: `f32_k`, dim floats per token; `f16_k`, dim uint16 per token,
+/// widened to float32 before the products; `int8_k`, one scale per token:
+/// token ~ scale * (code - 128), codes uint8 in [1, 255] (signed codes in
+/// [-127, 127] stored with a +128 offset); queries are then quantized per
+/// token to [-64, 64] and scored in integers. `binary_k` is not a MaxSim
+/// codec (flatcoat::error).
 struct maxsim_data_t {
-    maxsim_codec_t codec = maxsim_codec_t::f32_k;
+    codec_t codec = codec_t::f32_k;
     size_t docs = 0;
     size_t dim = 0;
     const void* tokens = nullptr;        ///< offsets[docs] x dim elements of the codec
     const int64_t* offsets = nullptr;    ///< docs + 1 entries: 0, then strictly increasing (no empty document)
-    const float* token_scales = nullptr; ///< offsets[docs] scales, i8_k only
+    const float* token_scales = nullptr; ///< offsets[docs] scales, int8_k only
     const int64_t* ids = nullptr;        ///< docs user ids (ties are broken by the smaller id); search only
 };
+
+/// Returns `codec` if MaxSim stores tokens that way (f32, f16, int8); throws
+/// flatcoat::error naming `storage` for binary_k.
+codec_t maxsim_codec(codec_t codec);
 
 /// A batch of queries, packed the same way.
 struct maxsim_query_t {
@@ -41,16 +43,32 @@ struct maxsim_query_t {
     const float* weights = nullptr;    ///< offsets[nq] per-token weights, or null for all ones
 };
 
+/// Per query, the document positions a search is restricted to, normalised:
+/// each query's list sorted ascending (memory is then read in order) with
+/// repeats removed, packed as positions[offsets[i] .. offsets[i + 1]).
+struct subset_t {
+    std::vector<int64_t> positions;
+    std::vector<int64_t> offsets;  ///< nq + 1 entries
+    size_t longest = 0;            ///< the longest list, after removing repeats
+};
+
+/// Checks and normalises a packed subset: `positions` holds document positions
+/// (rows of the view, not user ids) and `offsets` nq + 1 entries, starting at 0
+/// and non-decreasing; query i's list is positions[offsets[i] .. offsets[i + 1]).
+/// Throws flatcoat::error naming `subset` for a position outside [0, docs) or
+/// inconsistent offsets. Used by the CPU search and the CUDA store alike.
+subset_t normalize_subset(const int64_t* positions, const int64_t* offsets, size_t nq, size_t docs);
+
 /// Exhaustive MaxSim with fused top-k. Writes nq x k results, best first:
 /// scores and user ids; missing results are id -1 with score -inf. Equal scores
 /// are ordered by the smaller id, whatever the thread count.
 ///
-/// Rerank mode: with `candidates` non-null, query i scores only the document
-/// positions (rows of the view, not user ids) candidates[candidate_offsets[i]
-/// .. candidate_offsets[i + 1]); repeated positions count once.
+/// Restricted mode: with `subset` non-null, query i scores only the document
+/// positions subset[subset_offsets[i] .. subset_offsets[i + 1]) (see
+/// normalize_subset); repeated positions count once.
 /// Throws flatcoat::error on inconsistent views.
-void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_t k, const int64_t* candidates,
-                   const int64_t* candidate_offsets, float* out_scores, int64_t* out_ids);
+void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_t k, const int64_t* subset,
+                   const int64_t* subset_offsets, float* out_scores, int64_t* out_ids);
 
 /// Every score: out[i * docs + d] = MaxSim(query i, document d). No top-k.
 void maxsim_scores(const maxsim_data_t& data, const maxsim_query_t& query, float* out);

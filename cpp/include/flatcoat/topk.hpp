@@ -14,7 +14,7 @@ namespace flatcoat {
 /// ids is null), so the result is the same whatever order rows arrive in,
 /// whatever the thread count.
 ///
-/// Small k uses a binary heap. Large k (rescoring shortlists, top-k of many
+/// Small k uses a binary heap. Large k (re-ranking shortlists, top-k of many
 /// scores) collects candidates into a buffer of 2k and cuts it back to the k
 /// best with a selection when it fills: O(1) amortised per candidate instead
 /// of O(log k).
