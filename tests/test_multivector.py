@@ -51,9 +51,11 @@ def reference(query, docs, weights=None):
 
 
 def check_topk(scores, ids, ref, all_ids, k, rtol=1e-5):
-    """Exact top-k up to ties: returned scores match the reference for the returned
-    ids, are sorted, and every returned id is at least as good as the k-th best."""
+    """Exact top-k up to ties for one result row: min(k, n) entries (a full search
+    has no padding), scores match the reference for the returned ids, are sorted,
+    and every returned id is at least as good as the k-th best."""
     n = len(ref)
+    assert scores.shape == ids.shape == (min(k, n),)
     scale = max(1.0, float(np.abs(ref).max()))
     position = {int(i): p for p, i in enumerate(all_ids)}
     valid = ids[ids != -1]
@@ -63,8 +65,6 @@ def check_topk(scores, ids, ref, all_ids, k, rtol=1e-5):
     assert np.all(np.diff(scores[: len(valid)]) <= 0)
     kth = np.sort(ref)[::-1][min(k, n) - 1]
     assert np.all(got >= kth - rtol * scale)
-    if k > n:
-        assert np.all(ids[n:] == -1) and np.all(np.isneginf(scores[n:]))
 
 
 def build(storage, dim, docs, ids=None):
@@ -114,9 +114,10 @@ def test_exact_topk_against_float64(storage, dim, rng):
         query = rng.standard_normal((q_len, dim)).astype(np.float32)
         ref = reference(query, stored(docs, storage))
         for k in (1, 10, len(docs) + 3):
-            scores, found = index.search(query, k=k)
-            assert scores.shape == (k,) and found.shape == (k,) and scores.dtype == np.float32
-            check_topk(scores, found, ref, ids, k)
+            scores, found = index.search(query, k=k)  # one query: q = 1, k' = min(k, len(index))
+            assert scores.shape == found.shape == (1, min(k, len(docs)))
+            assert scores.dtype == np.float32 and found.dtype == np.int64
+            check_topk(scores[0], found[0], ref, ids, k)
 
 
 @pytest.mark.parametrize("storage", STORAGES)
@@ -129,8 +130,8 @@ def test_batch_equals_single_queries(storage, rng):
     assert scores.shape == (len(queries), 5)
     for i, q in enumerate(queries):
         s, d = index.search(q, k=5)
-        np.testing.assert_array_equal(d, ids[i])
-        np.testing.assert_array_equal(s, scores[i])
+        np.testing.assert_array_equal(d, ids[i : i + 1])
+        np.testing.assert_array_equal(s, scores[i : i + 1])
 
 
 def test_int8_scores_close_to_float(rng):
@@ -141,7 +142,7 @@ def test_int8_scores_close_to_float(rng):
     query = rng.standard_normal((32, dim)).astype(np.float32)
     ref = reference(query, docs)
     scores, ids = index.search(query, k=len(docs))
-    np.testing.assert_allclose(scores, ref[ids], rtol=0, atol=0.01 * np.abs(ref).max())
+    np.testing.assert_allclose(scores[0], ref[ids[0]], rtol=0, atol=0.01 * np.abs(ref).max())
 
 
 def test_int8_recall_at_10(rng):
@@ -167,9 +168,9 @@ def test_rerank_equals_full_search_restricted(storage, rng):
     index = build(storage, dim, docs, ids=user_ids)
     queries = [rng.standard_normal((n, dim)).astype(np.float32) for n in (4, 32, 17)]
     all_scores, all_ids = index.search(queries, k=len(docs))
-    candidates = [rng.choice(user_ids, size=c, replace=False) for c in (1, 20, 60)]
-    scores, ids = index.search(queries, k=10, candidates=candidates)
-    for i, cand in enumerate(candidates):
+    subset = [rng.choice(user_ids, size=c, replace=False) for c in (1, 20, 60)]
+    scores, ids = index.search(queries, k=10, subset=subset)
+    for i, cand in enumerate(subset):
         keep = np.isin(all_ids[i], cand)
         expect_ids, expect_scores = all_ids[i][keep][:10], all_scores[i][keep][:10]
         n = len(expect_ids)
@@ -183,14 +184,19 @@ def test_rerank_skips_padding_and_repeats(rng):
     docs = random_docs(rng, 10, dim, extra_lengths=())
     index = build("f32", dim, docs)
     query = rng.standard_normal((3, dim)).astype(np.float32)
-    s1, i1 = index.search(query, k=4, candidates=np.array([3, -1, 5, 3, 7, -1]))
-    s2, i2 = index.search(query, k=4, candidates=[3, 5, 7])
+    s1, i1 = index.search(query, k=4, subset=np.array([3, -1, 5, 3, 7, -1]))
+    s2, i2 = index.search(query, k=4, subset=[3, 5, 7])
+    s4, i4 = index.search(query, k=4, subset=[[3, 5, 7]])  # one id list per query, q = 1
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(s1, s2)
-    assert i1[3] == -1
-    # a 2-d candidates array for a batch
-    s3, i3 = index.search([query, query], k=4, candidates=np.array([[3, 5, 7], [3, 5, 7]]))
-    np.testing.assert_array_equal(i3[1], i2)
+    np.testing.assert_array_equal(i4, i2)
+    assert i1.shape == (1, 4) and i1[0, 3] == -1 and np.isneginf(s1[0, 3])
+    # a 2-d subset array for a batch
+    s3, i3 = index.search([query, query], k=4, subset=np.array([[3, 5, 7], [3, 5, 7]]))
+    np.testing.assert_array_equal(i3[1], i2[0])
+    # an empty subset: a row of padding only
+    s5, i5 = index.search(query, k=2, subset=[])
+    assert i5.tolist() == [[-1, -1]] and np.all(np.isneginf(s5))
 
 
 @pytest.mark.parametrize("storage", STORAGES)
@@ -202,13 +208,17 @@ def test_weighted_maxsim(storage, rng):
     weights = rng.uniform(0.1, 3.0, 12).astype(np.float32)
     ref = reference(query, stored(docs, storage), weights)
     scores, ids = index.search(query, k=len(docs), query_weights=weights)
+    scores, ids = scores[0], ids[0]
     if storage == "int8":
         np.testing.assert_allclose(scores, ref[ids], rtol=0, atol=0.01 * np.abs(ref).max())
     else:
         check_topk(scores, ids, ref, np.arange(len(docs)), len(docs))
-    # a batch with one weight vector per query
+    # a batch with one weight vector per query, or all weights back to back
     s2, i2 = index.search([query, query[:5]], k=3, query_weights=[weights, weights[:5]])
     np.testing.assert_array_equal(i2[0], ids[:3])
+    s3, i3 = index.search([query, query[:5]], k=3, query_weights=np.concatenate([weights, weights[:5]]))
+    np.testing.assert_array_equal(i3, i2)
+    np.testing.assert_array_equal(s3, s2)
 
 
 def test_functional_maxsim(rng):
@@ -262,7 +272,7 @@ def test_ties_broken_by_smaller_id():
     index = MultiVectorIndex(dim)
     index.add([doc] * 5, ids=[50, 10, 40, 20, 30])
     scores, ids = index.search(np.eye(4, dtype=np.float32)[:1], k=3)
-    assert ids.tolist() == [10, 20, 30] and scores.tolist() == [1.0, 1.0, 1.0]
+    assert ids.tolist() == [[10, 20, 30]] and scores.tolist() == [[1.0, 1.0, 1.0]]
 
 
 @pytest.mark.parametrize("storage", STORAGES)
@@ -309,9 +319,11 @@ def test_remove_compacts_and_search_follows(storage, rng):
     kept = [i for i in range(len(docs)) if i not in removed]
     query = rng.standard_normal((6, dim)).astype(np.float32)
     scores, ids = index.search(query, k=len(docs))
+    assert ids.shape == (1, len(kept))
+    scores, ids = scores[0], ids[0]
     ref = reference(query, stored([docs[i] for i in kept], storage))
     if storage == "int8":
-        assert sorted(ids[ids != -1].tolist()) == kept
+        assert sorted(ids.tolist()) == kept
     else:
         check_topk(scores, ids, ref, np.array(kept), len(docs))
     # ids can be reused, rows are appended after compaction
@@ -450,7 +462,11 @@ def test_bad_input_messages(rng):
         (lambda: index.add([np.full((2, 4), np.nan, np.float32)]), ValueError, "NaN or inf"),
         (lambda: index.add([np.full((2, 4), 1e39)]), ValueError, "NaN or inf"),
         (lambda: index.add([np.ones((2, 4), np.int32)]), TypeError, "floating"),
-        (lambda: index.add([["a", "b", "c", "d"]]), TypeError, "floating"),
+        (lambda: index.add([[["a", "b", "c", "d"]]]), TypeError, "floating"),
+        # a list is a list of documents: one matrix written as nested lists is refused, saying so
+        (lambda: index.add([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), ValueError,
+         r"docs\[0\].*list of documents.*\[tokens\]"),
+        (lambda: index.add(good), ValueError, r"one document's \(n_tokens, dim\) matrix.*\[tokens\]"),
         (lambda: index.add(np.float32(3.0)), ValueError, "0-d"),
         (lambda: index.add(np.ones((2, 2, 2, 4), np.float32)), ValueError, "4-d"),
         (lambda: index.add(42), TypeError, "list"),
@@ -459,7 +475,7 @@ def test_bad_input_messages(rng):
         (lambda: index.add((good, np.array([1.5, 1.5]))), TypeError, "integer"),
         (lambda: index.add([good], ids=[-3]), ValueError, "non-negative"),
         (lambda: index.add([good], ids=[1, 2]), ValueError, "expected 1 ids"),
-        (lambda: MultiVectorIndex(4, "f16").add([np.full((1, 4), 1e6, np.float32)]), ValueError, "float16 range"),
+        (lambda: MultiVectorIndex(4, storage="f16").add([np.full((1, 4), 1e6, np.float32)]), ValueError, "float16 range"),
     ]
     for call, error, match in cases:
         with pytest.raises(error, match=match):
@@ -477,14 +493,21 @@ def test_bad_input_messages(rng):
         (lambda: index.search([query, np.ones((2, 3), np.float32)]), ValueError, r"queries\[1\]"),
         (lambda: index.search([query, np.ones((0, 4), np.float32)]), ValueError, r"queries\[1\].*no tokens"),
         (lambda: index.search([]), ValueError, "no queries"),
+        (lambda: index.search([[1.0, 0, 0, 0], [0, 1.0, 0, 0]]), ValueError,
+         r"queries\[0\].*list of queries.*2-d numpy array"),
+        (lambda: maxsim([[1.0, 0, 0, 0]], good, [3]), ValueError, r"queries\[0\].*list of queries"),
         (lambda: index.search(np.full((2, 4), np.inf, np.float32)), ValueError, "NaN or inf"),
         (lambda: index.search(query.astype(np.int64)), TypeError, "floating"),
         (lambda: index.search(query, k=0), ValueError, "k"),
         (lambda: index.search(query, k=2.5), TypeError, "k"),
-        (lambda: index.search(query, candidates=[0, 5]), ValueError, r"not in the index \(5\)"),
-        (lambda: index.search(query, candidates=[0.5]), TypeError, "integer"),
-        (lambda: index.search(query, candidates=[[0]]), ValueError, "1-d"),
-        (lambda: index.search([query, query], candidates=[[0]]), ValueError, "one id list per query"),
+        (lambda: index.search(query, subset=[0, 5]), KeyError, r"subset: 1 id\(s\) not in the index \(5\)"),
+        (lambda: index.search([query, query], subset=[[0], [7]]), KeyError, r"subset.*\(7\)"),
+        (lambda: index.search(query, subset=[0.5]), TypeError, "integer"),
+        (lambda: index.search(query, subset=[[[0]]]), ValueError, r"subset\[0\].*1-d"),
+        (lambda: index.search(query, subset=np.zeros((1, 1, 1), np.int64)), ValueError, "one id list per query"),
+        (lambda: index.search(query, subset=5), TypeError, "subset"),
+        (lambda: index.search([query, query], subset=[[0]]), ValueError, "one id list per query"),
+        (lambda: index.search([query, query], subset=[0, 1]), ValueError, "flat list of ids restricts one query"),
         (lambda: index.search(query, query_weights=np.ones(3)), ValueError, "expected 2 weights"),
         (lambda: index.search(query, query_weights=np.array([1.0, np.nan])), ValueError, "finite"),
         (lambda: index.search([query], query_weights=[np.ones(2), np.ones(2)]), ValueError, "1 queries"),
@@ -501,7 +524,9 @@ def test_bad_input_messages(rng):
 def test_empty_index_and_empty_collection():
     index = MultiVectorIndex(3)
     scores, ids = index.search(np.ones((2, 3), np.float32), k=2)
-    assert ids.tolist() == [-1, -1] and np.all(np.isneginf(scores))
+    assert scores.shape == ids.shape == (1, 0) and scores.dtype == np.float32 and ids.dtype == np.int64
+    scores, ids = index.search([np.ones((2, 3), np.float32)] * 4, k=10**8)
+    assert scores.shape == ids.shape == (4, 0)
     assert index.add([]).size == 0
     assert maxsim(np.ones((1, 3), np.float32), np.ones((0, 3), np.float32), []).shape == (0,)
 
@@ -542,6 +567,6 @@ def test_search_equals_reference_property(dim, lengths, q_len, seed):
     query = rng.standard_normal((q_len, dim)).astype(np.float32)
     index = build("f32", dim, docs)
     scores, ids = index.search(query, k=len(docs))
-    check_topk(scores, ids, reference(query, docs), np.arange(len(docs)), len(docs))
+    check_topk(scores[0], ids[0], reference(query, docs), np.arange(len(docs)), len(docs))
     np.testing.assert_allclose(maxsim(query, np.concatenate(docs), lengths), reference(query, docs),
                                rtol=1e-5, atol=1e-5)

@@ -89,28 +89,40 @@ def grown(a: np.ndarray, needed: int, keep: Optional[int] = None) -> np.ndarray:
 
 
 class RowStore:
-    """Named arrays that share a row count: field -> (per-row shape, dtype)."""
+    """Named arrays that share a row count: field -> (per-row shape, dtype).
 
-    def __init__(self, fields: Dict[str, Tuple[Tuple[int, ...], np.dtype]]):
+    A ``fenced`` field holds one row more than the count, a fence row (zeros)
+    before the first: the CSR layout of document offsets, whose view
+    ``[0, end_0, ..., end_{n-1}]`` goes to the core as it is, with no copy.
+    """
+
+    def __init__(self, fields: Dict[str, Tuple[Tuple[int, ...], np.dtype]], fenced: Tuple[str, ...] = ()):
         self.fields = fields
+        self.fenced = frozenset(fenced)
         self.count = 0
         self.arrays: Dict[str, np.ndarray] = {
-            name: np.empty((0,) + shape, dtype=dtype) for name, (shape, dtype) in fields.items()
+            name: np.zeros((self._lead(name),) + shape, dtype=dtype) for name, (shape, dtype) in fields.items()
         }
 
+    def _lead(self, name: str) -> int:
+        return 1 if name in self.fenced else 0
+
     @classmethod
-    def from_arrays(cls, fields, arrays: Dict[str, np.ndarray], count: int) -> "RowStore":
-        store = cls(fields)
+    def from_arrays(cls, fields, arrays: Dict[str, np.ndarray], count: int, fenced: Tuple[str, ...] = ()) -> "RowStore":
+        """A store over loaded arrays (kept as they are, e.g. memory maps, until the first change)."""
+        store = cls(fields, fenced)
         for name, (shape, dtype) in fields.items():
             a = arrays[name]
-            if a.dtype != np.dtype(dtype) or a.shape != (count,) + tuple(shape):
-                raise ValueError(f"{name}.npy: expected {np.dtype(dtype).str}{[count, *shape]}, got {a.dtype.str}{list(a.shape)}")
+            rows = count + store._lead(name)
+            if a.dtype != np.dtype(dtype) or a.shape != (rows,) + tuple(shape):
+                raise ValueError(f"{name}.npy: expected {np.dtype(dtype).str}{[rows, *shape]}, got {a.dtype.str}{list(a.shape)}")
             store.arrays[name] = a
         store.count = count
         return store
 
     def view(self, name: str) -> np.ndarray:
-        return self.arrays[name][: self.count]
+        """The stored rows of ``name`` (with the fence row first for a fenced field)."""
+        return self.arrays[name][: self.count + self._lead(name)]
 
     def views(self) -> Dict[str, np.ndarray]:
         return {name: self.view(name) for name in self.fields}
@@ -120,19 +132,22 @@ class RowStore:
         return sum(self.view(name).nbytes for name in self.fields)
 
     def _owned(self, name: str, needed: int = 0) -> np.ndarray:
-        a = grown(self.arrays[name], needed, keep=self.count)
+        lead = self._lead(name)
+        a = grown(self.arrays[name], needed + lead, keep=self.count + lead)
         self.arrays[name] = a
         return a
 
     def append(self, rows: Dict[str, np.ndarray]) -> None:
+        """Appends the same number of rows to every field (a fenced field's new rows follow its last)."""
         n = next(iter(rows.values())).shape[0]
         needed = self.count + n
         for name in self.fields:
-            self._owned(name, needed)[self.count : needed] = rows[name]
+            lead = self._lead(name)
+            self._owned(name, needed)[self.count + lead : needed + lead] = rows[name]
         self.count = needed
 
-    def remove_positions(self, positions: np.ndarray) -> Optional[np.ndarray]:
-        """Removes rows by position, filling holes from the tail.
+    def remove_positions(self, positions: np.ndarray) -> np.ndarray:
+        """Removes rows by position, filling holes from the tail (order not kept).
 
         Returns (moved_from, moved_to) position pairs as a (2, m) array so the
         caller can update its id map.
@@ -144,7 +159,22 @@ class RowStore:
         survivors = new_count + np.flatnonzero(~removed[new_count:])
         for name in self.fields:
             a = self._owned(name)
+            lead = self._lead(name)
             if holes.size:
-                a[holes] = a[survivors]
+                a[holes + lead] = a[survivors + lead]
         self.count = new_count
         return np.stack([survivors, holes])
+
+    def keep_rows(self, start: int, keep: np.ndarray) -> None:
+        """Keeps, in order, the rows ``start + i`` of ``[start, count)`` where ``keep[i]``; drops the others.
+
+        Rows before ``start`` do not move: the cost is one pass over the rows
+        from ``start`` on.
+        """
+        kept = int(np.count_nonzero(keep))
+        for name in self.fields:
+            a = self._owned(name)
+            lead = self._lead(name)
+            tail = a[start + lead : self.count + lead][keep]
+            a[start + lead : start + lead + kept] = tail
+        self.count = start + kept

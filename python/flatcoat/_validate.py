@@ -19,7 +19,10 @@ def as_float_matrix(x, name: str, dim: int) -> np.ndarray:
         try:
             x = np.asarray(x)
         except (ValueError, TypeError) as exc:
-            raise TypeError(f"{name}: cannot be read as an array ({exc}); pass a numpy array of shape (n, {dim})") from None
+            raise TypeError(
+                f"{name}: cannot be read as an array ({exc}); pass a numpy array of shape (n, {dim}) "
+                f"(nested lists are read as one matrix, so every row needs {dim} numbers)"
+            ) from None
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(
             f"{name}: dtype {x.dtype} is not a floating type; pass float32, float64 or float16 "
@@ -28,7 +31,11 @@ def as_float_matrix(x, name: str, dim: int) -> np.ndarray:
     if x.ndim == 1:
         x = x.reshape(1, -1)
     elif x.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-d array of shape (n, {dim}) or one vector of shape ({dim},), got {x.ndim}-d")
+        hint = ("; a list of (n_tokens, dim) matrices is multi-vector input (use MultiVectorIndex): a dense "
+                "index reads nested lists as one (n, dim) matrix") if x.ndim == 3 else ""
+        raise ValueError(
+            f"{name}: expected a 2-d array of shape (n, {dim}) or one vector of shape ({dim},), got {x.ndim}-d{hint}"
+        )
     if x.shape[1] != dim:
         raise ValueError(f"{name}: expected dimension {dim}, got {x.shape[1]}")
     with np.errstate(over="ignore"):  # overflow to inf is reported just below
@@ -48,6 +55,8 @@ def as_ids(ids, name: str, n: int) -> np.ndarray:
         raise ValueError(f"{name}: expected {n} ids (one per vector), got {ids.shape[0]}")
     if n == 0:
         return np.empty(0, dtype=np.int64)
+    if ids.dtype == object and all(isinstance(i, numbers.Integral) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"{name}: ids must fit in int64 (0 to 2**63 - 1)")  # numpy keeps larger ints as objects
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"{name}: dtype {ids.dtype} is not an integer type; pass int64 ids")
     if ids.dtype == np.uint64 and ids.max() > np.iinfo(np.int64).max:
@@ -56,6 +65,40 @@ def as_ids(ids, name: str, n: int) -> np.ndarray:
     if ids.min() < 0:
         raise ValueError(f"{name}: ids must be non-negative (-1 marks a missing result); got {int(ids.min())}")
     return ids
+
+
+#: The largest id (int64).
+MAX_ID = int(np.iinfo(np.int64).max)
+
+
+def auto_ids(next_id: int, n: int) -> np.ndarray:
+    """``n`` consecutive int64 ids from ``next_id`` (one more than the largest id so far).
+
+    When they would pass ``2**63 - 1`` there are none left: a ValueError naming ids.
+    """
+    if n and next_id + n - 1 > MAX_ID:
+        raise ValueError(
+            f"ids: no automatic ids left: they continue after the largest id so far ({next_id - 1}) and "
+            f"{n} more would pass 2**63 - 1, the int64 limit; pass ids= explicitly"
+        )
+    return np.arange(n, dtype=np.int64) + np.int64(min(next_id, MAX_ID))
+
+
+def lookup_id(value) -> Optional[int]:
+    """``value`` as an id to look up, or None when it cannot be one (not an int, a bool, out of int64 range)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        return None
+    value = int(value)
+    return value if 0 <= value <= MAX_ID else None
+
+
+def as_choice(value, name: str, choices) -> str:
+    """One of the names ``choices``: a TypeError for a non-string, a ValueError for an unknown name."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name}: expected one of {tuple(choices)}, got {type(value).__name__} {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name}: expected one of {tuple(choices)}, got {value!r}")
+    return value
 
 
 def as_int(value, name: str, minimum: Optional[int] = None, maximum: Optional[int] = None) -> int:

@@ -32,27 +32,45 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import _core
+from ._device import IndexSource, mirror_for, to_host
 from ._persist import IndexFormatError, register_kind, save_index
-from ._storage import grown
-from ._validate import RWLock, as_ids, as_k
+from ._storage import MULTIVECTOR_STORAGES, RowStore, multivector_token_dtype
+from ._validate import RWLock, as_choice, as_ids, as_int, as_k, auto_ids, lookup_id
 
-STORAGES = ("f32", "f16", "int8")
 _KIND = "multivector"
-_TOKEN_DTYPES = {"f32": np.dtype(np.float32), "f16": np.dtype(np.uint16), "int8": np.dtype(np.uint8)}
+_INT64 = np.dtype(np.int64)
+# Per document: the CSR offsets (a fence 0, then each document's end) and the id.
+_DOC_FIELDS = {"offsets": ((), _INT64), "ids": ((), _INT64)}
 
-__all__ = ["MultiVectorIndex", "maxsim"]
+__all__ = ["MultiVectorIndex", "maxsim", "parse_queries", "parse_query_weights"]
+
+# How to pass one item when a list was read as a list of items.
+_ONE = {
+    "document": "to add one document pass [tokens]",
+    "query": "for one query pass its (n_tokens, dim) matrix as a 2-d numpy array, or [query]",
+}
+_PLURAL = {"document": "documents", "query": "queries"}
 
 
 # ----------------------------------------------------------------------------- input checks
 
 
-def _float_tokens(x, name: str, dim: Optional[int], keep_f16: bool = False) -> np.ndarray:
-    """A C-contiguous float32 (n, dim) array (float16 kept as is when ``keep_f16``)."""
+def _float_tokens(x, name: str, dim: Optional[int], keep_f16: bool = False, listed: Optional[str] = None) -> np.ndarray:
+    """A C-contiguous float32 (n, dim) array (float16 kept as is when ``keep_f16``).
+
+    ``listed``: ``x`` is one element of a list of documents or queries (the
+    item's name), so a vector there means the list was meant as one matrix.
+    """
     if not isinstance(x, np.ndarray):
         try:
             x = np.asarray(x)
         except (ValueError, TypeError) as exc:
             raise TypeError(f"{name}: cannot be read as an array ({exc}); pass a numpy array of shape (n_tokens, dim)") from None
+    if listed is not None and x.ndim < 2:
+        raise ValueError(
+            f"{name}: expected a 2-d (n_tokens, dim) token matrix, got a {x.ndim}-d value of shape {x.shape}; "
+            f"a list is read as a list of {_PLURAL[listed]}, each a (n_tokens, dim) matrix ({_ONE[listed]})"
+        )
     if not np.issubdtype(x.dtype, np.floating):
         raise TypeError(f"{name}: dtype {x.dtype} is not a floating type; pass float32 (e.g. {name}.astype(numpy.float32))")
     if x.ndim != 2:
@@ -103,18 +121,24 @@ def _packed_docs(
         if docs.ndim == 3:
             n, t = docs.shape[:2]
             if n and t == 0:
-                raise ValueError(f"{name}: {item}s of 0 tokens; every {item} needs at least one token vector")
+                raise ValueError(f"{name}: {_PLURAL[item]} of 0 tokens; every {item} needs at least one token vector")
             tokens = _float_tokens(docs.reshape(n * t, docs.shape[2]), name, dim, keep_f16)
             return tokens, np.full(n, t, dtype=np.int64)
+        if docs.ndim == 2:
+            raise ValueError(
+                f"{name}: a 2-d array is one {item}'s (n_tokens, dim) matrix, but {name} is a list of {_PLURAL[item]}; "
+                f"{_ONE[item]}, or pass a list of (n_tokens, dim) arrays, a 3-d (n, n_tokens, dim) array "
+                "or a (tokens, lengths) tuple"
+            )
         raise ValueError(
-            f"{name}: a {docs.ndim}-d array is ambiguous; pass a list of (n_tokens, dim) arrays, "
-            "a 3-d (n_docs, n_tokens, dim) array or a (tokens, lengths) tuple"
+            f"{name}: expected a list of (n_tokens, dim) arrays, a 3-d (n, n_tokens, dim) array "
+            f"or a (tokens, lengths) tuple, got a {docs.ndim}-d array"
         )
     if isinstance(docs, (str, bytes)) or not hasattr(docs, "__len__"):
         raise TypeError(f"{name}: expected a list of (n_tokens, dim) arrays or a (tokens, lengths) tuple, got {type(docs).__name__}")
     parts = []
     for i, doc in enumerate(docs):
-        part = _float_tokens(doc, f"{name}[{i}]", dim, keep_f16)
+        part = _float_tokens(doc, f"{name}[{i}]", dim, keep_f16, listed=item)
         if part.shape[0] == 0:
             raise ValueError(f"{name}[{i}]: {item} has no tokens; every {item} needs at least one token vector")
         if parts and part.shape[1] != parts[0].shape[1]:
@@ -129,17 +153,16 @@ def _packed_docs(
     return np.ascontiguousarray(np.concatenate(parts)), lengths
 
 
-def _queries(queries, dim: int) -> Tuple[np.ndarray, np.ndarray, bool]:
-    """(tokens, offsets, single) for one (t, dim) query, a list of them or a 3-d batch."""
+def _parse_queries(queries, dim: int) -> Tuple[np.ndarray, np.ndarray, bool]:
+    """(tokens, offsets, single): ``single`` when ``queries`` was one (t, dim) matrix."""
     if isinstance(queries, np.generic):
         queries = np.asarray(queries)
-    single = isinstance(queries, np.ndarray) and queries.ndim == 2
-    if single:
+    if isinstance(queries, np.ndarray) and queries.ndim == 2:
         tokens = _float_tokens(queries, "queries", dim)
         if tokens.shape[0] == 0:
             raise ValueError("queries: the query has no tokens; a query needs at least one token vector")
         return tokens, np.array([0, tokens.shape[0]], dtype=np.int64), True
-    if isinstance(queries, np.ndarray) and queries.ndim not in (2, 3):
+    if isinstance(queries, np.ndarray) and queries.ndim != 3:
         raise ValueError(
             f"queries: expected one (n_tokens, {dim}) array, a list of them or a 3-d (n_queries, n_tokens, {dim}) "
             f"array, got a {queries.ndim}-d array"
@@ -150,31 +173,76 @@ def _queries(queries, dim: int) -> Tuple[np.ndarray, np.ndarray, bool]:
     return tokens, _offsets_of(lengths), False
 
 
-def _weights(query_weights, offsets: np.ndarray, single: bool) -> Optional[np.ndarray]:
+def parse_queries(queries, dim: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Host queries as ``(tokens float32 (total, dim), offsets int64 (q + 1,))``.
+
+    ``queries``: one (t, dim) matrix (q = 1), a list of (t_i, dim) matrices, a
+    3-d (q, t, dim) array or a ``(tokens, lengths)`` tuple. A list is always a
+    list of queries, so one query written as nested lists of numbers is an
+    error that says how to pass it. Every query needs at least one token;
+    tokens must be finite floats.
+
+    >>> import numpy as np
+    >>> tokens, offsets = parse_queries([np.ones((2, 3)), np.ones((1, 3))], 3)
+    >>> tokens.shape, offsets.tolist()
+    ((3, 3), [0, 2, 3])
+    """
+    tokens, offsets, _ = _parse_queries(queries, dim)
+    return tokens, offsets
+
+
+def _weight_vector(w, where: str, n: int, expected: str) -> np.ndarray:
+    w = np.asarray(w)
+    if w.ndim != 1 or w.shape[0] != n:
+        raise ValueError(f"{where}: expected {n} weights ({expected}), got shape {w.shape}")
+    if w.size and not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
+        raise TypeError(f"{where}: dtype {w.dtype} is not numeric; pass float32 weights")
+    w = w.astype(np.float32)
+    if not np.isfinite(w).all():
+        raise ValueError(f"{where}: weights must be finite")
+    return w
+
+
+def parse_query_weights(query_weights, offsets) -> Optional[np.ndarray]:
+    """Per-query-token weights as one float32 ``(total,)`` array, or None.
+
+    ``offsets``: the (q + 1,) query offsets of :func:`parse_queries`.
+    ``query_weights``: None; one 1-d array with a weight per token of every
+    query, back to back (for one query: its weights); or one 1-d array per
+    query (a list, or a 2-d (q, t) array).
+
+    >>> parse_query_weights([np.ones(2), [0.5]], np.array([0, 2, 3])).tolist()
+    [1.0, 1.0, 0.5]
+    """
     if query_weights is None:
         return None
+    offsets = np.asarray(offsets)
     lengths = np.diff(offsets)
-    if single:
-        parts = [query_weights]
-    elif isinstance(query_weights, np.ndarray) and query_weights.ndim != 2:
-        raise ValueError("query_weights: for several queries pass a list of 1-d arrays (or a 2-d array), one weight per query token")
-    else:
-        parts = list(query_weights)
-    if len(parts) != lengths.size:
-        raise ValueError(f"query_weights: expected weights for {lengths.size} queries, got {len(parts)}")
-    out = []
-    for i, (w, n) in enumerate(zip(parts, lengths)):
-        w = np.asarray(w)
-        where = "query_weights" if single else f"query_weights[{i}]"
-        if w.ndim != 1 or w.shape[0] != n:
-            raise ValueError(f"{where}: expected {n} weights (one per query token), got shape {w.shape}")
-        if w.size and not (np.issubdtype(w.dtype, np.floating) or np.issubdtype(w.dtype, np.integer)):
-            raise TypeError(f"{where}: dtype {w.dtype} is not numeric; pass float32 weights")
-        w = w.astype(np.float32)
-        if not np.isfinite(w).all():
-            raise ValueError(f"{where}: weights must be finite")
-        out.append(w)
-    return np.ascontiguousarray(np.concatenate(out))
+    per_query = (isinstance(query_weights, np.ndarray) and query_weights.ndim == 2) or (
+        isinstance(query_weights, (list, tuple)) and any(np.ndim(w) > 0 for w in query_weights))
+    if not per_query:
+        expected = "one per query token" if lengths.size == 1 else \
+            f"one per token of the {lengths.size} queries, back to back; or pass one 1-d array per query"
+        return np.ascontiguousarray(_weight_vector(query_weights, "query_weights", int(offsets[-1]), expected))
+    if len(query_weights) != lengths.size:
+        raise ValueError(f"query_weights: expected weights for {lengths.size} queries, got {len(query_weights)}")
+    parts = [_weight_vector(w, f"query_weights[{i}]", int(n), "one per query token")
+             for i, (w, n) in enumerate(zip(query_weights, lengths))]
+    return np.ascontiguousarray(np.concatenate(parts))
+
+
+def _query_count(queries) -> int:
+    """How many queries ``queries`` holds, from its shape only (it may be a device array)."""
+    if isinstance(queries, tuple) and len(queries) == 2 and getattr(queries[1], "ndim", np.ndim(queries[1])) == 1:
+        return len(queries[1])
+    if isinstance(queries, (list, tuple)):
+        return len(queries)
+    ndim = getattr(queries, "ndim", None)
+    if ndim == 2:
+        return 1
+    if ndim == 3:
+        return int(queries.shape[0])
+    raise ValueError(f"queries: expected one (n_tokens, dim) array, a list of them or a 3-d array, got {queries!r:.60}")
 
 
 def _quantize_int8(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -189,29 +257,32 @@ def _quantize_int8(x: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 
 
 def maxsim(query, tokens, lengths, query_weights=None) -> np.ndarray:
-    """MaxSim of a query against packed documents, without an index.
+    """MaxSim of queries against packed documents, without an index: a score per document.
 
-    ``query``: (t, dim) token vectors, or a list of such queries. ``tokens``:
-    (total, dim) document tokens, all documents back to back; ``lengths``:
-    (n_docs,) token counts (each >= 1, summing to ``total``). float16 tokens are
-    scored as stored (widened to float32); other float dtypes as float32.
-    ``query_weights``: optional per-query-token weights, shaped like the
-    queries' token counts. Returns float32 scores (n_docs,) for one query,
-    (n_queries, n_docs) for a list.
+    A scoring function, not a search: every document is scored and nothing is
+    ranked. ``query``: one (t, dim) matrix of token vectors, or a list of such
+    queries (a list is always a list of queries). ``tokens``: (total, dim)
+    document tokens, all documents back to back; ``lengths``: (n_docs,) token
+    counts (each >= 1, summing to ``total``). float16 tokens are scored as
+    stored (widened to float32); other float dtypes as float32.
+    ``query_weights``: see :func:`parse_query_weights`. Returns float32 scores
+    of shape (n_docs,) for one query, (n_queries, n_docs) for a list.
 
     >>> import numpy as np, flatcoat
     >>> q = np.array([[1, 0], [0, 1]], dtype=np.float32)
     >>> docs = np.array([[1, 0], [0.5, 0.5], [0, 2]], dtype=np.float32)
     >>> flatcoat.maxsim(q, docs, [2, 1]).tolist()   # doc 0: 1 + 0.5, doc 1: 0 + 2
     [1.5, 2.0]
+    >>> flatcoat.maxsim([q, q[:1]], docs, [2, 1]).tolist()
+    [[1.5, 2.0], [1.0, 0.0]]
     """
     docs = _float_tokens(tokens, "tokens", None, keep_f16=True)
     lens = _lengths(lengths, "lengths", docs.shape[0])
     dim = docs.shape[1]
     if dim == 0:
         raise ValueError("tokens: token vectors must have at least one dimension")
-    q, offsets, single = _queries(query, dim)
-    weights = _weights(query_weights, offsets, single)
+    q, offsets, single = _parse_queries(query, dim)
+    weights = parse_query_weights(query_weights, offsets)
     storage = "f16" if docs.dtype == np.float16 else "f32"
     codes = docs.view(np.uint16) if storage == "f16" else docs
     scores = _core.maxsim_scores(storage, dim, codes, _offsets_of(lens), None, q, offsets, weights)
@@ -221,11 +292,6 @@ def maxsim(query, tokens, lengths, query_weights=None) -> np.ndarray:
 # ----------------------------------------------------------------------------- the index
 
 
-def _grown(a: np.ndarray, needed: int) -> np.ndarray:
-    """`a` with at least `needed` rows, owned and writable (a loaded memory map is copied)."""
-    return grown(a, needed)
-
-
 class MultiVectorIndex:
     """Exact MaxSim search over multi-vector documents (ColBERT-style late interaction).
 
@@ -233,41 +299,39 @@ class MultiVectorIndex:
     ----------
     dim: token vector dimension.
     storage: ``"f32"``, ``"f16"`` or ``"int8"`` (per-token scale; see the module docs).
+    device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (searches on a GPU copy; see :meth:`to`).
 
-    Documents are stored packed (one token array plus offsets, no padding).
-    Searches may run from many threads at once; ``add`` and ``remove`` wait for
-    running searches and block new ones while they change the index.
+    Everything after ``dim`` is keyword-only. Documents are stored packed (one
+    token array plus offsets, no padding). A list passed to :meth:`add` or
+    :meth:`search` is a list of documents (queries), each a (n_tokens, dim)
+    matrix. Searches may run from many threads at once; ``add`` and
+    ``remove`` wait for running searches and block new ones while they change
+    the index.
 
     >>> import numpy as np, flatcoat
     >>> index = flatcoat.MultiVectorIndex(2)
     >>> index.add([np.array([[1, 0], [0, 1]], np.float32), np.array([[0.5, 0.5]], np.float32)]).tolist()
     [0, 1]
-    >>> scores, ids = index.search(np.array([[1, 0], [0, 1]], np.float32), k=2)
+    >>> scores, ids = index.search(np.array([[1, 0], [0, 1]], np.float32), k=5)
     >>> ids.tolist(), scores.tolist()
-    ([0, 1], [2.0, 1.0])
+    ([[0, 1]], [[2.0, 1.0]])
     """
 
-    def __init__(self, dim: int, storage: str = "f32", device: str = "cpu"):
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
-            raise ValueError(f"dim: expected a positive integer, got {dim!r}")
-        if storage not in STORAGES:
-            raise ValueError(f"storage: expected one of {STORAGES}, got {storage!r}")
-        self._dim = int(dim)
-        self._storage = storage
+    def __init__(self, dim: int, *, storage: str = "f32", device: str = "cpu"):
+        self._dim = as_int(dim, "dim", 1)
+        self._storage = as_choice(storage, "storage", MULTIVECTOR_STORAGES)
         self._lock = RWLock()
         self._id_map = _core.IdMap()
         self._next_id = 0
-        self._n_docs = 0
-        self._n_tokens = 0
-        self._tokens = np.empty((0, self._dim), dtype=_TOKEN_DTYPES[storage])
-        self._scales = np.empty(0, dtype=np.float32) if storage == "int8" else None
-        self._offsets = np.zeros(1, dtype=np.int64)
-        self._ids = np.empty(0, dtype=np.int64)
-        self._mirror = None
-        if device != "cpu":
-            from . import cuda_maxsim
+        self._tokens = RowStore(self._token_fields())
+        self._docs = RowStore(_DOC_FIELDS, fenced=("offsets",))
+        self._mirror = mirror_for(_KIND, device)
 
-            self._mirror = cuda_maxsim.mirror_for(device)
+    def _token_fields(self):
+        fields = {"tokens": ((self._dim,), multivector_token_dtype(self._storage))}
+        if self._storage == "int8":
+            fields["scales"] = ((), np.dtype(np.float32))
+        return fields
 
     # ------------------------------------------------------------------ properties
 
@@ -283,41 +347,58 @@ class MultiVectorIndex:
     def ids(self) -> np.ndarray:
         """A copy of the stored document ids, in storage order."""
         with self._lock.read():
-            return self._ids[: self._n_docs].copy()
+            return self._docs.view("ids").copy()
 
     @property
     def lengths(self) -> np.ndarray:
         """Token counts of the stored documents, in storage order."""
         with self._lock.read():
-            return np.diff(self._offsets[: self._n_docs + 1])
+            return np.diff(self._docs.view("offsets"))
 
     @property
     def num_tokens(self) -> int:
-        return self._n_tokens
+        return self._tokens.count
 
     @property
     def nbytes(self) -> int:
         """Bytes held by the stored arrays (tokens, scales, offsets, ids)."""
-        v = self._views()
-        return sum(a.nbytes for a in v.values() if a is not None)
+        return self._tokens.nbytes + self._docs.nbytes
 
     def __len__(self) -> int:
-        return self._n_docs
+        return self._docs.count
+
+    def _views(self) -> dict:
+        """The stored arrays as views (hold the lock while using them)."""
+        return {**self._tokens.views(), **self._docs.views()}
+
+    def arrays(self) -> dict:
+        """Copies of the stored arrays: ``tokens`` (n_tokens, dim) codes of the
+        storage (see ``flatcoat._storage.multivector_token_dtype``), ``offsets``
+        int64 (n_docs + 1,), ``ids`` int64 (n_docs,), and for int8 ``scales``
+        float32 (n_tokens,)."""
+        with self._lock.read():
+            return {name: a.copy() for name, a in self._views().items()}
+
+    def _source(self) -> IndexSource:
+        return IndexSource(_KIND, self._dim, None, self._storage, self._views)
 
     @property
     def device(self) -> str:
         """Where searches run: "cpu", or "cuda:N" for a copy resident in GPU memory."""
-        return "cpu" if self._mirror is None else self._mirror.device
+        mirror = self._mirror
+        return "cpu" if mirror is None else mirror.device
 
     def to(self, device: str) -> "MultiVectorIndex":
-        """Searches on ``device`` ("cpu", "cuda", "cuda:N") from now on; uploads now; returns self."""
-        from . import cuda_maxsim
+        """Searches on ``device`` ("cpu", "cuda", "cuda:N") from now on; uploads now; returns self.
 
-        mirror = cuda_maxsim.mirror_for(device, self._mirror)
-        if mirror is not None:
-            with self._lock.read():
-                mirror.sync(self)
-        self._mirror = mirror
+        The host arrays stay the index of record (saving, adding, removing); the
+        device copy is refreshed on the first search after a change.
+        """
+        with self._lock.write():  # no add may slip between the upload and the switch
+            mirror = mirror_for(_KIND, device, self._mirror)
+            if mirror is not None:
+                mirror.sync(self._source())
+            self._mirror = mirror
         return self
 
     def _invalidate_device(self) -> None:
@@ -325,72 +406,64 @@ class MultiVectorIndex:
             self._mirror.invalidate()
 
     def __contains__(self, id_) -> bool:
-        return bool(self._id_map.find(np.array([id_], dtype=np.int64))[0] >= 0)
+        """True for an integer id that is present; any other object is not in the index."""
+        key = lookup_id(id_)
+        if key is None:
+            return False
+        with self._lock.read():
+            return bool(self._id_map.find(np.array([key], dtype=np.int64))[0] >= 0)
 
     def __repr__(self) -> str:
-        return f"MultiVectorIndex(dim={self._dim}, storage={self._storage!r}, count={len(self)}, tokens={self._n_tokens})"
-
-    def _views(self) -> dict:
-        return {
-            "tokens": self._tokens[: self._n_tokens],
-            "scales": None if self._scales is None else self._scales[: self._n_tokens],
-            "offsets": self._offsets[: self._n_docs + 1],
-            "ids": self._ids[: self._n_docs],
-        }
+        return f"MultiVectorIndex(dim={self._dim}, storage={self._storage!r}, count={len(self)}, tokens={self.num_tokens})"
 
     # ------------------------------------------------------------------ building
 
-    def _encode(self, x: np.ndarray) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    def _encode(self, x: np.ndarray) -> dict:
         if self._storage == "f32":
-            return x, None
+            return {"tokens": x}
         if self._storage == "f16":
             with np.errstate(over="ignore"):  # reported just below
                 half = x.astype(np.float16)
             if not np.isfinite(half).all():
                 raise ValueError("docs: values exceed the float16 range (|x| > 65504); use storage='f32'")
-            return half.view(np.uint16), None
-        return _quantize_int8(x)
+            return {"tokens": half.view(np.uint16)}
+        codes, scales = _quantize_int8(x)
+        return {"tokens": codes, "scales": scales}
 
     def add(self, docs, ids=None) -> np.ndarray:
         """Adds documents; returns their int64 ids.
 
-        ``docs``: a list of (n_i, dim) token arrays, a 3-d (n_docs, n_tokens,
-        dim) array, or a tuple ``(tokens (total, dim), lengths (n_docs,))``.
-        Every document needs at least one token. ``ids`` default to consecutive
-        integers after the largest id so far; they must be distinct,
-        non-negative and new, or the whole call fails and adds nothing.
+        ``docs``: a list of (n_i, dim) token arrays (a list is always a list of
+        documents: for one document pass ``[tokens]``), a 3-d (n_docs,
+        n_tokens, dim) array, or a tuple ``(tokens (total, dim), lengths
+        (n_docs,))``. Every document needs at least one token. ``ids`` default
+        to consecutive integers after the largest id so far; they must be
+        distinct, non-negative and new, or the whole call fails and adds nothing.
         """
         tokens, lengths = _packed_docs(docs, self._dim, "docs")
         n = lengths.size
-        codes, scales = self._encode(tokens)
+        rows = self._encode(tokens)
         with self._lock.write():
-            ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64) if ids is None else as_ids(ids, "ids", n)
+            ids = auto_ids(self._next_id, n) if ids is None else as_ids(ids, "ids", n)
             if n == 0:
                 return ids
-            duplicate = self._id_map.insert_new(ids, self._n_docs)
+            duplicate = self._id_map.insert_new(ids, len(self))
             if duplicate >= 0:
                 raise ValueError(
                     f"ids: id {int(ids[duplicate])} is already in the index or repeated in this call; "
                     "ids must be unique (remove the old document first to replace it)"
                 )
+            t0, d0 = self._tokens.count, self._docs.count
             try:
-                t0, t1 = self._n_tokens, self._n_tokens + codes.shape[0]
-                d0, d1 = self._n_docs, self._n_docs + n
-                self._tokens = _grown(self._tokens, t1)
-                self._tokens[t0:t1] = codes
-                if self._scales is not None:
-                    self._scales = _grown(self._scales, t1)
-                    self._scales[t0:t1] = scales
-                self._offsets = _grown(self._offsets, d1 + 1)
-                self._offsets[d0 + 1 : d1 + 1] = t0 + np.cumsum(lengths)
-                self._ids = _grown(self._ids, d1)
-                self._ids[d0:d1] = ids
+                self._tokens.append(rows)
+                self._docs.append({"offsets": t0 + np.cumsum(lengths), "ids": ids})
             except BaseException:
+                self._tokens.count, self._docs.count = t0, d0  # all or nothing
                 self._id_map.erase(ids)
                 raise
-            self._n_tokens, self._n_docs = t1, d1
+            finally:
+                self._invalidate_device()
             self._next_id = max(self._next_id, int(ids.max()) + 1)
-            self._invalidate_device()
             return ids
 
     def remove(self, ids) -> int:
@@ -410,117 +483,112 @@ class MultiVectorIndex:
                 raise KeyError(f"ids: {unknown.size} id(s) not in the index ({shown}); nothing was removed")
             if ids.size == 0:
                 return 0
-            n, first = self._n_docs, int(positions.min())
-            keep = np.ones(n, dtype=bool)
-            keep[positions] = False
-            offsets = self._offsets[: n + 1]
-            lengths = np.diff(offsets)
-            # Only the documents from `first` on move: select their kept token rows at once.
-            tail_keep = keep[first:]
-            token_keep = np.repeat(tail_keep, lengths[first:])
+            first = int(positions.min())
+            keep = np.ones(len(self) - first, dtype=bool)
+            keep[positions - first] = False
+            offsets = self._docs.view("offsets")
+            lengths = np.diff(offsets[first:])
             t_first = int(offsets[first])
-            self._tokens = _grown(self._tokens, 0)
-            kept_tokens = self._tokens[t_first : self._n_tokens][token_keep]
-            self._tokens[t_first : t_first + kept_tokens.shape[0]] = kept_tokens
-            if self._scales is not None:
-                self._scales = _grown(self._scales, 0)
-                kept_scales = self._scales[t_first : self._n_tokens][token_keep]
-                self._scales[t_first : t_first + kept_scales.shape[0]] = kept_scales
-            kept_lengths = lengths[first:][tail_keep]
-            self._offsets = _grown(self._offsets, 0)
-            self._offsets[first + 1 : first + 1 + kept_lengths.size] = t_first + np.cumsum(kept_lengths)
-            self._ids = _grown(self._ids, 0)
-            moved_ids = self._ids[first:n][tail_keep]
-            self._ids[first : first + moved_ids.size] = moved_ids
-            self._n_docs = first + moved_ids.size
-            self._n_tokens = t_first + kept_tokens.shape[0]
+            kept_lengths = lengths[keep]
+            self._tokens.keep_rows(t_first, np.repeat(keep, lengths))
+            self._docs.keep_rows(first, keep)
+            self._docs.view("offsets")[first + 1 :] = t_first + np.cumsum(kept_lengths)
             self._id_map.erase(ids)
-            if moved_ids.size:
-                self._id_map.assign(np.ascontiguousarray(moved_ids), np.arange(first, self._n_docs, dtype=np.int64))
+            moved = self._docs.view("ids")[first:]
+            if moved.size:
+                self._id_map.assign(np.ascontiguousarray(moved), np.arange(first, len(self), dtype=np.int64))
             self._invalidate_device()
             return int(ids.size)
 
     # ------------------------------------------------------------------ searching
 
-    def _candidates(self, candidates, nq: int, single: bool) -> Tuple[np.ndarray, np.ndarray]:
-        """Candidate ids -> (positions, offsets (nq + 1)); -1 entries (padding) are skipped."""
-        if single:
-            parts = [candidates]
-        elif isinstance(candidates, np.ndarray) and candidates.ndim == 2:
-            parts = list(candidates)
-        elif isinstance(candidates, np.ndarray):
-            raise ValueError(f"candidates: for {nq} queries pass a 2-d (n_queries, n) array or a list of 1-d id arrays")
+    def _resolve_subset(self, subset, nq: int) -> Tuple[np.ndarray, np.ndarray]:
+        """Subset ids -> (positions int64, offsets int64 (nq + 1)); -1 entries (padding) are skipped."""
+        subset = to_host(subset)
+        if isinstance(subset, np.generic) or not isinstance(subset, (np.ndarray, list, tuple)):
+            raise TypeError(f"subset: expected one list of document ids per query, got {type(subset).__name__}")
+        if isinstance(subset, np.ndarray):
+            if subset.ndim not in (1, 2):
+                raise ValueError(f"subset: expected one id list per query (a list of 1-d arrays or a 2-d array), "
+                                 f"got a {subset.ndim}-d array")
+            flat = subset.ndim == 1
         else:
-            parts = list(candidates)
+            subset = [to_host(c) for c in subset]
+            flat = all(np.ndim(c) == 0 for c in subset) and (len(subset) > 0 or nq == 1)
+        if flat and nq != 1:
+            raise ValueError(f"subset: a flat list of ids restricts one query; for {nq} queries pass "
+                             "one id list per query (a list of 1-d arrays or a 2-d array)")
+        parts = [subset] if flat else list(subset)
         if len(parts) != nq:
-            raise ValueError(f"candidates: expected one id list per query ({nq}), got {len(parts)}")
+            raise ValueError(f"subset: expected one id list per query ({nq}), got {len(parts)}")
         out = []
-        for i, c in enumerate(parts):
-            where = "candidates" if single else f"candidates[{i}]"
-            c = np.asarray(c)
+        for i, part in enumerate(parts):
+            where = "subset" if flat else f"subset[{i}]"
+            c = np.asarray(part)
             if c.ndim != 1:
                 raise ValueError(f"{where}: expected a 1-d array of document ids, got shape {c.shape}")
             if c.size and not np.issubdtype(c.dtype, np.integer):
                 raise TypeError(f"{where}: dtype {c.dtype} is not an integer type; pass int64 ids")
             c = c.astype(np.int64)
             out.append(c[c != -1])
-        lengths = np.array([c.size for c in out], dtype=np.int64)
-        flat = np.ascontiguousarray(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
-        positions = self._id_map.find(flat)
+        flat_ids = np.ascontiguousarray(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
+        positions = self._id_map.find(flat_ids)
         if (positions < 0).any():
-            missing = flat[positions < 0]
+            missing = flat_ids[positions < 0]
             shown = ", ".join(str(int(i)) for i in missing[:5])
-            raise ValueError(f"candidates: {missing.size} id(s) not in the index ({shown}); rerank only ids the index holds")
-        return positions, _offsets_of(lengths)
+            raise KeyError(f"subset: {missing.size} id(s) not in the index ({shown}); "
+                           "restrict the search to ids the index holds (-1 entries are skipped)")
+        return positions, _offsets_of(np.array([c.size for c in out], dtype=np.int64))
 
-    def search(self, queries, k: int = 10, candidates=None, query_weights=None) -> Tuple[np.ndarray, np.ndarray]:
-        """The ``k`` best documents by MaxSim: ``(scores, ids)``.
+    def search(self, queries, k: int = 10, *, subset=None, query_weights=None) -> Tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best documents of each query by MaxSim: ``(scores, ids)``, float32 and int64 (q, k').
 
-        ``queries``: one (t, dim) query, giving (k,) arrays, or a list of queries
-        (or a 3-d (n_queries, t, dim) array), giving (n_queries, k) arrays.
-        Best first, ties by smaller id; fewer than ``k`` results are padded with
-        id -1 and score -inf.
+        ``k' = min(k, len(self))``. ``queries``: one (t, dim) query (q = 1), a
+        list of queries (a list is always a list of queries), a 3-d (q, t, dim)
+        array or a ``(tokens, lengths)`` tuple. Rows are best first, ties by
+        smaller id; a row with fewer than ``k'`` scored documents (a subset) is
+        padded with id -1 and score -inf.
 
-        ``candidates``: rerank mode. Document ids to score, per query (a 1-d
-        array for one query; a list of 1-d arrays or a 2-d array for several);
+        ``subset``: restricts each query to these document ids (a 1-d id array
+        for one query; a list of 1-d arrays or a 2-d array, one row per query);
         -1 entries are skipped, so a first stage's padded output can be passed
-        as is; repeated ids count once; unknown ids are an error.
+        as is; repeated ids count once; an id not in the index is a KeyError.
 
-        ``query_weights``: per-query-token weights (e.g. idf), shaped like the
-        queries' token counts: ``sum_t w_t * max_j <q_t, d_j>``.
+        ``query_weights``: per-query-token weights (e.g. idf), see
+        :func:`parse_query_weights`: ``sum_t w_t * max_j <q_t, d_j>``.
         """
         k = as_k(k)
-        if self._mirror is not None:  # CuPy queries and candidates must not reach the host checks
-            with self._lock.read():
-                return self._mirror.search(self, queries, k, candidates, query_weights)
-        q, offsets, single = _queries(queries, self._dim)
-        weights = _weights(query_weights, offsets, single)
-        nq = offsets.size - 1
         with self._lock.read():
+            mirror = self._mirror
+            if mirror is not None:  # device queries must not reach the host-side checks
+                resolved = None if subset is None else self._resolve_subset(subset, _query_count(queries))
+                return mirror.search(self._source(), queries, min(k, len(self)), subset=resolved,
+                                     query_weights=query_weights)
+            q, offsets = parse_queries(queries, self._dim)
+            weights = parse_query_weights(query_weights, offsets)
+            nq = offsets.size - 1
+            positions = subset_offsets = None
+            if subset is not None:
+                positions, subset_offsets = self._resolve_subset(subset, nq)
+            k = min(k, len(self))  # the output never outgrows the index
+            if k == 0:
+                return np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
             v = self._views()
-            positions = cand_offsets = None
-            if candidates is not None:
-                positions, cand_offsets = self._candidates(candidates, nq, single)
-            scores, ids = _core.search_maxsim(
-                self._storage, self._dim, v["tokens"], v["offsets"], v["scales"], v["ids"],
-                q, offsets, weights, k, positions, cand_offsets,
+            return _core.search_maxsim(
+                self._storage, self._dim, v["tokens"], v["offsets"], v.get("scales"), v["ids"],
+                q, offsets, weights, k, positions, subset_offsets,
             )
-        return (scores[0], ids[0]) if single else (scores, ids)
 
     # ------------------------------------------------------------------ persistence
 
     def save(self, path) -> None:
         """Writes the index to directory ``path`` atomically (see ``flatcoat.load``)."""
         with self._lock.read():
-            v = self._views()
-            arrays = {"tokens": v["tokens"], "offsets": v["offsets"], "ids": v["ids"]}
-            if v["scales"] is not None:
-                arrays["scales"] = v["scales"]
             meta = {
-                "dim": self._dim, "storage": self._storage, "count": self._n_docs,
-                "tokens": self._n_tokens, "next_id": self._next_id,
+                "dim": self._dim, "storage": self._storage, "count": len(self),
+                "tokens": self.num_tokens, "next_id": self._next_id,
             }
-            save_index(os.fspath(path), _KIND, meta, arrays)
+            save_index(os.fspath(path), _KIND, meta, self._views())
 
     @classmethod
     def _from_saved(cls, meta: dict, arrays: dict) -> "MultiVectorIndex":
@@ -534,31 +602,27 @@ class MultiVectorIndex:
         for key, value in (("dim", dim), ("count", count), ("tokens", n_tokens), ("next_id", next_id)):
             need(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= (1 if key == "dim" else 0),
                  "manifest.json", f"invalid {key} {value!r}")
-        need(storage in STORAGES, "manifest.json", f"unknown storage {storage!r}")
-        index = cls(dim, storage)
-        expected = {"tokens": (_TOKEN_DTYPES[storage], (n_tokens, dim)), "offsets": (np.dtype(np.int64), (count + 1,)),
-                    "ids": (np.dtype(np.int64), (count,))}
-        if storage == "int8":
-            expected["scales"] = (np.dtype(np.float32), (n_tokens,))
-        for name, (dtype, shape) in expected.items():
-            a = arrays.get(name)
-            need(a is not None, f"{name}.npy", "missing from the manifest")
-            need(a.dtype == dtype and a.shape == shape, f"{name}.npy",
-                 f"expected {dtype.str}{list(shape)}, got {a.dtype.str}{list(a.shape)}")
-        offsets = np.asarray(arrays["offsets"])
+        need(storage in MULTIVECTOR_STORAGES, "manifest.json", f"unknown storage {storage!r}")
+        index = cls(dim, storage=storage)
+        for name in (*index._token_fields(), *_DOC_FIELDS):
+            need(name in arrays, f"{name}.npy", "missing from the manifest")
+        try:
+            tokens = RowStore.from_arrays(index._token_fields(), arrays, n_tokens)
+            docs = RowStore.from_arrays(_DOC_FIELDS, arrays, count, fenced=("offsets",))
+        except ValueError as exc:
+            raise IndexFormatError(str(exc)) from None
+        offsets = np.asarray(docs.view("offsets"))
         need(int(offsets[0]) == 0, "offsets.npy", "must start at 0")
         need(bool(np.all(np.diff(offsets) > 0)), "offsets.npy", "must be strictly increasing (no empty document)")
         need(int(offsets[-1]) == n_tokens, "offsets.npy", f"last offset {int(offsets[-1])} != {n_tokens} token rows")
-        ids = np.ascontiguousarray(arrays["ids"])
+        ids = np.ascontiguousarray(docs.view("ids"))
         need(count == 0 or int(ids.min()) >= 0, "ids.npy", "negative id")
         if storage == "int8":
-            scales = np.asarray(arrays["scales"])
+            scales = np.asarray(tokens.view("scales"))
             need(bool(np.isfinite(scales).all()) and bool((scales > 0).all()), "scales.npy", "scales must be finite and positive")
-            index._scales = arrays["scales"]
         duplicate = index._id_map.insert_new(ids, 0)
         need(duplicate < 0, "ids.npy", f"id {int(ids[duplicate]) if duplicate >= 0 else 0} appears twice")
-        index._tokens, index._offsets, index._ids = arrays["tokens"], arrays["offsets"], arrays["ids"]
-        index._n_docs, index._n_tokens = count, n_tokens
+        index._tokens, index._docs = tokens, docs
         index._next_id = max(next_id, int(ids.max()) + 1 if count else 0)
         return index
 
