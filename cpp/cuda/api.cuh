@@ -1,6 +1,7 @@
 // The C++ interface of flatcoat's CUDA part. Plain C++ (no CUDA types), so the
 // pybind11 bindings compile with the host compiler alone; every pointer is a
-// raw device or host address that the caller keeps alive for the call.
+// raw device or host address that the caller keeps alive for the call (the
+// bindings check every array before it gets here: see arrays.hpp).
 #pragma once
 
 #include <cstddef>    // size_t
@@ -20,7 +21,7 @@ struct cuda_error : std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
-/// The largest k (and rescore depth) any search or top-k accepts.
+/// The largest k (and rerank depth) any search or top-k accepts.
 constexpr size_t max_k = 4096;
 
 /// Number of visible CUDA devices; 0 when there is no driver or device. Never throws.
@@ -32,6 +33,9 @@ std::string device_name(int device);
 /// CUDA runtime version this module was built with, and the driver's, as 13000-style integers.
 int runtime_version();
 int driver_version();
+/// The ordinal of the device that owns `ptr`; throws flatcoat::error naming
+/// `name` when `ptr` is not device (or managed) memory. Never dereferences it.
+int pointer_device(const void* ptr, const std::string& name);
 
 /// Which scoring kernel a dense search uses (auto picks by codec and batch size).
 enum class dense_path_t { auto_k, scan_k, mma_k };
@@ -44,7 +48,7 @@ struct dense_search_t {
     bool on_device = false;
     size_t k = 0;
     metric_t metric = metric_t::ip_k;
-    size_t rescore = 0;         ///< 0, or R >= k: re-rank the R best exactly against the float rows
+    size_t rerank = 0;          ///< 0, or R >= k: re-rank the R best exactly against the float rows
     bool normalize = false;     ///< cosine: L2-normalise queries on the device first
     bool half_queries = false;  ///< tensor-core path: one f16 term per query value instead of two
     dense_path_t path = dense_path_t::auto_k;

@@ -1,13 +1,15 @@
 // The dense store on the device and the search pipeline:
 //   prepare queries -> scan (CUDA cores) or mma (tensor cores), each block
-//   keeping its own top-k lists -> merge the lists per query -> [rescore the
-//   shortlist against the float rows] -> reported scores and ids.
+//   keeping its own top-k lists -> merge the lists per query -> [re-rank the
+//   best `rerank` exactly against the float rows] -> reported scores and ids.
 // Everything runs on the caller's stream; the call returns after it finished.
 #include <algorithm>  // std::min, std::max
 #include <string>
+#include <vector>
 
 #include "common.cuh"
 #include "kernels.cuh"
+#include "store.cuh"  // zeroed_buffer, upload_rows, device_input, call_outputs_t
 #include "topk.cuh"
 
 namespace flatcoat {
@@ -23,7 +25,7 @@ size_t row_bytes(codec_t codec, size_t dim) {
     switch (codec) {
         case codec_t::f32_k: return dim * 4;
         case codec_t::f16_k: return dim * 2;
-        case codec_t::u8_k: return dim;
+        case codec_t::int8_k: return dim;
         case codec_t::binary_k: return binary_words(dim) * 8;
     }
     return 0;
@@ -68,14 +70,30 @@ struct dense_store_t::impl_t {
     device_buffer_t<uint4> codes;
     device_buffer_t<int64_t> ids;
     device_buffer_t<float> sq_norms, scale, offset, float_rows, float_sq_norms;
+
+    /// A field by name ("codes", "ids", ...); flatcoat::error for an unknown name.
+    field_t field(const std::string& name) {
+        auto vectors = [&](void* base, size_t pitch, size_t width) {
+            return field_t{static_cast<char*>(base), pitch, width, rows};
+        };
+        auto scalars = [&](void* base, size_t width) { return field_t{static_cast<char*>(base), width, width, rows}; };
+        if (name == "codes") return vectors(codes.get(), chunks * 16, row_bytes(codec, dim));
+        if (name == "float_rows") return vectors(float_rows.get(), float_stride * 4, dim * 4);
+        if (name == "ids") return scalars(ids.get(), 8);
+        if (name == "sq_norms") return scalars(sq_norms.get(), 4);
+        if (name == "float_sq_norms") return scalars(float_sq_norms.get(), 4);
+        if (name == "scale") return scalars(scale.get(), 4);
+        if (name == "offset") return scalars(offset.get(), 4);
+        throw error("field: unknown '" + name + "'");
+    }
 };
 
 dense_store_t::dense_store_t(int device, codec_t codec, size_t dim, size_t rows, bool has_sq_norms,
                              bool has_float_rows, bool has_float_sq_norms)
     : impl_(new impl_t) {
-    if (dim == 0) throw error("dim must be positive");
+    if (dim == 0) throw error("dim: must be positive");
     // A candidate key holds ~row in 32 bits; all ones is kept free.
-    if (rows >= 0xFFFFFFFFull) throw error("a GPU store holds at most 4294967294 rows; shard the index");
+    if (rows >= 0xFFFFFFFFull) throw error("rows: a GPU store holds at most 4294967294 rows; shard the index");
     device_guard_t guard(device);
     impl_t& s = *impl_;
     s.device = device;
@@ -83,32 +101,23 @@ dense_store_t::dense_store_t(int device, codec_t codec, size_t dim, size_t rows,
     s.dim = dim;
     s.rows = rows;
     s.chunks = ceil_div(row_bytes(codec, dim), 16);
-    s.codes = device_buffer_t<uint4>(rows * s.chunks);
-    if (s.codes.bytes()) FC_CUDA_CHECK(cudaMemset(s.codes.get(), 0, s.codes.bytes()));  // the padding must be 0
+    s.codes = zeroed_buffer<uint4>(rows * s.chunks);
     s.ids = device_buffer_t<int64_t>(rows);
     if (has_sq_norms) s.sq_norms = device_buffer_t<float>(rows);
-    if (codec == codec_t::u8_k) {
+    if (codec == codec_t::int8_k) {
         s.scale = device_buffer_t<float>(rows);
         s.offset = device_buffer_t<float>(rows);
     }
     if (has_float_rows) {
         s.float_stride = round_up(dim, 4);
-        s.float_rows = device_buffer_t<float>(rows * s.float_stride);
-        if (s.float_rows.bytes()) FC_CUDA_CHECK(cudaMemset(s.float_rows.get(), 0, s.float_rows.bytes()));
+        s.float_rows = zeroed_buffer<float>(rows * s.float_stride);
     }
     if (has_float_sq_norms) s.float_sq_norms = device_buffer_t<float>(rows);
     FC_CUDA_CHECK(cudaDeviceSynchronize());  // the memsets are done before any upload on another stream
 }
 
 dense_store_t::~dense_store_t() {
-    if (!impl_) return;
-    // Free on the store's device, whatever device the caller has current.
-    int current = -1;
-    if (cudaGetDevice(&current) == cudaSuccess && current != impl_->device) {
-        (void)cudaSetDevice(impl_->device);
-        impl_.reset();
-        (void)cudaSetDevice(current);
-    }
+    if (impl_) release_on_device(impl_, impl_->device);
 }
 
 int dense_store_t::device() const { return impl_->device; }
@@ -123,108 +132,53 @@ size_t dense_store_t::nbytes() const {
 
 void dense_store_t::upload(const std::string& field, size_t row_begin, const void* src, size_t n,
                            size_t src_pitch) {
-    impl_t& s = *impl_;
-    if (n == 0) return;
-    if (src == nullptr) throw error(field + ": no data");
-    char* base = nullptr;  // the field's device array, null when the store was created without it
-    size_t dst_pitch = 0, width = 0, limit = s.rows;
-    bool rows_of_vectors = false;
-    if (field == "codes") {
-        base = reinterpret_cast<char*>(s.codes.get());
-        dst_pitch = s.chunks * 16;
-        width = row_bytes(s.codec, s.dim);
-        rows_of_vectors = true;
-    } else if (field == "float_rows") {
-        base = reinterpret_cast<char*>(s.float_rows.get());
-        dst_pitch = s.float_stride * 4;
-        width = s.dim * 4;
-        rows_of_vectors = true;
-    } else if (field == "ids") {
-        base = reinterpret_cast<char*>(s.ids.get());
-        width = 8;
-    } else if (field == "sq_norms") {
-        base = reinterpret_cast<char*>(s.sq_norms.get());
-        width = 4;
-    } else if (field == "float_sq_norms") {
-        base = reinterpret_cast<char*>(s.float_sq_norms.get());
-        width = 4;
-    } else if (field == "scale" || field == "offset") {
-        base = reinterpret_cast<char*>(field == "scale" ? s.scale.get() : s.offset.get());
-        width = 4;
-    } else {
-        throw error("unknown field '" + field + "'");
-    }
-    if (!rows_of_vectors) {
-        dst_pitch = width;
-        if (n > 1 && src_pitch != width) throw error(field + ": expected a contiguous array");
-    }
-    if (row_begin > limit || n > limit - row_begin)
-        throw error(field + ": rows " + std::to_string(row_begin) + ".." + std::to_string(row_begin + n) +
-                    " are outside the store's " + std::to_string(limit));
-    if (base == nullptr) throw error(field + ": this store was created without it");
-    if (n > 1 && src_pitch < width) throw error(field + ": rows overlap (row pitch below the row size)");
-    device_guard_t guard(s.device);
-    // cudaMemcpyDefault: the source may be host (pageable or pinned) or device memory.
-    FC_CUDA_CHECK(cudaMemcpy2D(base + row_begin * dst_pitch, dst_pitch, src, n > 1 ? src_pitch : width, width, n,
-                               cudaMemcpyDefault));
+    upload_rows(impl_->device, field, impl_->field(field), row_begin, src, n, src_pitch);
 }
 
 void dense_store_t::search(const dense_search_t& a) const {
     const impl_t& s = *impl_;
     const bool l2 = a.metric == metric_t::l2_k;
     const bool binary = s.codec == codec_t::binary_k;
-    if (a.k == 0) throw error("k must be positive");
+    if (a.k == 0) throw error("k: must be positive");
     if (a.k > max_k) throw error("k: at most " + std::to_string(max_k) + " on the GPU, got " + std::to_string(a.k));
-    if (a.rescore != 0) {
-        if (a.rescore < a.k) throw error("rescore must be at least k");
-        if (a.rescore > max_k)
-            throw error("rescore: at most " + std::to_string(max_k) + " on the GPU, got " + std::to_string(a.rescore));
+    if (a.rerank != 0) {
+        if (a.rerank < a.k)
+            throw error("rerank: must be at least k (" + std::to_string(a.k) + "), got " + std::to_string(a.rerank));
+        if (a.rerank > max_k)
+            throw error("rerank: at most " + std::to_string(max_k) + " on the GPU, got " + std::to_string(a.rerank));
         if (!s.float_rows.get() && s.rows > 0)
-            throw error("rescore needs the float32 copy of the rows (build the index with keep_float=True)");
-        if (l2 && !s.float_sq_norms.get() && s.rows > 0) throw error("l2 rescoring needs the float copy's squared norms");
+            throw error("rerank: needs the float32 copy of the rows (build the index with keep_float=True)");
+        if (l2 && !s.float_sq_norms.get() && s.rows > 0)
+            throw error("rerank: l2 re-ranking needs the float copy's squared norms");
     }
     if (l2 && !binary && !s.sq_norms.get() && s.rows > 0) throw error("l2 search needs the rows' squared norms");
     if (a.nq == 0) return;
     if (a.queries == nullptr || a.out_scores == nullptr || a.out_ids == nullptr) throw error("queries or outputs are missing");
-    const bool mma_codec = s.codec == codec_t::f16_k || s.codec == codec_t::u8_k;
-    if (a.path == dense_path_t::mma_k && !mma_codec) throw error("the tensor-core path takes f16 or int8 storage");
+    const bool mma_codec = s.codec == codec_t::f16_k || s.codec == codec_t::int8_k;
+    if (a.path == dense_path_t::mma_k && !mma_codec) throw error("path: the tensor-core path takes f16 or int8 storage");
 
     device_guard_t guard(s.device);
     const cudaStream_t stream = reinterpret_cast<cudaStream_t>(a.stream);
     const size_t nq = a.nq, k = a.k, dim = s.dim;
 
-    float* out_scores = a.out_scores;
-    int64_t* out_ids = a.out_ids;
-    device_buffer_t<float> staged_scores;
-    device_buffer_t<int64_t> staged_ids;
-    if (!a.on_device) {
-        staged_scores = device_buffer_t<float>(nq * k, stream);
-        staged_ids = device_buffer_t<int64_t>(nq * k, stream);
-        out_scores = staged_scores.get();
-        out_ids = staged_ids.get();
-    }
-    device_buffer_t<int> bad(2, stream);
-    FC_CUDA_CHECK(cudaMemsetAsync(bad.get(), 0x7F, 2 * sizeof(int), stream));  // 0x7F7F7F7F: no bad row
+    // Flags: [0] the first query row with NaN/inf, [1] the first zero row under normalize.
+    call_outputs_t outputs(a.out_scores, a.out_ids, nq * k, a.on_device, 2, stream);
+    float* out_scores = outputs.scores();
+    int64_t* out_ids = outputs.ids();
 
     // Kept alive until the stream is synchronised below.
     device_buffer_t<float> staged_queries, qf, constants, inv_scale, qx;
     device_buffer_t<__half> qh, ql;
     device_buffer_t<double> q_sq_norms;
-    device_buffer_t<uint64_t> lists, merged, rescored, shortlist;
+    device_buffer_t<uint64_t> lists, merged, reranked, shortlist;
 
     if (s.rows == 0) {
         launch_fill_missing(out_scores, out_ids, nq * k, l2, stream);
     } else {
-        const float* queries = a.queries;
-        if (!a.on_device) {
-            staged_queries = device_buffer_t<float>(nq * dim, stream);
-            FC_CUDA_CHECK(cudaMemcpyAsync(staged_queries.get(), a.queries, nq * dim * sizeof(float),
-                                          cudaMemcpyHostToDevice, stream));
-            queries = staged_queries.get();
-        }
+        const float* queries = device_input(a.queries, nq * dim, a.on_device, staged_queries, stream);
         const bool mma = mma_codec && (a.path == dense_path_t::mma_k ||
                                        (a.path == dense_path_t::auto_k && nq >= mma_min_batch));
-        const size_t keep = a.rescore != 0 ? std::min(a.rescore, s.rows) : std::min(k, s.rows);
+        const size_t keep = a.rerank != 0 ? std::min(a.rerank, s.rows) : std::min(k, s.rows);
         const size_t round = mma ? mma_rows : scan_round;
         const size_t cap = topk_capacity(keep, round);
         const device_info_t info = current_device_info();
@@ -255,7 +209,7 @@ void dense_store_t::search(const dense_search_t& a) const {
         p.codec = s.codec;
         p.normalize = a.normalize;
         p.l2 = l2;
-        p.bad = bad.get();
+        p.bad = outputs.flags();
         if (mma) {
             qh = device_buffer_t<__half>(nq * depth, stream);
             if (!a.half_queries) ql = device_buffer_t<__half>(nq * depth, stream);
@@ -269,7 +223,7 @@ void dense_store_t::search(const dense_search_t& a) const {
             p.qf = qf.get();
             p.qf_stride = words * 4;  // floats, or 32-bit words of sign bits
         }
-        if (s.codec == codec_t::u8_k) {
+        if (s.codec == codec_t::int8_k) {
             constants = device_buffer_t<float>(nq, stream);
             p.constants = constants.get();
         }
@@ -277,7 +231,7 @@ void dense_store_t::search(const dense_search_t& a) const {
             q_sq_norms = device_buffer_t<double>(nq, stream);
             p.q_sq_norms = q_sq_norms.get();
         }
-        if (a.rescore != 0) {
+        if (a.rerank != 0) {
             qx = device_buffer_t<float>(nq * s.float_stride, stream);
             p.qx = qx.get();
             p.qx_stride = s.float_stride;
@@ -296,10 +250,10 @@ void dense_store_t::search(const dense_search_t& a) const {
         const size_t merge_cap = topk_capacity(keep, merge_round);
         merged = device_buffer_t<uint64_t>(std::min(batch, nq) * merge_cap, stream);
         const size_t final_k = std::min(k, keep);
-        const size_t rescore_cap = topk_capacity(final_k, rescore_round);
-        if (a.rescore != 0) {
+        const size_t rerank_cap = topk_capacity(final_k, rerank_round);
+        if (a.rerank != 0) {
             shortlist = device_buffer_t<uint64_t>(std::min(batch, nq) * keep, stream);
-            rescored = device_buffer_t<uint64_t>(std::min(batch, nq) * rescore_cap, stream);
+            reranked = device_buffer_t<uint64_t>(std::min(batch, nq) * rerank_cap, stream);
         }
 
         for (size_t b0 = 0; b0 < nq; b0 += batch) {
@@ -356,7 +310,7 @@ void dense_store_t::search(const dense_search_t& a) const {
             e.ids = s.ids.get();
             e.q_sq_norms = q_sq_norms.get() ? q_sq_norms.get() + b0 : nullptr;
             e.l2 = l2;
-            e.hamming = binary && a.rescore == 0;
+            e.hamming = binary && a.rerank == 0;
             e.dim = float(dim);
 
             merge_args_t mg;
@@ -369,12 +323,12 @@ void dense_store_t::search(const dense_search_t& a) const {
             mg.work = merged.get();
             mg.k = int(keep);
             mg.cap = int(merge_cap);
-            mg.keys_out = a.rescore != 0 ? shortlist.get() : nullptr;
+            mg.keys_out = a.rerank != 0 ? shortlist.get() : nullptr;
             mg.emit = e;
             launch_merge(mg, stream);
 
-            if (a.rescore != 0) {
-                rescore_args_t r;
+            if (a.rerank != 0) {
+                rerank_args_t r;
                 r.candidates = shortlist.get();
                 r.depth = int(keep);
                 r.qx = qx.get() + b0 * s.float_stride;
@@ -383,22 +337,16 @@ void dense_store_t::search(const dense_search_t& a) const {
                 r.float_sq_norms = s.float_sq_norms.get();
                 r.l2 = l2;
                 r.nq = nb;
-                r.work = rescored.get();
+                r.work = reranked.get();
                 r.k = int(final_k);
-                r.cap = int(rescore_cap);
+                r.cap = int(rerank_cap);
                 r.emit = e;
-                launch_rescore(r, stream);
+                launch_rerank(r, stream);
             }
         }
     }
 
-    if (!a.on_device) {
-        FC_CUDA_CHECK(cudaMemcpyAsync(a.out_scores, out_scores, nq * k * sizeof(float), cudaMemcpyDeviceToHost, stream));
-        FC_CUDA_CHECK(cudaMemcpyAsync(a.out_ids, out_ids, nq * k * sizeof(int64_t), cudaMemcpyDeviceToHost, stream));
-    }
-    int flags[2];
-    FC_CUDA_CHECK(cudaMemcpyAsync(flags, bad.get(), sizeof(flags), cudaMemcpyDeviceToHost, stream));
-    FC_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const std::vector<int> flags = outputs.finish();
     if (size_t(flags[0]) < nq)
         throw error("queries: row " + std::to_string(flags[0]) + " contains NaN or inf; remove or fix it");
     if (size_t(flags[1]) < nq)
@@ -408,36 +356,24 @@ void dense_store_t::search(const dense_search_t& a) const {
 
 void topk(int device, const float* scores, size_t m, size_t n, bool on_device, size_t k, float* out_values,
           int64_t* out_indices, uintptr_t stream_handle) {
-    if (k == 0) throw error("k must be positive");
+    if (k == 0) throw error("k: must be positive");
     if (k > max_k) throw error("k: at most " + std::to_string(max_k) + " on the GPU, got " + std::to_string(k));
-    if (n >= 0xFFFFFFFFull) throw error("topk: rows of at most 4294967294 scores");
+    if (n >= 0xFFFFFFFFull) throw error("scores: rows of at most 4294967294 scores");
     if (m == 0) return;
     if (out_values == nullptr || out_indices == nullptr || (n > 0 && scores == nullptr))
         throw error("scores or outputs are missing");
     device_guard_t guard(device);
     const cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
 
-    float* values = out_values;
-    int64_t* indices = out_indices;
-    device_buffer_t<float> staged_values, staged_scores;
-    device_buffer_t<int64_t> staged_indices;
+    call_outputs_t outputs(out_values, out_indices, m * k, on_device, 0, stream);
+    float* values = outputs.scores();
+    int64_t* indices = outputs.ids();
+    device_buffer_t<float> staged_scores;
     device_buffer_t<uint64_t> lists, merged;
-    if (!on_device) {
-        staged_values = device_buffer_t<float>(m * k, stream);
-        staged_indices = device_buffer_t<int64_t>(m * k, stream);
-        values = staged_values.get();
-        indices = staged_indices.get();
-    }
     if (n == 0) {
         launch_fill_missing(values, indices, m * k, false, stream);
     } else {
-        const float* x = scores;
-        if (!on_device) {
-            staged_scores = device_buffer_t<float>(m * n, stream);
-            FC_CUDA_CHECK(cudaMemcpyAsync(staged_scores.get(), scores, m * n * sizeof(float), cudaMemcpyHostToDevice,
-                                          stream));
-            x = staged_scores.get();
-        }
+        const float* x = device_input(scores, m * n, on_device, staged_scores, stream);
         const size_t keep = std::min(k, n);
         const size_t cap = topk_capacity(keep, select_round);
         const device_info_t info = current_device_info();
@@ -478,11 +414,7 @@ void topk(int device, const float* scores, size_t m, size_t n, bool on_device, s
             launch_merge(mg, stream);
         }
     }
-    if (!on_device) {
-        FC_CUDA_CHECK(cudaMemcpyAsync(out_values, values, m * k * sizeof(float), cudaMemcpyDeviceToHost, stream));
-        FC_CUDA_CHECK(cudaMemcpyAsync(out_indices, indices, m * k * sizeof(int64_t), cudaMemcpyDeviceToHost, stream));
-    }
-    FC_CUDA_CHECK(cudaStreamSynchronize(stream));
+    outputs.finish();
 }
 
 }  // namespace cuda

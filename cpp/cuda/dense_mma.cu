@@ -233,7 +233,7 @@ size_t mma_smem_bytes(int cap) { return tile_a_bytes + tile_b_bytes + scratch_by
 
 void launch_mma(const mma_args_t& a, cudaStream_t stream) {
     const size_t smem = mma_smem_bytes(a.out.cap);
-    if (a.codec == codec_t::u8_k)
+    if (a.codec == codec_t::int8_k)
         launch_tiles<u8_tile_t>(a, smem, stream);
     else
         launch_tiles<f16_tile_t>(a, smem, stream);

@@ -211,7 +211,7 @@ void launch_scan(const scan_args_t& a, cudaStream_t stream) {
     switch (a.codec) {
         case codec_t::f32_k: launch_codes<f32_codes_t>(a, smem, stream); break;
         case codec_t::f16_k: launch_codes<f16_codes_t>(a, smem, stream); break;
-        case codec_t::u8_k: launch_codes<u8_codes_t>(a, smem, stream); break;
+        case codec_t::int8_k: launch_codes<u8_codes_t>(a, smem, stream); break;
         case codec_t::binary_k: launch_codes<binary_codes_t>(a, smem, stream); break;
     }
 }

@@ -23,7 +23,7 @@ inline size_t chunk_elements(codec_t codec) {
     switch (codec) {
         case codec_t::f32_k: return 4;
         case codec_t::f16_k: return 8;
-        case codec_t::u8_k: return 16;
+        case codec_t::int8_k: return 16;
         case codec_t::binary_k: return 128;
     }
     return 1;
@@ -43,7 +43,7 @@ struct emit_args_t {
     const int64_t* ids = nullptr;   ///< row -> user id; null: the row is the id
     const double* q_sq_norms = nullptr;  ///< l2: |q|^2 per query
     bool l2 = false;
-    bool hamming = false;           ///< binary without rescoring: value is -hamming
+    bool hamming = false;           ///< binary without re-ranking: value is -hamming
     float dim = 0;
 };
 
@@ -63,7 +63,7 @@ struct prepare_args_t {
     float* inv_scale = nullptr;     ///< mma path: the power of two the halves were scaled by, inverted
     float* constants = nullptr;     ///< u8: sum of the query's elements (rows' offsets multiply it)
     double* q_sq_norms = nullptr;   ///< l2
-    float* qx = nullptr;            ///< rescoring: the (normalised) float query, qx_stride floats
+    float* qx = nullptr;            ///< re-ranking: the (normalised) float query, qx_stride floats
     size_t qx_stride = 0;
     int* bad = nullptr;             ///< [0]: first row with NaN/inf, [1]: first zero row under normalize
 };
@@ -145,13 +145,13 @@ struct select_args_t {
 };
 void launch_select(const select_args_t& a, cudaStream_t stream);
 
-// ---------------------------------------------------------------- merge and rescoring
+// ---------------------------------------------------------------- merge and re-ranking
 
 constexpr int merge_threads = 256;
 constexpr int merge_round = 256;
 
 /// One block per query: the best k of its row blocks' lists; then either the
-/// raw keys (keys_out, for rescoring) or the reported results (emit).
+/// raw keys (keys_out, for re-ranking) or the reported results (emit).
 struct merge_args_t {
     const uint64_t* lists = nullptr;  ///< [group][row block][slot][list_cap]
     int group = 1;                    ///< slots per query group
@@ -167,10 +167,10 @@ struct merge_args_t {
 };
 void launch_merge(const merge_args_t& a, cudaStream_t stream);
 
-constexpr int rescore_threads = 256;
-constexpr int rescore_round = 256;
+constexpr int rerank_threads = 256;
+constexpr int rerank_round = 256;
 
-struct rescore_args_t {
+struct rerank_args_t {
     const uint64_t* candidates = nullptr;  ///< nq x depth keys (0: none)
     int depth = 0;
     const float* qx = nullptr;             ///< nq x stride
@@ -184,7 +184,7 @@ struct rescore_args_t {
     int cap = 0;
     emit_args_t emit;
 };
-void launch_rescore(const rescore_args_t& a, cudaStream_t stream);
+void launch_rerank(const rerank_args_t& a, cudaStream_t stream);
 
 /// Writes "no result" (id -1, -inf or +inf) to nq x k outputs.
 void launch_fill_missing(float* scores, int64_t* ids, size_t count, bool l2, cudaStream_t stream);

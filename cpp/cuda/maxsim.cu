@@ -28,14 +28,15 @@
 // feeds its fragments from whole 16-byte loads of a row.
 #include <cuda_fp16.h>
 
-#include <algorithm>  // std::min, std::max, std::sort, std::unique
+#include <algorithm>  // std::min, std::max
 #include <cmath>      // INFINITY
 #include <string>
-#include <vector>
 
 #include "common.cuh"
-#include "kernels.cuh"  // lists_args_t, merge, fill_missing
+#include "flatcoat/maxsim_search.hpp"  // maxsim_codec, normalize_subset: the CPU's rules
+#include "kernels.cuh"                 // lists_args_t, merge, fill_missing
 #include "maxsim_api.cuh"
+#include "store.cuh"  // zeroed_buffer, upload_rows, device_input, call_outputs_t
 #include "topk.cuh"
 
 namespace flatcoat {
@@ -50,8 +51,8 @@ constexpr int mv_slots = 32;   ///< queries per block at most
 constexpr size_t mv_smem_target = 100 * 1024;  // two blocks per SM
 constexpr size_t mv_list_budget = size_t(1) << 30;
 
-size_t elem_bytes(mv_codec_t codec) { return codec == mv_codec_t::f32_k ? 4 : codec == mv_codec_t::f16_k ? 2 : 1; }
-int query_terms(mv_codec_t codec) { return codec == mv_codec_t::u8_k ? 1 : 2; }
+size_t elem_bytes(codec_t codec) { return codec == codec_t::f32_k ? 4 : codec == codec_t::f16_k ? 2 : 1; }
+int query_terms(codec_t codec) { return codec == codec_t::int8_k ? 1 : 2; }
 
 /// Shared-memory row stride (16-byte chunks) of a query token: at least Wp and
 /// = 4 (mod 8), so the 8 lanes of a quarter warp (two rows, four chunks each) hit distinct banks.
@@ -74,9 +75,9 @@ struct mv_args_t {
     size_t q0 = 0, nq = 0;          ///< this batch
     int per_group = 1;              ///< queries per block
     int t_pad = 0;                  ///< query rows per block in shared memory
-    size_t per_block = 0;           ///< documents (or candidates) per block, a multiple of mv_round
-    const int64_t* cands = nullptr; ///< rerank: positions, per query from cand_offsets[q]
-    const int64_t* cand_offsets = nullptr;
+    size_t per_block = 0;           ///< documents (or subset entries) per block, a multiple of mv_round
+    const int64_t* subset = nullptr;  ///< restricted: positions, per query from subset_offsets[q]
+    const int64_t* subset_offsets = nullptr;
     lists_args_t out;
 };
 
@@ -273,9 +274,9 @@ __global__ void __launch_bounds__(mv_threads, 2) maxsim_kernel(const mv_args_t a
 
     const int64_t* list = nullptr;
     size_t count = a.docs;
-    if (a.cands) {
-        list = a.cands + a.cand_offsets[qb];
-        count = size_t(a.cand_offsets[qb + 1] - a.cand_offsets[qb]);
+    if (a.subset) {
+        list = a.subset + a.subset_offsets[qb];
+        count = size_t(a.subset_offsets[qb + 1] - a.subset_offsets[qb]);
     }
     const size_t begin = min(count, size_t(blockIdx.y) * a.per_block);
     const size_t end = min(count, begin + a.per_block);
@@ -314,7 +315,7 @@ struct mv_prepare_args_t {
     const float* weights = nullptr;
     size_t rows = 0, dim = 0;
     int Wp = 0;
-    mv_codec_t codec = mv_codec_t::f32_k;
+    codec_t codec = codec_t::f32_k;
     uint4* qa = nullptr;
     uint4* qb = nullptr;
     float* factor = nullptr;
@@ -346,8 +347,8 @@ __global__ void __launch_bounds__(256) mv_prepare_kernel(const mv_prepare_args_t
         return;
     }
     amax = warp_max(amax);
-    const size_t n = size_t(a.Wp) * 16 / (a.codec == mv_codec_t::f32_k ? 4 : a.codec == mv_codec_t::f16_k ? 2 : 1);
-    if (a.codec == mv_codec_t::f32_k) {
+    const size_t n = size_t(a.Wp) * 16 / (a.codec == codec_t::f32_k ? 4 : a.codec == codec_t::f16_k ? 2 : 1);
+    if (a.codec == codec_t::f32_k) {
         uint32_t* hi = reinterpret_cast<uint32_t*>(a.qa) + t * n;
         uint32_t* lo = reinterpret_cast<uint32_t*>(a.qb) + t * n;
         for (size_t j = lane; j < n; j += 32) {
@@ -357,7 +358,7 @@ __global__ void __launch_bounds__(256) mv_prepare_kernel(const mv_prepare_args_t
             lo[j] = to_tf32(__float_as_uint(v - __uint_as_float(h)));
         }
         if (lane == 0) a.factor[t] = w;
-    } else if (a.codec == mv_codec_t::f16_k) {
+    } else if (a.codec == codec_t::f16_k) {
         // A power of two, so scaling is exact: max |q| lands in [2^13, 2^14).
         int e = 0;
         if (amax > 0.0f) frexpf(amax, &e);
@@ -400,36 +401,38 @@ const void* kernel_of() {
     return reinterpret_cast<const void*>(maxsim_kernel<C, NT>);
 }
 
-const void* pick_kernel(mv_codec_t codec, int nt) {
+const void* pick_kernel(codec_t codec, int nt) {
     switch (codec) {
-        case mv_codec_t::f32_k: return kernel_of<f32_mma_t, 4>();
-        case mv_codec_t::f16_k: return nt == 4 ? kernel_of<f16_mma_t, 4>() : kernel_of<f16_mma_t, 8>();
-        case mv_codec_t::u8_k: return nt == 4 ? kernel_of<u8_mma_t, 4>() : kernel_of<u8_mma_t, 8>();
+        case codec_t::f32_k: return kernel_of<f32_mma_t, 4>();
+        case codec_t::f16_k: return nt == 4 ? kernel_of<f16_mma_t, 4>() : kernel_of<f16_mma_t, 8>();
+        case codec_t::int8_k: return nt == 4 ? kernel_of<u8_mma_t, 4>() : kernel_of<u8_mma_t, 8>();
+        case codec_t::binary_k: break;  // refused by the store's constructor
     }
     return nullptr;
 }
 
-void launch_kernel(mv_codec_t codec, int nt, dim3 grid, size_t smem, cudaStream_t stream, const mv_args_t& a) {
+void launch_kernel(codec_t codec, int nt, dim3 grid, size_t smem, cudaStream_t stream, const mv_args_t& a) {
     auto go = [&](auto kernel) {
         kernel<<<grid, mv_threads, smem, stream>>>(a);
         FC_CUDA_LAUNCHED(maxsim_kernel);
     };
     switch (codec) {
-        case mv_codec_t::f32_k: go(maxsim_kernel<f32_mma_t, 4>); break;
-        case mv_codec_t::f16_k: nt == 4 ? go(maxsim_kernel<f16_mma_t, 4>) : go(maxsim_kernel<f16_mma_t, 8>); break;
-        case mv_codec_t::u8_k: nt == 4 ? go(maxsim_kernel<u8_mma_t, 4>) : go(maxsim_kernel<u8_mma_t, 8>); break;
+        case codec_t::f32_k: go(maxsim_kernel<f32_mma_t, 4>); break;
+        case codec_t::f16_k: nt == 4 ? go(maxsim_kernel<f16_mma_t, 4>) : go(maxsim_kernel<f16_mma_t, 8>); break;
+        case codec_t::int8_k: nt == 4 ? go(maxsim_kernel<u8_mma_t, 4>) : go(maxsim_kernel<u8_mma_t, 8>); break;
+        case codec_t::binary_k: break;  // refused by the store's constructor
     }
 }
 
 /// Dynamic shared memory of a block with t_pad query rows.
-size_t kernel_smem(mv_codec_t codec, int S, int t_pad, int cap) {
+size_t kernel_smem(codec_t codec, int S, int t_pad, int cap) {
     return size_t(query_terms(codec)) * t_pad * S * 16 + size_t(cap) * 8 + size_t(mv_warps) * t_pad * 4 +
            size_t(t_pad) * 8;
 }
 
 /// Query rows per pass: 32 (four n-tiles) for short groups, else 64; f32 always 32
 /// (its split operands need the registers: 64 spills).
-int tiles_for(mv_codec_t codec, size_t tokens) { return codec == mv_codec_t::f32_k || tokens <= 32 ? 4 : 8; }
+int tiles_for(codec_t codec, size_t tokens) { return codec == codec_t::f32_k || tokens <= 32 ? 4 : 8; }
 
 }  // namespace
 
@@ -437,50 +440,54 @@ int tiles_for(mv_codec_t codec, size_t tokens) { return codec == mv_codec_t::f32
 
 struct maxsim_store_t::impl_t {
     int device = 0;
-    mv_codec_t codec = mv_codec_t::f32_k;
+    codec_t codec = codec_t::f32_k;
     size_t dim = 0, docs = 0, tokens = 0;
     size_t W = 0;  // 16-byte chunks per token row
     device_buffer_t<uint4> rows;
     device_buffer_t<float> scales;
     device_buffer_t<int64_t> offsets, ids;
     device_buffer_t<uint32_t> ranks;
+
+    /// A field by name ("tokens", "scales", "offsets", "ids", "ranks"); flatcoat::error for an unknown name.
+    field_t field(const std::string& name) {
+        auto scalars = [](void* base, size_t width, size_t n) { return field_t{static_cast<char*>(base), width, width, n}; };
+        if (name == "tokens") return field_t{reinterpret_cast<char*>(rows.get()), W * 16, dim * elem_bytes(codec), tokens};
+        if (name == "scales") return scalars(scales.get(), 4, tokens);
+        if (name == "offsets") return scalars(offsets.get(), 8, docs + 1);
+        if (name == "ids") return scalars(ids.get(), 8, docs);
+        if (name == "ranks") return scalars(ranks.get(), 4, docs);
+        throw error("field: unknown '" + name + "'");
+    }
 };
 
-maxsim_store_t::maxsim_store_t(int device, mv_codec_t codec, size_t dim, size_t docs, size_t tokens, bool has_ranks)
+maxsim_store_t::maxsim_store_t(int device, codec_t codec, size_t dim, size_t docs, size_t tokens, bool has_ranks)
     : impl_(new impl_t) {
-    if (dim == 0) throw error("dim must be positive");
-    if (docs >= 0xFFFFFFFFull) throw error("a GPU multi-vector store holds at most 4294967294 documents; shard the index");
-    if (tokens < docs) throw error("every document needs at least one token");
-    device_guard_t guard(device);
+    if (dim == 0) throw error("dim: must be positive");
+    if (docs >= 0xFFFFFFFFull)
+        throw error("docs: a GPU multi-vector store holds at most 4294967294 documents; shard the index");
+    if (tokens < docs) throw error("tokens: every document needs at least one token");
     impl_t& s = *impl_;
+    s.codec = maxsim_codec(codec);
+    device_guard_t guard(device);
     s.device = device;
-    s.codec = codec;
     s.dim = dim;
     s.docs = docs;
     s.tokens = tokens;
     s.W = ceil_div(dim * elem_bytes(codec), 16);
-    s.rows = device_buffer_t<uint4>(tokens * s.W);
-    if (s.rows.bytes()) FC_CUDA_CHECK(cudaMemset(s.rows.get(), 0, s.rows.bytes()));  // the row padding must be 0
-    if (codec == mv_codec_t::u8_k) s.scales = device_buffer_t<float>(tokens);
-    s.offsets = device_buffer_t<int64_t>(docs + 1);
-    FC_CUDA_CHECK(cudaMemset(s.offsets.get(), 0, s.offsets.bytes()));
+    s.rows = zeroed_buffer<uint4>(tokens * s.W);
+    if (codec == codec_t::int8_k) s.scales = device_buffer_t<float>(tokens);
+    s.offsets = zeroed_buffer<int64_t>(docs + 1);
     s.ids = device_buffer_t<int64_t>(docs);
     if (has_ranks) s.ranks = device_buffer_t<uint32_t>(docs);
     FC_CUDA_CHECK(cudaDeviceSynchronize());
 }
 
 maxsim_store_t::~maxsim_store_t() {
-    if (!impl_) return;
-    int current = -1;
-    if (cudaGetDevice(&current) == cudaSuccess && current != impl_->device) {
-        (void)cudaSetDevice(impl_->device);
-        impl_.reset();
-        (void)cudaSetDevice(current);
-    }
+    if (impl_) release_on_device(impl_, impl_->device);
 }
 
 int maxsim_store_t::device() const { return impl_->device; }
-mv_codec_t maxsim_store_t::codec() const { return impl_->codec; }
+codec_t maxsim_store_t::codec() const { return impl_->codec; }
 size_t maxsim_store_t::dim() const { return impl_->dim; }
 size_t maxsim_store_t::docs() const { return impl_->docs; }
 size_t maxsim_store_t::tokens() const { return impl_->tokens; }
@@ -490,139 +497,56 @@ size_t maxsim_store_t::nbytes() const {
 }
 
 void maxsim_store_t::upload(const std::string& field, size_t row_begin, const void* src, size_t n, size_t src_pitch) {
-    impl_t& s = *impl_;
-    if (n == 0) return;
-    if (src == nullptr) throw error(field + ": no data");
-    char* base = nullptr;
-    size_t dst_pitch = 0, width = 0, limit = 0;
-    bool rows_of_vectors = false;
-    if (field == "tokens") {
-        base = reinterpret_cast<char*>(s.rows.get());
-        dst_pitch = s.W * 16;
-        width = s.dim * elem_bytes(s.codec);
-        limit = s.tokens;
-        rows_of_vectors = true;
-    } else if (field == "scales") {
-        base = reinterpret_cast<char*>(s.scales.get());
-        width = 4;
-        limit = s.tokens;
-    } else if (field == "offsets") {
-        base = reinterpret_cast<char*>(s.offsets.get());
-        width = 8;
-        limit = s.docs + 1;
-    } else if (field == "ids") {
-        base = reinterpret_cast<char*>(s.ids.get());
-        width = 8;
-        limit = s.docs;
-    } else if (field == "ranks") {
-        base = reinterpret_cast<char*>(s.ranks.get());
-        width = 4;
-        limit = s.docs;
-    } else {
-        throw error("unknown field '" + field + "'");
-    }
-    if (!rows_of_vectors) {
-        dst_pitch = width;
-        if (n > 1 && src_pitch != width) throw error(field + ": expected a contiguous array");
-    }
-    if (row_begin > limit || n > limit - row_begin)
-        throw error(field + ": entries " + std::to_string(row_begin) + ".." + std::to_string(row_begin + n) +
-                    " are outside the store's " + std::to_string(limit));
-    if (base == nullptr) throw error(field + ": this store was created without it");
-    if (n > 1 && src_pitch < width) throw error(field + ": rows overlap (row pitch below the row size)");
-    device_guard_t guard(s.device);
-    FC_CUDA_CHECK(cudaMemcpy2D(base + row_begin * dst_pitch, dst_pitch, src, n > 1 ? src_pitch : width, width, n,
-                               cudaMemcpyDefault));
+    upload_rows(impl_->device, field, impl_->field(field), row_begin, src, n, src_pitch);
 }
 
 void maxsim_store_t::search(const maxsim_search_t& a) const {
     const impl_t& s = *impl_;
-    if (a.k == 0) throw error("k must be positive");
+    if (a.k == 0) throw error("k: must be positive");
     if (a.k > max_k) throw error("k: at most " + std::to_string(max_k) + " on the GPU, got " + std::to_string(a.k));
     if (a.nq == 0) return;
     if (a.offsets == nullptr || a.tokens == nullptr || a.out_scores == nullptr || a.out_ids == nullptr)
-        throw error("queries or outputs are missing");
-    if (a.offsets[0] != 0) throw error("query offsets must start at 0");
+        throw error("queries: the query tokens, offsets or outputs are missing");
+    if (a.offsets[0] != 0) throw error("queries: offsets must start at 0");
     for (size_t i = 0; i < a.nq; ++i)
         if (a.offsets[i + 1] <= a.offsets[i])
-            throw error("query offsets must be strictly increasing: query " + std::to_string(i) + " has " +
+            throw error("queries: offsets must be strictly increasing: query " + std::to_string(i) + " has " +
                         std::to_string(a.offsets[i + 1] - a.offsets[i]) + " tokens");
     const size_t nq = a.nq, k = a.k, dim = s.dim;
     const size_t q_rows = size_t(a.offsets[nq]);
     if (q_rows >= 0x7FFFFFFFull) throw error("queries: at most 2147483646 query tokens per call");
 
-    // Rerank: sorted, distinct positions per query (as the CPU; repeats count once).
-    const bool rerank = a.candidates != nullptr;
-    std::vector<int64_t> positions, position_offsets;
-    size_t most_candidates = 0;
-    if (rerank) {
-        if (a.candidate_offsets == nullptr || a.candidate_offsets[0] != 0)
-            throw error("candidate offsets must start at 0");
-        position_offsets.assign(1, 0);
-        for (size_t i = 0; i < nq; ++i) {
-            if (a.candidate_offsets[i + 1] < a.candidate_offsets[i]) throw error("candidate offsets must be non-decreasing");
-            std::vector<int64_t> list(a.candidates + a.candidate_offsets[i], a.candidates + a.candidate_offsets[i + 1]);
-            for (int64_t row : list)
-                if (row < 0 || size_t(row) >= s.docs)
-                    throw error("candidate position " + std::to_string(row) + " is outside the " +
-                                std::to_string(s.docs) + " documents");
-            std::sort(list.begin(), list.end());
-            list.erase(std::unique(list.begin(), list.end()), list.end());
-            positions.insert(positions.end(), list.begin(), list.end());
-            position_offsets.push_back(int64_t(positions.size()));
-            most_candidates = std::max(most_candidates, list.size());
-        }
-    }
+    // A restricted search scores sorted, distinct positions per query, as the CPU does.
+    const bool restricted = a.subset != nullptr;
+    subset_t subset;
+    if (restricted) subset = normalize_subset(a.subset, a.subset_offsets, nq, s.docs);
 
     device_guard_t guard(s.device);
     const cudaStream_t stream = reinterpret_cast<cudaStream_t>(a.stream);
-    float* out_scores = a.out_scores;
-    int64_t* out_ids = a.out_ids;
-    device_buffer_t<float> staged_scores, staged_tokens, staged_weights;
-    device_buffer_t<int64_t> staged_ids, q_offsets, cands, cand_offsets;
-    if (!a.on_device) {
-        staged_scores = device_buffer_t<float>(nq * k, stream);
-        staged_ids = device_buffer_t<int64_t>(nq * k, stream);
-        out_scores = staged_scores.get();
-        out_ids = staged_ids.get();
-    }
-    device_buffer_t<int> bad(1, stream);
-    FC_CUDA_CHECK(cudaMemsetAsync(bad.get(), 0x7F, sizeof(int), stream));  // 0x7F7F7F7F: no bad row
+    // One flag: the first query token row with NaN/inf in the token or its weight.
+    call_outputs_t outputs(a.out_scores, a.out_ids, nq * k, a.on_device, 1, stream);
+    float* out_scores = outputs.scores();
+    int64_t* out_ids = outputs.ids();
+    device_buffer_t<float> staged_tokens, staged_weights;
+    device_buffer_t<int64_t> q_offsets, subset_rows, subset_offsets;
     device_buffer_t<uint4> qa, qb;
     device_buffer_t<float> factor;
     device_buffer_t<int> bias;
     device_buffer_t<uint64_t> lists, merged;
 
-    const size_t keep = std::min(k, rerank ? most_candidates : s.docs);
+    const size_t keep = std::min(k, restricted ? subset.longest : s.docs);
     if (keep == 0) {
         launch_fill_missing(out_scores, out_ids, nq * k, false, stream);
     } else {
-        const float* tokens = a.tokens;
-        const float* weights = a.weights;
-        if (!a.on_device) {
-            staged_tokens = device_buffer_t<float>(q_rows * dim, stream);
-            FC_CUDA_CHECK(cudaMemcpyAsync(staged_tokens.get(), a.tokens, q_rows * dim * sizeof(float),
-                                          cudaMemcpyHostToDevice, stream));
-            tokens = staged_tokens.get();
-            if (a.weights) {
-                staged_weights = device_buffer_t<float>(q_rows, stream);
-                FC_CUDA_CHECK(cudaMemcpyAsync(staged_weights.get(), a.weights, q_rows * sizeof(float),
-                                              cudaMemcpyHostToDevice, stream));
-                weights = staged_weights.get();
-            }
-        }
-        // Host arrays below are copied before the final synchronisation, so they outlive the copies.
-        q_offsets = device_buffer_t<int64_t>(nq + 1, stream);
-        FC_CUDA_CHECK(cudaMemcpyAsync(q_offsets.get(), a.offsets, (nq + 1) * sizeof(int64_t), cudaMemcpyHostToDevice,
-                                      stream));
-        if (rerank) {
-            cands = device_buffer_t<int64_t>(std::max<size_t>(1, positions.size()), stream);
-            cand_offsets = device_buffer_t<int64_t>(nq + 1, stream);
-            if (!positions.empty())
-                FC_CUDA_CHECK(cudaMemcpyAsync(cands.get(), positions.data(), positions.size() * sizeof(int64_t),
-                                              cudaMemcpyHostToDevice, stream));
-            FC_CUDA_CHECK(cudaMemcpyAsync(cand_offsets.get(), position_offsets.data(), (nq + 1) * sizeof(int64_t),
-                                          cudaMemcpyHostToDevice, stream));
+        const float* tokens = device_input(a.tokens, q_rows * dim, a.on_device, staged_tokens, stream);
+        const float* weights = a.weights ? device_input(a.weights, q_rows, a.on_device, staged_weights, stream) : nullptr;
+        // The host arrays below (offsets, the subset) outlive their copies: all end at the final synchronisation.
+        const int64_t* d_offsets = device_input(a.offsets, nq + 1, false, q_offsets, stream);
+        const int64_t* d_subset = nullptr;
+        const int64_t* d_subset_offsets = nullptr;
+        if (restricted) {
+            d_subset = device_input(subset.positions.data(), subset.positions.size(), false, subset_rows, stream);
+            d_subset_offsets = device_input(subset.offsets.data(), nq + 1, false, subset_offsets, stream);
         }
 
         // Prepared query rows.
@@ -632,7 +556,7 @@ void maxsim_store_t::search(const maxsim_search_t& a) const {
         qa = device_buffer_t<uint4>(q_rows * Wp, stream);
         if (query_terms(s.codec) == 2) qb = device_buffer_t<uint4>(q_rows * Wp, stream);
         factor = device_buffer_t<float>(q_rows, stream);
-        if (s.codec == mv_codec_t::u8_k) bias = device_buffer_t<int>(q_rows, stream);
+        if (s.codec == codec_t::int8_k) bias = device_buffer_t<int>(q_rows, stream);
         mv_prepare_args_t p;
         p.tokens = tokens;
         p.weights = weights;
@@ -644,11 +568,11 @@ void maxsim_store_t::search(const maxsim_search_t& a) const {
         p.qb = qb.get();
         p.factor = factor.get();
         p.bias = bias.get();
-        p.bad = bad.get();
+        p.bad = outputs.flags();
         mv_prepare_kernel<<<unsigned(ceil_div(q_rows, 8)), 256, 0, stream>>>(p);
         FC_CUDA_LAUNCHED(mv_prepare_kernel);
 
-        // Queries per block: as many as fit the shared-memory target (one per block when reranking).
+        // Queries per block: as many as fit the shared-memory target (one per block when restricted).
         const device_info_t info = current_device_info();
         const size_t cap = topk_capacity(keep, mv_round);
         auto most_tokens = [&](size_t group) {
@@ -657,7 +581,7 @@ void maxsim_store_t::search(const maxsim_search_t& a) const {
                 most = std::max(most, size_t(a.offsets[std::min(nq, q + group)] - a.offsets[q]));
             return most;
         };
-        size_t group = rerank ? 1 : std::min<size_t>(mv_slots, nq);
+        size_t group = restricted ? 1 : std::min<size_t>(mv_slots, nq);
         size_t t_max = most_tokens(group);
         auto smem_of = [&](size_t tokens_) {
             const int nt = tiles_for(s.codec, tokens_);
@@ -682,7 +606,7 @@ void maxsim_store_t::search(const maxsim_search_t& a) const {
         const size_t concurrent = size_t(std::max(1, per_sm)) * size_t(info.sms);
 
         // Documents per block: about four waves of blocks, whole rounds each.
-        const size_t count = rerank ? most_candidates : s.docs;
+        const size_t count = restricted ? subset.longest : s.docs;
         const size_t rounds = ceil_div(count, mv_round);
         const size_t groups_all = ceil_div(nq, group);
         const size_t wanted = std::max<size_t>(1, ceil_div(concurrent * 4, groups_all));
@@ -713,14 +637,14 @@ void maxsim_store_t::search(const maxsim_search_t& a) const {
             m.qb = qb.get();
             m.factor = factor.get();
             m.bias = bias.get();
-            m.q_offsets = q_offsets.get();
+            m.q_offsets = d_offsets;
             m.q0 = b0;
             m.nq = nb;
             m.per_group = int(group);
             m.t_pad = t_pad;
             m.per_block = per_block;
-            m.cands = rerank ? cands.get() : nullptr;
-            m.cand_offsets = rerank ? cand_offsets.get() : nullptr;
+            m.subset = d_subset;
+            m.subset_offsets = d_subset_offsets;
             m.out.lists = lists.get();
             m.out.k = int(keep);
             m.out.cap = int(cap);
@@ -744,13 +668,7 @@ void maxsim_store_t::search(const maxsim_search_t& a) const {
         }
     }
 
-    if (!a.on_device) {
-        FC_CUDA_CHECK(cudaMemcpyAsync(a.out_scores, out_scores, nq * k * sizeof(float), cudaMemcpyDeviceToHost, stream));
-        FC_CUDA_CHECK(cudaMemcpyAsync(a.out_ids, out_ids, nq * k * sizeof(int64_t), cudaMemcpyDeviceToHost, stream));
-    }
-    int flag = 0;
-    FC_CUDA_CHECK(cudaMemcpyAsync(&flag, bad.get(), sizeof(flag), cudaMemcpyDeviceToHost, stream));
-    FC_CUDA_CHECK(cudaStreamSynchronize(stream));
+    const int flag = outputs.finish()[0];
     if (size_t(flag) < q_rows)
         throw error("queries: token row " + std::to_string(flag) +
                     " (or its weight) contains NaN or inf; remove or fix it");

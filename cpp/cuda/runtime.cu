@@ -64,6 +64,19 @@ int driver_version() {
     return v;
 }
 
+int pointer_device(const void* ptr, const std::string& name) {
+    cudaPointerAttributes attributes;
+    const cudaError_t status = cudaPointerGetAttributes(&attributes, ptr);
+    if (status != cudaSuccess) {
+        (void)cudaGetLastError();
+        throw error(name + ": not a CUDA device array (" + cudaGetErrorString(status) + ")");
+    }
+    if (attributes.type != cudaMemoryTypeDevice && attributes.type != cudaMemoryTypeManaged)
+        throw error(name + ": the __cuda_array_interface__ pointer is not device memory; pass a CUDA device array "
+                           "or a numpy array");
+    return attributes.device;
+}
+
 device_guard_t::device_guard_t(int device) {
     check_ordinal(device);
     FC_CUDA_CHECK(cudaGetDevice(&previous_));

@@ -1,5 +1,5 @@
 // The small kernels around the scans: query preparation, the merge of the
-// per-block lists, exact rescoring of a shortlist, top-k of given scores, and
+// per-block lists, exact re-ranking of a shortlist, top-k of given scores, and
 // turning keys into reported (score, id) pairs.
 #include <cmath>  // INFINITY
 
@@ -64,7 +64,7 @@ __global__ void __launch_bounds__(prepare_threads) prepare_kernel(const prepare_
     }
     // numpy's normalize_rows: float64 division, then rounding to float32.
     auto value = [&](size_t j) { return a.normalize ? float(double(x[j]) / norm) : x[j]; };
-    const bool u8 = a.codec == codec_t::u8_k;
+    const bool u8 = a.codec == codec_t::int8_k;
     auto prepared = [&](size_t j) { return value(j); };
 
     if (a.q_sq_norms) {
@@ -178,22 +178,22 @@ __global__ void __launch_bounds__(merge_threads) merge_kernel(const merge_args_t
 }
 
 /// One block per query; each warp scores one candidate at a time against the float rows.
-__global__ void __launch_bounds__(rescore_threads) rescore_kernel(const rescore_args_t a) {
-    extern __shared__ uint64_t rescore_smem[];
+__global__ void __launch_bounds__(rerank_threads) rerank_kernel(const rerank_args_t a) {
+    extern __shared__ uint64_t rerank_smem[];
     __shared__ topk_state_t<1> state;
-    uint64_t* scratch = rescore_smem;
-    float* q_s = reinterpret_cast<float*>(rescore_smem + a.cap);
+    uint64_t* scratch = rerank_smem;
+    float* q_s = reinterpret_cast<float*>(rerank_smem + a.cap);
     const size_t q = blockIdx.x;
     for (int i = threadIdx.x; i < a.stride; i += blockDim.x) q_s[i] = a.qx[q * a.stride + i];
-    block_topk_t<1> top(state, a.work + q * a.cap, scratch, a.cap, 1, a.k, a.cap, rescore_round);
+    block_topk_t<1> top(state, a.work + q * a.cap, scratch, a.cap, 1, a.k, a.cap, rerank_round);
     top.init();
 
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x / 32;
-    const int per_warp = rescore_round / (rescore_threads / 32);
+    const int per_warp = rerank_round / (rerank_threads / 32);
     const float4* q4 = reinterpret_cast<const float4*>(q_s);
     const int words = a.stride / 4;
-    for (int c0 = 0; c0 < a.depth; c0 += rescore_round) {
+    for (int c0 = 0; c0 < a.depth; c0 += rerank_round) {
         for (int i = 0; i < per_warp; ++i) {
             const int c = c0 + warp * per_warp + i;
             const uint64_t key = c < a.depth ? a.candidates[q * a.depth + c] : 0;  // the same in the whole warp
@@ -273,12 +273,12 @@ void launch_merge(const merge_args_t& a, cudaStream_t stream) {
     FC_CUDA_LAUNCHED(merge_kernel);
 }
 
-void launch_rescore(const rescore_args_t& a, cudaStream_t stream) {
+void launch_rerank(const rerank_args_t& a, cudaStream_t stream) {
     if (a.nq == 0) return;
     const size_t smem = size_t(a.cap) * sizeof(uint64_t) + size_t(a.stride) * sizeof(float);
-    allow_smem(reinterpret_cast<const void*>(rescore_kernel), smem);
-    rescore_kernel<<<unsigned(a.nq), rescore_threads, smem, stream>>>(a);
-    FC_CUDA_LAUNCHED(rescore_kernel);
+    allow_smem(reinterpret_cast<const void*>(rerank_kernel), smem);
+    rerank_kernel<<<unsigned(a.nq), rerank_threads, smem, stream>>>(a);
+    FC_CUDA_LAUNCHED(rerank_kernel);
 }
 
 void launch_select(const select_args_t& a, cudaStream_t stream) {
