@@ -43,8 +43,6 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.def("hardware_threads", [] { return hardware_threads(); });
 
     bindings::bind_dense(m);
-    bindings::bind_probe(m);
-#ifdef FLATCOAT_HAVE_MAXSIM
     bindings::bind_maxsim(m);
-#endif
+    bindings::bind_probe(m);
 }

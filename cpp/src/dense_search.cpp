@@ -180,7 +180,7 @@ void search_dense(const dense_data_t& data, const dense_query_t& query, float* o
     }
     if (data.rows == 0 || query.nq == 0) return;
 
-    const dense_kernels_t& kernels = dense_kernels(active_isa());
+    const dense_kernels_t& kernels = kernels_for<dense_kernels_t>(active_isa());
     const size_t keep = query.rerank != 0 ? std::min(query.rerank, data.rows) : k;
 
     for (size_t q0 = 0; q0 < query.nq; q0 += query_block_k) {

@@ -5,34 +5,20 @@
 #include <cstdlib>  // std::getenv
 #include <mutex>    // std::once_flag
 
-#include "flatcoat/common.hpp"
-#include "flatcoat/dense_kernels.hpp"
-
 namespace flatcoat {
 
-namespace kernels {
-#ifdef FLATCOAT_HAVE_scalar
-const dense_kernels_t& dense_kernels_scalar();
-#endif
-#ifdef FLATCOAT_HAVE_haswell
-const dense_kernels_t& dense_kernels_haswell();
-#endif
-#ifdef FLATCOAT_HAVE_skylake
-const dense_kernels_t& dense_kernels_skylake();
-#endif
-#ifdef FLATCOAT_HAVE_neon
-const dense_kernels_t& dense_kernels_neon();
-#endif
-}  // namespace kernels
-
 const char* isa_name(isa_t isa) {
-    switch (isa) {
-        case isa_t::scalar_k: return "scalar";
-        case isa_t::haswell_k: return "haswell";
-        case isa_t::skylake_k: return "skylake";
-        case isa_t::neon_k: return "neon";
-    }
+#define FLATCOAT_ISA_NAME_CASE_(name, arg) \
+    case isa_t::name##_k: return #name;
+    switch (isa) { FLATCOAT_FOR_EACH_ISA(FLATCOAT_ISA_NAME_CASE_, ) }
+#undef FLATCOAT_ISA_NAME_CASE_
     return "unknown";
+}
+
+std::vector<isa_t> compiled_isas() {
+#define FLATCOAT_ISA_VALUE_(name, arg) isa_t::name##_k,
+    return {FLATCOAT_FOR_EACH_COMPILED_ISA(FLATCOAT_ISA_VALUE_, )};
+#undef FLATCOAT_ISA_VALUE_
 }
 
 static std::string compiled_isa_list() {
@@ -42,26 +28,11 @@ static std::string compiled_isa_list() {
 }
 
 isa_t isa_from_name(const std::string& name) {
-    for (isa_t isa : {isa_t::scalar_k, isa_t::haswell_k, isa_t::skylake_k, isa_t::neon_k})
-        if (name == isa_name(isa)) return isa;
+#define FLATCOAT_ISA_FROM_NAME_(isa, arg) \
+    if (name == #isa) return isa_t::isa##_k;
+    FLATCOAT_FOR_EACH_ISA(FLATCOAT_ISA_FROM_NAME_, )
+#undef FLATCOAT_ISA_FROM_NAME_
     throw error("unknown ISA '" + name + "': expected one of " + compiled_isa_list());
-}
-
-std::vector<isa_t> compiled_isas() {
-    std::vector<isa_t> isas;
-#ifdef FLATCOAT_HAVE_scalar
-    isas.push_back(isa_t::scalar_k);
-#endif
-#ifdef FLATCOAT_HAVE_haswell
-    isas.push_back(isa_t::haswell_k);
-#endif
-#ifdef FLATCOAT_HAVE_skylake
-    isas.push_back(isa_t::skylake_k);
-#endif
-#ifdef FLATCOAT_HAVE_neon
-    isas.push_back(isa_t::neon_k);
-#endif
-    return isas;
 }
 
 bool cpu_supports(isa_t isa) {
@@ -123,24 +94,6 @@ void set_active_isa(isa_t isa) {
     check_usable(isa);
     active_isa();  // settle the one-time initialisation first
     g_active.store(int(isa));
-}
-
-const dense_kernels_t& dense_kernels(isa_t isa) {
-    switch (isa) {
-#ifdef FLATCOAT_HAVE_scalar
-        case isa_t::scalar_k: return kernels::dense_kernels_scalar();
-#endif
-#ifdef FLATCOAT_HAVE_haswell
-        case isa_t::haswell_k: return kernels::dense_kernels_haswell();
-#endif
-#ifdef FLATCOAT_HAVE_skylake
-        case isa_t::skylake_k: return kernels::dense_kernels_skylake();
-#endif
-#ifdef FLATCOAT_HAVE_neon
-        case isa_t::neon_k: return kernels::dense_kernels_neon();
-#endif
-        default: throw error(std::string("no dense kernels compiled for ISA '") + isa_name(isa) + "'");
-    }
 }
 
 }  // namespace flatcoat

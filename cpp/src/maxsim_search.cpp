@@ -17,39 +17,6 @@
 
 namespace flatcoat {
 
-namespace kernels {
-#ifdef FLATCOAT_HAVE_scalar
-const maxsim_kernels_t& maxsim_kernels_scalar();
-#endif
-#ifdef FLATCOAT_HAVE_haswell
-const maxsim_kernels_t& maxsim_kernels_haswell();
-#endif
-#ifdef FLATCOAT_HAVE_skylake
-const maxsim_kernels_t& maxsim_kernels_skylake();
-#endif
-#ifdef FLATCOAT_HAVE_neon
-const maxsim_kernels_t& maxsim_kernels_neon();
-#endif
-}  // namespace kernels
-
-const maxsim_kernels_t& maxsim_kernels(isa_t isa) {
-    switch (isa) {
-#ifdef FLATCOAT_HAVE_scalar
-        case isa_t::scalar_k: return kernels::maxsim_kernels_scalar();
-#endif
-#ifdef FLATCOAT_HAVE_haswell
-        case isa_t::haswell_k: return kernels::maxsim_kernels_haswell();
-#endif
-#ifdef FLATCOAT_HAVE_skylake
-        case isa_t::skylake_k: return kernels::maxsim_kernels_skylake();
-#endif
-#ifdef FLATCOAT_HAVE_neon
-        case isa_t::neon_k: return kernels::maxsim_kernels_neon();
-#endif
-        default: throw error(std::string("no MaxSim kernels compiled for ISA '") + isa_name(isa) + "'");
-    }
-}
-
 namespace {
 
 constexpr size_t block_tokens_k = 256;  // a block (128 KiB of f32 at dim 128) stays in L2 while the batch scores it
@@ -152,7 +119,7 @@ void score_document(const maxsim_data_t& data, const maxsim_kernels_t& kernels,
             rows = static_cast<const float*>(data.tokens) + b * dim;
         } else if (data.codec == codec_t::f16_k) {
             scratch.decoded.resize(block_tokens_k * dim);
-            kernels.decode_f16(static_cast<const uint16_t*>(data.tokens) + b * dim, n * dim, scratch.decoded.data());
+            kernels.widen_f16(static_cast<const uint16_t*>(data.tokens) + b * dim, n * dim, scratch.decoded.data());
             rows = scratch.decoded.data();
         }
         float* maxima = scratch.maxima.data();
@@ -251,7 +218,7 @@ void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_
     if (restricted) subset = normalize_subset(subset_positions, subset_offsets, query.nq, data.docs);
     if (data.docs == 0 || query.nq == 0) return;
 
-    const maxsim_kernels_t& kernels = maxsim_kernels(active_isa());
+    const maxsim_kernels_t& kernels = kernels_for<maxsim_kernels_t>(active_isa());
     const std::vector<prepared_query_t> prepared = prepare_all(data, query, kernels);
     const size_t slots = std::max<size_t>(1, num_threads());
     std::vector<std::vector<topk_t>> selectors(slots, std::vector<topk_t>(query.nq, topk_t(k, data.ids)));
@@ -296,7 +263,7 @@ void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_
 void maxsim_scores(const maxsim_data_t& data, const maxsim_query_t& query, float* out) {
     check(data, query);
     if (data.docs == 0 || query.nq == 0) return;
-    const maxsim_kernels_t& kernels = maxsim_kernels(active_isa());
+    const maxsim_kernels_t& kernels = kernels_for<maxsim_kernels_t>(active_isa());
     const std::vector<prepared_query_t> prepared = prepare_all(data, query, kernels);
     const size_t slots = std::max<size_t>(1, num_threads());
     scan_all(data, prepared, kernels, slots,

@@ -13,39 +13,6 @@
 
 namespace flatcoat {
 
-namespace kernels {
-#ifdef FLATCOAT_HAVE_scalar
-const probe_kernels_t& probe_kernels_scalar();
-#endif
-#ifdef FLATCOAT_HAVE_haswell
-const probe_kernels_t& probe_kernels_haswell();
-#endif
-#ifdef FLATCOAT_HAVE_skylake
-const probe_kernels_t& probe_kernels_skylake();
-#endif
-#ifdef FLATCOAT_HAVE_neon
-const probe_kernels_t& probe_kernels_neon();
-#endif
-}  // namespace kernels
-
-const probe_kernels_t& probe_kernels(isa_t isa) {
-    switch (isa) {
-#ifdef FLATCOAT_HAVE_scalar
-        case isa_t::scalar_k: return kernels::probe_kernels_scalar();
-#endif
-#ifdef FLATCOAT_HAVE_haswell
-        case isa_t::haswell_k: return kernels::probe_kernels_haswell();
-#endif
-#ifdef FLATCOAT_HAVE_skylake
-        case isa_t::skylake_k: return kernels::probe_kernels_skylake();
-#endif
-#ifdef FLATCOAT_HAVE_neon
-        case isa_t::neon_k: return kernels::probe_kernels_neon();
-#endif
-        default: throw error(std::string("no probe kernels compiled for ISA '") + isa_name(isa) + "'");
-    }
-}
-
 namespace {
 
 // Keeps results alive so the optimiser cannot drop the probe loops.
@@ -62,7 +29,7 @@ double timed_on_threads(size_t threads, const body_t& body) {
 }  // namespace
 
 probe_result_t probe_read_bandwidth(const float* x, size_t n, size_t threads) {
-    const probe_kernels_t& k = probe_kernels(active_isa());
+    const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
     threads = std::max<size_t>(1, std::min(threads, n / 4096 + 1));
     const size_t chunk = (n + threads - 1) / threads;
     double seconds = timed_on_threads(threads, [&](size_t t) {
@@ -73,7 +40,7 @@ probe_result_t probe_read_bandwidth(const float* x, size_t n, size_t threads) {
 }
 
 probe_result_t probe_fma(size_t rounds, size_t threads) {
-    const probe_kernels_t& k = probe_kernels(active_isa());
+    const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
     double seconds = timed_on_threads(threads, [&](size_t t) {
         g_sink.store(g_sink.load() + double(k.fma_loop(rounds, float(t) * 1e-3f)));
     });
@@ -81,7 +48,7 @@ probe_result_t probe_fma(size_t rounds, size_t threads) {
 }
 
 probe_result_t probe_int8(size_t rounds, size_t threads) {
-    const probe_kernels_t& k = probe_kernels(active_isa());
+    const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
     double seconds = timed_on_threads(threads, [&](size_t t) {
         g_sink.store(g_sink.load() + double(k.int8_loop(rounds, uint8_t(t))));
     });
@@ -89,7 +56,7 @@ probe_result_t probe_int8(size_t rounds, size_t threads) {
 }
 
 probe_result_t probe_popcount(size_t rounds, size_t threads) {
-    const probe_kernels_t& k = probe_kernels(active_isa());
+    const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
     constexpr size_t words = 512;  // 4 KiB: L1-resident, so the loop measures popcount, not memory
     std::vector<uint64_t> data(words);
     for (size_t i = 0; i < words; ++i) data[i] = 0x9e3779b97f4a7c15ull * (i + 1);

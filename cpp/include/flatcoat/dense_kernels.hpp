@@ -1,6 +1,7 @@
 // Per-ISA dense kernel tables. Each table is filled by one translation unit compiled
-// with that ISA's flags (cpp/src/kernels/<family>/<isa>.cpp); only plain
-// pointers cross translation units, never SIMD types.
+// with that ISA's flags (cpp/src/kernels/dense/<isa>.cpp) and reached through
+// kernels_for<dense_kernels_t>(isa); only plain pointers cross translation
+// units, never SIMD types.
 #pragma once
 
 #include <cstddef>
@@ -23,10 +24,6 @@ using dot_block_fn = void (*)(const float* q, size_t nq, const element_t* x, siz
 using hamming_block_fn = void (*)(const uint64_t* q, size_t nq, const uint64_t* x, size_t nx,
                                   size_t words, uint32_t* out, size_t ldo);
 
-/// out[i] = float(x[i]) for i < n.
-template <class element_t>
-using widen_fn = void (*)(const element_t* x, size_t n, float* out);
-
 struct dense_kernels_t {
     dot_block_fn<float> dot_f32;
     dot_block_fn<uint16_t> dot_f16;
@@ -36,7 +33,6 @@ struct dense_kernels_t {
     widen_fn<uint8_t> widen_u8;
 };
 
-/// The dense table of the ISA given; throws flatcoat::error if it is not compiled in.
-const dense_kernels_t& dense_kernels(isa_t isa);
+FLATCOAT_KERNEL_FAMILY(dense_kernels_t)
 
 }  // namespace flatcoat

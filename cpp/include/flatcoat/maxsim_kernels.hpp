@@ -1,6 +1,7 @@
 // Per-ISA MaxSim kernel tables. Each table is filled by one translation unit
-// compiled with that ISA's flags (cpp/src/kernels/maxsim/<isa>.cpp); only plain
-// pointers cross translation units, never SIMD types.
+// compiled with that ISA's flags (cpp/src/kernels/maxsim/<isa>.cpp) and reached
+// through kernels_for<maxsim_kernels_t>(isa); only plain pointers cross
+// translation units, never SIMD types.
 //
 // Query layout ("panels"). A query of T tokens is cut into ceil(T / width)
 // groups of `width` tokens; group v is one panel, a (steps x width x lane)
@@ -36,17 +37,13 @@ using maxsim_max_f32_fn = void (*)(const float* q, size_t n_panels, const float*
 using maxsim_max_u8_fn = void (*)(const int8_t* q, size_t n_panels, const int32_t* q_bias, const uint8_t* x,
                                   const float* x_scale, size_t n_tok, size_t dim, float* maxima);
 
-/// out[i] = float(half x[i]) for i < n (F16C / fcvtl / exact software conversion).
-using decode_f16_fn = void (*)(const uint16_t* x, size_t n, float* out);
-
 struct maxsim_kernels_t {
     size_t width;  ///< query tokens per panel (the ISA's float32 lanes)
     maxsim_max_f32_fn max_f32;
     maxsim_max_u8_fn max_u8;
-    decode_f16_fn decode_f16;
+    widen_fn<uint16_t> widen_f16;
 };
 
-/// The MaxSim table of the ISA given; throws flatcoat::error if it is not compiled in.
-const maxsim_kernels_t& maxsim_kernels(isa_t isa);
+FLATCOAT_KERNEL_FAMILY(maxsim_kernels_t)
 
 }  // namespace flatcoat

@@ -11,7 +11,8 @@
 
 namespace flatcoat {
 
-/// Per-ISA probe loops; each returns a value that depends on all its work so
+/// Per-ISA probe loops (cpp/src/kernels/probe/<isa>.cpp, reached through
+/// kernels_for<probe_kernels_t>(isa)); each returns a value that depends on all its work so
 /// the compiler cannot drop it.
 struct probe_kernels_t {
     /// Sum of n floats (streams x once with independent accumulators).
@@ -26,7 +27,7 @@ struct probe_kernels_t {
     uint64_t (*popcount_loop)(const uint64_t* x, size_t words, size_t rounds);
 };
 
-const probe_kernels_t& probe_kernels(isa_t isa);
+FLATCOAT_KERNEL_FAMILY(probe_kernels_t)
 
 /// Result of one timed probe: seconds of wall time and the work done.
 struct probe_result_t {

@@ -15,5 +15,18 @@ inline typename S::vf load_partial(const element_t* p, size_t n) {
     return S::load(buffer);
 }
 
+/// Widens n elements to float32 (f16 exactly; u8 codes to their integer value),
+/// so a tile is converted once and scored with the float32 kernel.
+template <class S, class element_t>
+void widen(const element_t* x, size_t n, float* out) {
+    size_t i = 0;
+    for (; i + S::width <= n; i += S::width) S::store(out + i, S::load(x + i));
+    if (i < n) {
+        float tail[S::width];
+        S::store(tail, load_partial<S>(x + i, n - i));
+        for (size_t t = 0; i + t < n; ++t) out[i + t] = tail[t];
+    }
+}
+
 }  // namespace simd
 }  // namespace flatcoat

@@ -1,5 +1,5 @@
 // AVX2 + FMA + F16C ("haswell"): 8 float32 lanes in a ymm register.
-// f16 rows widen with vcvtph2ps, u8/i8 codes with vpmovzxbd/vpmovsxbd + vcvtdq2ps;
+// f16 rows widen with vcvtph2ps, u8 codes with vpmovzxbd + vcvtdq2ps;
 // every product is a vfmadd231ps into float32 accumulators.
 #pragma once
 
@@ -26,9 +26,6 @@ struct haswell_t {
     static vf load(const uint8_t* p) {
         return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
     }
-    static vf load(const int8_t* p) {
-        return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-    }
     static void store(float* p, vf a) { _mm256_storeu_ps(p, a); }
     static vf fma(vf a, vf b, vf acc) { return _mm256_fmadd_ps(a, b, acc); }
     static vf add(vf a, vf b) { return _mm256_add_ps(a, b); }
@@ -37,12 +34,6 @@ struct haswell_t {
         __m128 s = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
         s = _mm_add_ps(s, _mm_movehl_ps(s, s));
         s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
-        return _mm_cvtss_f32(s);
-    }
-    static float reduce_max(vf a) {
-        __m128 s = _mm_max_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-        s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-        s = _mm_max_ss(s, _mm_shuffle_ps(s, s, 1));
         return _mm_cvtss_f32(s);
     }
 

@@ -1,5 +1,5 @@
 // Advanced SIMD on arm64 ("neon"): 4 float32 lanes in a q register.
-// f16 rows widen with fcvtl, u8/i8 codes through uxtl/sxtl + scvtf; vfmaq_f32 accumulates.
+// f16 rows widen with fcvtl, u8 codes through uxtl + scvtf; vfmaq_f32 accumulates.
 #pragma once
 
 #include <arm_neon.h>
@@ -26,18 +26,11 @@ struct neon_t {
         uint16x8_t wide = vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(word)));
         return vcvtq_f32_u32(vmovl_u16(vget_low_u16(wide)));
     }
-    static vf load(const int8_t* p) {
-        uint32_t word;
-        std::memcpy(&word, p, 4);
-        int16x8_t wide = vmovl_s8(vreinterpret_s8_u32(vdup_n_u32(word)));
-        return vcvtq_f32_s32(vmovl_s16(vget_low_s16(wide)));
-    }
     static void store(float* p, vf a) { vst1q_f32(p, a); }
     static vf fma(vf a, vf b, vf acc) { return vfmaq_f32(acc, a, b); }
     static vf add(vf a, vf b) { return vaddq_f32(a, b); }
     static vf max(vf a, vf b) { return vmaxq_f32(a, b); }
     static float reduce_add(vf a) { return vaddvq_f32(a); }
-    static float reduce_max(vf a) { return vmaxvq_f32(a); }
 
     // Integer path (int8 MaxSim): 4 int32 lanes, each holding 4 bytes of a code vector.
     // Baseline arm64 has no u8 x s8 dot instruction: widen to int16, vmull to int32,

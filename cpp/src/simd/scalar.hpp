@@ -63,11 +63,6 @@ struct scalar_t {
         for (size_t i = 0; i < width; ++i) r.v[i] = float(p[i]);
         return r;
     }
-    static vf load(const int8_t* p) {
-        vf r;
-        for (size_t i = 0; i < width; ++i) r.v[i] = float(p[i]);
-        return r;
-    }
     static void store(float* p, vf a) {
         for (size_t i = 0; i < width; ++i) p[i] = a.v[i];
     }
@@ -88,11 +83,6 @@ struct scalar_t {
         float s0 = (a.v[0] + a.v[4]) + (a.v[2] + a.v[6]);
         float s1 = (a.v[1] + a.v[5]) + (a.v[3] + a.v[7]);
         return s0 + s1;
-    }
-    static float reduce_max(vf a) {
-        float m = a.v[0];
-        for (size_t i = 1; i < width; ++i) m = a.v[i] > m ? a.v[i] : m;
-        return m;
     }
 
     // Integer path (int8 MaxSim): 8 int32 lanes, each holding 4 bytes of a code vector.

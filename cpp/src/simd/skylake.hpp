@@ -1,5 +1,5 @@
 // AVX-512 F/BW/VL/DQ ("skylake"): 16 float32 lanes in a zmm register.
-// Same strategy as haswell at twice the width: widen f16/u8/i8 to float32, FMA.
+// Same strategy as haswell at twice the width: widen f16/u8 to float32, FMA.
 #pragma once
 
 #include <immintrin.h>
@@ -25,9 +25,6 @@ struct skylake_t {
     static vf load(const uint8_t* p) {
         return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
     }
-    static vf load(const int8_t* p) {
-        return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-    }
     static void store(float* p, vf a) { _mm512_storeu_ps(p, a); }
     static vf fma(vf a, vf b, vf acc) { return _mm512_fmadd_ps(a, b, acc); }
     static vf add(vf a, vf b) { return _mm512_add_ps(a, b); }
@@ -40,7 +37,6 @@ struct skylake_t {
         s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         return _mm_cvtss_f32(s);
     }
-    static float reduce_max(vf a) { return _mm512_reduce_max_ps(a); }
 
     // Integer path (int8 MaxSim): 16 int32 lanes, each holding 4 bytes of a code vector.
     using vi = __m512i;

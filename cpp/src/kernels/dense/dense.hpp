@@ -72,19 +72,6 @@ void dot_block(const float* q, size_t nq, const element_t* x, size_t nx, size_t 
     }
 }
 
-/// Widens n elements to float32 (f16 exactly; u8 codes to their integer value),
-/// so large batches convert a tile once and score it with the float32 kernel.
-template <class S, class element_t>
-void widen(const element_t* x, size_t n, float* out) {
-    size_t i = 0;
-    for (; i + S::width <= n; i += S::width) S::store(out + i, S::load(x + i));
-    float tail[S::width];
-    if (i < n) {
-        S::store(tail, simd::load_partial<S>(x + i, n - i));
-        for (size_t t = 0; i + t < n; ++t) out[i + t] = tail[t];
-    }
-}
-
 /// Hamming distances between sign-bit codes. The per-ISA difference is only the
 /// popcount instruction the compiler may use (popcnt with -mpopcnt). Common
 /// code lengths get a fully unrolled loop (WORDS > 0); 4 rows at a time keep
@@ -136,8 +123,8 @@ dense_kernels_t make_dense_kernels() {
     table.dot_f16 = &dot_block<S, uint16_t>;
     table.dot_u8 = &dot_block<S, uint8_t>;
     table.hamming = &hamming_block<S>;
-    table.widen_f16 = &widen<S, uint16_t>;
-    table.widen_u8 = &widen<S, uint8_t>;
+    table.widen_f16 = &simd::widen<S, uint16_t>;
+    table.widen_u8 = &simd::widen<S, uint8_t>;
     return table;
 }
 

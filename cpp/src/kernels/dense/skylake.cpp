@@ -4,12 +4,11 @@
 #include "simd/skylake.hpp"
 
 namespace flatcoat {
-namespace kernels {
 
-const dense_kernels_t& dense_kernels_skylake() {
-    static const dense_kernels_t table = make_dense_kernels<simd::skylake_t>();
+template <>
+const dense_kernels_t& kernel_table<dense_kernels_t, isa_t::skylake_k>() {
+    static const dense_kernels_t table = kernels::make_dense_kernels<simd::skylake_t>();
     return table;
 }
 
-}  // namespace kernels
 }  // namespace flatcoat

@@ -11,12 +11,11 @@
 #include "simd/haswell.hpp"
 
 namespace flatcoat {
-namespace kernels {
 
-const maxsim_kernels_t& maxsim_kernels_haswell() {
-    static const maxsim_kernels_t table = make_maxsim_kernels<simd::haswell_t>();
+template <>
+const maxsim_kernels_t& kernel_table<maxsim_kernels_t, isa_t::haswell_k>() {
+    static const maxsim_kernels_t table = kernels::make_maxsim_kernels<simd::haswell_t>();
     return table;
 }
 
-}  // namespace kernels
 }  // namespace flatcoat

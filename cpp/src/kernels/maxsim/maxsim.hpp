@@ -17,7 +17,6 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstring>  // std::memcpy
 
 #include "flatcoat/maxsim_kernels.hpp"
 #include "simd/common.hpp"
@@ -174,23 +173,12 @@ void maxsim_max_u8(const int8_t* q, size_t n_panels, const int32_t* q_bias, cons
 }
 
 template <class S>
-void decode_f16(const uint16_t* x, size_t n, float* out) {
-    size_t i = 0;
-    for (; i + S::width <= n; i += S::width) S::store(out + i, S::load(x + i));
-    if (i < n) {
-        float tail[S::width];
-        S::store(tail, simd::load_partial<S>(x + i, n - i));
-        std::memcpy(out + i, tail, (n - i) * sizeof(float));
-    }
-}
-
-template <class S>
 maxsim_kernels_t make_maxsim_kernels() {
     maxsim_kernels_t table;
     table.width = S::width;
     table.max_f32 = &maxsim_max_f32<S>;
     table.max_u8 = &maxsim_max_u8<S>;
-    table.decode_f16 = &decode_f16<S>;
+    table.widen_f16 = &simd::widen<S, uint16_t>;
     return table;
 }
 

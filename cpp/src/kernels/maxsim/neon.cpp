@@ -8,12 +8,11 @@
 #include "simd/neon.hpp"
 
 namespace flatcoat {
-namespace kernels {
 
-const maxsim_kernels_t& maxsim_kernels_neon() {
-    static const maxsim_kernels_t table = make_maxsim_kernels<simd::neon_t>();
+template <>
+const maxsim_kernels_t& kernel_table<maxsim_kernels_t, isa_t::neon_k>() {
+    static const maxsim_kernels_t table = kernels::make_maxsim_kernels<simd::neon_t>();
     return table;
 }
 
-}  // namespace kernels
 }  // namespace flatcoat

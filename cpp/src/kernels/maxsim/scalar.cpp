@@ -7,12 +7,11 @@
 #include "simd/scalar.hpp"
 
 namespace flatcoat {
-namespace kernels {
 
-const maxsim_kernels_t& maxsim_kernels_scalar() {
-    static const maxsim_kernels_t table = make_maxsim_kernels<simd::scalar_t>();
+template <>
+const maxsim_kernels_t& kernel_table<maxsim_kernels_t, isa_t::scalar_k>() {
+    static const maxsim_kernels_t table = kernels::make_maxsim_kernels<simd::scalar_t>();
     return table;
 }
 
-}  // namespace kernels
 }  // namespace flatcoat

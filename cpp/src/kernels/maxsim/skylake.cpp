@@ -7,12 +7,11 @@
 #include "simd/skylake.hpp"
 
 namespace flatcoat {
-namespace kernels {
 
-const maxsim_kernels_t& maxsim_kernels_skylake() {
-    static const maxsim_kernels_t table = make_maxsim_kernels<simd::skylake_t>();
+template <>
+const maxsim_kernels_t& kernel_table<maxsim_kernels_t, isa_t::skylake_k>() {
+    static const maxsim_kernels_t table = kernels::make_maxsim_kernels<simd::skylake_t>();
     return table;
 }
 
-}  // namespace kernels
 }  // namespace flatcoat

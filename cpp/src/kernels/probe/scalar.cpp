@@ -3,12 +3,11 @@
 #include "simd/scalar.hpp"
 
 namespace flatcoat {
-namespace kernels {
 
-const probe_kernels_t& probe_kernels_scalar() {
-    static const probe_kernels_t table = make_probe_kernels<simd::scalar_t>();
+template <>
+const probe_kernels_t& kernel_table<probe_kernels_t, isa_t::scalar_k>() {
+    static const probe_kernels_t table = kernels::make_probe_kernels<simd::scalar_t>();
     return table;
 }
 
-}  // namespace kernels
 }  // namespace flatcoat

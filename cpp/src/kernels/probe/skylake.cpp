@@ -3,12 +3,11 @@
 #include "simd/skylake.hpp"
 
 namespace flatcoat {
-namespace kernels {
 
-const probe_kernels_t& probe_kernels_skylake() {
-    static const probe_kernels_t table = make_probe_kernels<simd::skylake_t>();
+template <>
+const probe_kernels_t& kernel_table<probe_kernels_t, isa_t::skylake_k>() {
+    static const probe_kernels_t table = kernels::make_probe_kernels<simd::skylake_t>();
     return table;
 }
 
-}  // namespace kernels
 }  // namespace flatcoat
