@@ -1,6 +1,6 @@
 """Searches from 1 vs 2 Python threads: does the GIL get released?
 
-    PYTHONPATH=python python bench/concurrency.py [--seconds 3]
+    python bench/concurrency.py [--seconds 3]
 
 ``flatcoat.set_num_threads(1)`` makes every call single-threaded in the core,
 so any speed-up from a second Python thread comes from two calls running at
@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import threading
 import time
 
 import numpy as np
 
-sys.path.append(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "python"))  # after PYTHONPATH
-import flatcoat  # noqa: E402
+import flatcoat
 
 
 def _unit(rng, n, dim):

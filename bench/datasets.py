@@ -5,7 +5,7 @@ quantizer looks good and every neighbour is nearly as far as any other) nor
 tidy: they crowd into topics. ``clustered`` draws unit vectors around
 ``n_clusters`` random centres (about 100), each cluster with its own spread,
 so a query has a few hundred close neighbours and a long tail: the regime in
-which int8 and binary quantization lose recall and rescoring matters.
+which int8 and binary quantization lose recall and re-ranking matters.
 
 >>> from bench.datasets import clustered, exact_knn, recall_at_k
 >>> base, queries = clustered(2000, 32, n_queries=5, seed=1)

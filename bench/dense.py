@@ -7,12 +7,12 @@ every library, every library on the same number of threads:
   (``datasets.exact_knn``), the naive way;
 * FAISS: ``IndexFlatIP``; ``IndexScalarQuantizer`` ``QT_8bit`` and
   ``QT_fp16``; ``IndexBinaryFlat`` over sign bits, then exact float32
-  rescoring of its ``R`` best in numpy;
+  re-ranking of its ``R`` best in numpy;
 * usearch: exact (brute-force) search, ``usearch.index.search(..., exact=True)``
   over float32 and over int8 (int8 codes ``round(x * 127 / max|x|)``, one
   global scale, the best a user of usearch's exact path can do);
-* flatcoat ``DenseIndex``: f32, f16, int8, int8 + rescore(R), binary,
-  binary + rescore(R).
+* flatcoat ``DenseIndex``: f32, f16, int8, int8 + rerank(R), binary,
+  binary + rerank(R).
 
 For each: bytes per vector scanned, Q = 1 latency (median and p99 over
 ``--q1`` single queries), Q = 256 throughput (median of repeats), recall@10
@@ -29,7 +29,7 @@ Usage::
 
 Peak memory at the default N = 1M, dim 384: the data (1.5 GB) plus one peer's
 index at a time (at most about 2 GB: flatcoat int8/binary keep a float copy
-for rescoring); each peer is freed before the next is built.
+for re-ranking); each peer is freed before the next is built.
 """
 
 from __future__ import annotations
@@ -45,17 +45,18 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List
 
 import numpy as np
 
+# The repository root, for the sibling bench modules (flatcoat itself is the installed package).
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench import ceilings  # noqa: E402
 from bench.datasets import clustered, exact_knn, recall_at_k  # noqa: E402
 
 BINARY_DEPTHS = (10, 20, 50, 100, 200, 500, 1000)
 BINARY_DEPTHS_BEYOND = (2000, 5000)
-INT8_RESCORE = 50
+INT8_RERANK = 50
 TARGET_RECALL_BINARY = 0.95
 
 
@@ -69,7 +70,7 @@ class Result:
     q1_p99_ms: float = float("nan")
     q256_qps: float = float("nan")
     recall: float = float("nan")
-    q1_bytes: float = float("nan")  # bytes read for one query (scan + rescore gathers)
+    q1_bytes: float = float("nan")  # bytes read for one query (scan + re-ranking gathers)
     bw_frac: float = float("nan")
     flop_frac: float = float("nan")
     note: str = ""
@@ -123,7 +124,7 @@ def numpy_peer(base, k):
     return fn
 
 
-def faiss_rescore(base, queries, cand, k):
+def faiss_rerank(base, queries, cand, k):
     """Exact float32 re-ranking of candidate ids (q, R), one gather + gemv per query."""
     out = np.empty((queries.shape[0], k), dtype=np.int64)
     for i in range(queries.shape[0]):
@@ -206,7 +207,7 @@ def run(args) -> dict:
                 lambda: faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT),
                 dim)
 
-    # --- FAISS binary + rescore (depth chosen after the flatcoat sweep; measured at the end)
+    # --- FAISS binary + rerank (depth chosen after the flatcoat sweep; measured at the end)
     # --- usearch exact
     if want("usearch f32"):
         log("usearch exact f32 ...")
@@ -249,9 +250,9 @@ def run(args) -> dict:
         index, build = fc_build("int8", keep_float=True)
         record(time_method(Result("flatcoat int8", "int8", dim, build_s=build),
                            lambda q: index.search(q, k)[1], **common))
-        r = Result(f"flatcoat int8+rescore({INT8_RESCORE})", "int8", dim, build_s=build,
-                   q1_bytes=n * dim + INT8_RESCORE * dim * 4, note="+ float copy (dim*4 B/vec) kept")
-        record(time_method(r, lambda q: index.search(q, k, rescore=INT8_RESCORE)[1], **common))
+        r = Result(f"flatcoat int8+rerank({INT8_RERANK})", "int8", dim, build_s=build,
+                   q1_bytes=n * dim + INT8_RERANK * dim * 4, note="+ float copy (dim*4 B/vec) kept")
+        record(time_method(r, lambda q: index.search(q, k, rerank=INT8_RERANK)[1], **common))
         del index
         gc.collect()
 
@@ -261,7 +262,7 @@ def run(args) -> dict:
         log("flatcoat binary ...")
         index, build = fc_build("binary", keep_float=True)
         bb = code_bytes["binary"]
-        record(time_method(Result("flatcoat binary (no rescore)", "binary", bb, build_s=build),
+        record(time_method(Result("flatcoat binary (no rerank)", "binary", bb, build_s=build),
                            lambda q: index.search(q, k)[1], **common))
         depths = list(BINARY_DEPTHS)
         sweep_common = dict(common, q1=max(10, args.q1 // 2), repeats=1)
@@ -270,17 +271,17 @@ def run(args) -> dict:
                 break
             if depth in BINARY_DEPTHS_BEYOND and best_depth is not None:
                 break
-            r = Result(f"flatcoat binary+rescore({depth})", "binary", bb, build_s=build,
+            r = Result(f"flatcoat binary+rerank({depth})", "binary", bb, build_s=build,
                        q1_bytes=n * bb + depth * dim * 4)
-            time_method(r, lambda q, d=depth: index.search(q, k, rescore=d)[1], **sweep_common)
+            time_method(r, lambda q, d=depth: index.search(q, k, rerank=d)[1], **sweep_common)
             sweep.append(r)
             log(f"  R={depth}: recall {r.recall:.4f}, q1 {r.q1_p50_ms:.2f} ms, {r.q256_qps:.0f} q/s")
             if best_depth is None and r.recall >= TARGET_RECALL_BINARY:
                 best_depth = depth
         chosen = best_depth if best_depth is not None else min(depths[-1], n)
-        r = Result(f"flatcoat binary+rescore({chosen})", "binary", bb, build_s=build,
+        r = Result(f"flatcoat binary+rerank({chosen})", "binary", bb, build_s=build,
                    q1_bytes=n * bb + chosen * dim * 4, note="+ float copy (dim*4 B/vec) kept")
-        record(time_method(r, lambda q: index.search(q, k, rescore=chosen)[1], **common))
+        record(time_method(r, lambda q: index.search(q, k, rerank=chosen)[1], **common))
         r.extra["depth"] = chosen
         del index
         gc.collect()
@@ -288,7 +289,7 @@ def run(args) -> dict:
         chosen = 200
 
     if want("faiss binary"):
-        log(f"faiss IndexBinaryFlat+rescore({chosen}) ...")
+        log(f"faiss IndexBinaryFlat+rerank({chosen}) ...")
         t0 = time.perf_counter()
         bindex = faiss.IndexBinaryFlat(dim)
         bindex.add(np.packbits(base > 0, axis=1))
@@ -296,9 +297,9 @@ def run(args) -> dict:
 
         def fn(q, depth=chosen):
             _, cand = bindex.search(np.packbits(q > 0, axis=1), depth)
-            return faiss_rescore(base, q, cand, k)
-        r = Result(f"faiss IndexBinaryFlat+rescore({chosen})", "binary", dim / 8, build_s=build,
-                   q1_bytes=n * dim / 8 + chosen * dim * 4, note="rescore in numpy, base held as float")
+            return faiss_rerank(base, q, cand, k)
+        r = Result(f"faiss IndexBinaryFlat+rerank({chosen})", "binary", dim / 8, build_s=build,
+                   q1_bytes=n * dim / 8 + chosen * dim * 4, note="re-ranked in numpy, base held as float")
         record(time_method(r, fn, **common))
         del bindex
         gc.collect()
@@ -362,7 +363,7 @@ def targets(results: List[Result]) -> List[dict]:
     if i8 and sq8:
         v = i8.q256_qps / sq8.q256_qps
         add("int8 Q=256 vs FAISS SQ8", v, ">= 5.0", v >= 5.0, f"{i8.q256_qps:.1f} vs {sq8.q256_qps:.1f} q/s")
-    binr = [r for r in results if r.name.startswith("flatcoat binary+rescore")]
+    binr = [r for r in results if r.name.startswith("flatcoat binary+rerank")]
     if f32 and binr:
         b = binr[-1]
         v = f32.q1_p50_ms / b.q1_p50_ms
@@ -448,7 +449,7 @@ def main(argv=None) -> int:
     print()
     print(table(results, nq))
     if out["sweep"]:
-        print(f"\nBinary rescoring depth (flatcoat binary, keep_float=True): smallest R with recall@10 >= "
+        print(f"\nBinary re-ranking depth (flatcoat binary, keep_float=True): smallest R with recall@10 >= "
               f"{TARGET_RECALL_BINARY}: {out['best_depth'] if out['best_depth'] else 'not reached'}\n")
         print(sweep_table(out["sweep"], nq))
     print("\nTargets (ratios from this run):\n")

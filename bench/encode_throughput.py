@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-
-from flatcoat import eval as fe  # noqa: E402
-from flatcoat import models  # noqa: E402
-from flatcoat.encoders import Encoder  # noqa: E402
+from flatcoat import models
+from flatcoat.corpus import doc_text
+from flatcoat.encoders import Encoder
+from flatcoat.eval import load_corpus
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "scifact"
 
@@ -62,8 +61,8 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="write the figures here too")
     args = ap.parse_args()
 
-    corpus = fe.load_corpus(Path(args.dataset) / "corpus.jsonl")
-    texts = [fe.doc_text(d) for d in corpus.values()]
+    corpus = load_corpus(Path(args.dataset) / "corpus.jsonl")
+    texts = [doc_text(d) for d in corpus.values()]
     if args.limit:
         texts = texts[: args.limit]
     files = models.resolve("all-MiniLM-L6-v2")

@@ -1,10 +1,10 @@
 """The retrieval-quality table over the shared test collections (../shared/data), as markdown.
 
-For each collection: dense f32, int8, binary (with and without exact rescoring at several depths),
+For each collection: dense f32, int8, binary (with and without exact re-ranking at several depths),
 the multi-vector stand-in (exact MaxSim) and BM25 (bm25s), all with the bundled MiniLM, one
 document encode per collection (cached with --cache). Equivalent to running, per collection,
 
-    flatcoat eval DIR --storage f32,int8,binary --rescore 100,200,300,500,1000 --multivector --bm25
+    flatcoat eval DIR --storage f32,int8,binary --rerank 100,200,300,500,1000 --multivector --bm25
 
     python bench/eval_table.py --cache /tmp/flatcoat-cache              # measure and print
     python bench/eval_table.py --from-json /tmp/rows                    # format rows saved by `flatcoat eval --json`
@@ -17,9 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
-
-from flatcoat.cli import evaluate_dataset  # noqa: E402
+from flatcoat.eval import evaluate_dataset
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 COLLECTIONS = ("scifact", "cranfield", "cisi", "med", "adi")
@@ -47,7 +45,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=str(DATA))
     ap.add_argument("--collections", default=",".join(COLLECTIONS))
-    ap.add_argument("--rescore", default="100,200,300,500,1000")
+    ap.add_argument("--rerank", default="100,200,300,500,1000", help="comma-separated re-ranking depths")
     ap.add_argument("--cache", default=None, help="embedding cache directory")
     ap.add_argument("--from-json", default=None, help="directory of <collection>.json rows from `flatcoat eval --json`")
     args = ap.parse_args()
@@ -63,11 +61,14 @@ def main() -> int:
         if not d.is_dir():
             print(f"skipping {name}: {d} is missing", file=sys.stderr)
             continue
-        tables[name] = evaluate_dataset(
-            str(d), storages=("f32", "int8", "binary"), rescore=[int(x) for x in args.rescore.split(",") if x],
+        result = evaluate_dataset(
+            d, storages=("f32", "int8", "binary"), rerank=[int(x) for x in args.rerank.split(",") if x],
             multivector=True, bm25=True, metrics=METRICS, cache=args.cache,
-            log=lambda r, n=name: print(f"{n}: {r}", file=sys.stderr),
+            log=lambda line, n=name: print(f"{n}: {line}", file=sys.stderr),
         )
+        for note in result.notes:
+            print(f"{name}: {note}", file=sys.stderr)
+        tables[name] = result.rows
     for metric in ("ndcg@10", "recall@100"):
         print(markdown(tables, metric))
         print()

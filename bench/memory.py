@@ -1,6 +1,6 @@
 """Memory: the peak while adding in batches, and resident memory of mmap loads.
 
-    PYTHONPATH=python python bench/memory.py [--scale 1.0]
+    python bench/memory.py [--scale 1.0]
 
 1. Adding N vectors (or documents) in batches, each configuration in a fresh
    subprocess: the batches are generated one at a time from a fixed seed, so
@@ -23,8 +23,9 @@ import subprocess
 import sys
 import tempfile
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-PACKAGE = os.path.join(HERE, "..", "python")
+import numpy as np
+
+import flatcoat
 
 ADD_SCRIPT = r"""
 import json, resource, sys
@@ -85,8 +86,7 @@ print(json.dumps({"before": before, "loaded": loaded, "searched": searched, "ind
 
 
 def run(script, *args):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), PACKAGE) if p))
-    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, env=env, check=True)
+    out = subprocess.run([sys.executable, "-c", script, *map(str, args)], capture_output=True, text=True, check=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -120,11 +120,6 @@ def main() -> None:
 
     print()
     print("Loading a saved index (VmRSS, fresh process per row; MiB)")
-    import numpy as np
-
-    sys.path.append(PACKAGE)
-    import flatcoat
-
     n, dim = int(200_000 * s), 384
     with tempfile.TemporaryDirectory() as tmp:
         index = flatcoat.DenseIndex(dim, storage="f32")

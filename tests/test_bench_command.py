@@ -2,6 +2,11 @@
 
 import json
 import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +84,49 @@ def test_plot_without_matplotlib_is_a_clear_error(monkeypatch, tmp_path):
     monkeypatch.setattr(builtins, "__import__", fake_import)
     with pytest.raises(RuntimeError, match="pip install matplotlib"):
         bench.run(quick=True, size_factor=0.001, plot_path=str(tmp_path / "r.png"), progress=False)
+
+
+def test_ceilings_use_the_best_isa_and_restore_the_active_one():
+    usable = [i for i in flatcoat.info()["compiled_isas"] if flatcoat._core.cpu_supports(i)]
+    before = flatcoat._core.active_isa()
+    try:
+        flatcoat._core.set_active_isa(usable[0])
+        c = bench.measure_ceilings(1, bandwidth_bytes=1 << 20, rounds=1000, repeats=1)
+        assert flatcoat._core.active_isa() == usable[0]
+    finally:
+        flatcoat._core.set_active_isa(before)
+    assert set(c) == {"read_gb_per_s", "fma_gflops", "int8_gops", "popcount_g_per_s"}
+    assert all(v > 0 for v in c.values())
+
+
+@pytest.mark.parametrize("kwargs, error, name", [
+    ({"repeats": 2.0}, TypeError, "repeats"), ({"repeats": 0}, ValueError, "repeats"),
+    ({"threads": True}, TypeError, "threads"), ({"quick": "yes"}, TypeError, "quick"),
+    ({"size_factor": 0}, ValueError, "size_factor"),
+])
+def test_run_checks_its_arguments(kwargs, error, name):
+    with pytest.raises(error, match=name):
+        bench.run(**{"quick": True, "size_factor": 0.001, "progress": False, **kwargs})
+
+
+BENCH = Path(__file__).resolve().parents[1] / "bench"
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in BENCH.glob("*.py")))
+def test_bench_scripts_use_the_installed_package_and_compile_nothing(script):
+    source = (BENCH / script).read_text()
+    # no python/ source tree on sys.path or PYTHONPATH: os.path.join(..., "python") or Path / "python"
+    assert not re.search(r"""["']python["']\s*\)|/\s*["']python["']""", source), script
+    # ceilings come from the core's probes, not from C compiled at run time
+    assert "CDLL" not in source and '"-shared"' not in source, script
+
+
+def test_ceilings_script_runs_against_the_installed_package(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(BENCH / "ceilings.py"), "--bytes", str(1 << 20), "--repeats", "1"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "probe_read_bandwidth" in done.stdout and "core probes" in done.stdout
+    done = subprocess.run([sys.executable, str(BENCH / "maxsim.py"), "--help"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and "--quick" in done.stdout, done.stderr

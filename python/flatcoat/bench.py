@@ -24,8 +24,10 @@ from typing import Callable, Dict, List, Optional
 import numpy as np
 
 from . import _core
+from ._storage import DENSE_STORAGES, MULTIVECTOR_STORAGES, dense_code_layout
+from ._validate import as_bool, as_int
 
-__all__ = ["run", "measure_ceilings", "Row"]
+__all__ = ["run", "measure_ceilings", "read_bandwidth", "arithmetic_peaks", "Row"]
 
 
 @dataclass
@@ -113,23 +115,62 @@ class _Progress:
 # ----------------------------------------------------------------------------- ceilings
 
 
-def measure_ceilings(threads: int, quick: bool, size_factor: float = 1.0, repeats: int = 3) -> Dict[str, float]:
-    """The machine's ceilings with the active ISA: GB/s, GFLOP/s, int8 GOP/s, Gpopcount/s."""
-    n = max(1 << 16, int((256 if quick else 1024) * 2**20 * size_factor) // 4)
-    buffer = np.ones(n, dtype=np.float32)  # written once so every page is really backed
-    bandwidth = max(b / s for s, b in (_core.probe_read_bandwidth(buffer, threads) for _ in range(repeats)))
-    del buffer
-    rounds = max(1000, int((2_000_000 if quick else 10_000_000) * size_factor))
-    fma = max(f / s for s, f in (_core.probe_fma(rounds, threads) for _ in range(repeats)))
-    int8 = max(f / s for s, f in (_core.probe_int8(rounds, threads) for _ in range(repeats)))
-    pop_rounds = max(100, rounds // 200)
-    popcount = max(p / s for s, p in (_core.probe_popcount(pop_rounds, threads) for _ in range(repeats)))
-    return {
-        "read_gb_per_s": bandwidth / 1e9,
-        "fma_gflops": fma / 1e9,
-        "int8_gops": int8 / 1e9,
-        "popcount_g_per_s": popcount / 1e9,
-    }
+def _best_rate(probe: Callable[[], tuple], repeats: int) -> float:
+    """The best work / seconds of ``repeats`` calls of a probe returning ``(seconds, work)``."""
+    return max(work / seconds for seconds, work in (probe() for _ in range(repeats)))
+
+
+class _BestIsa:
+    """Runs the probes with the best ISA this CPU has (a ceiling is the hardware's), then restores the active one."""
+
+    def __enter__(self):
+        self._previous = _core.active_isa()
+        _core.set_active_isa(_core.detected_isa())
+
+    def __exit__(self, *exc):
+        _core.set_active_isa(self._previous)
+
+
+def read_bandwidth(nbytes: int, threads: Optional[int] = None, repeats: int = 3) -> float:
+    """Memory read bandwidth in GB/s (1e9 bytes/s): the best of ``repeats`` reads of an ``nbytes`` buffer.
+
+    The buffer is written once first so every page is backed; make it far
+    larger than the last-level cache. ``threads`` default: flatcoat's setting.
+    """
+    nbytes = as_int(nbytes, "nbytes", minimum=1 << 16)
+    threads = _core.num_threads() if threads is None else as_int(threads, "threads", minimum=1)
+    buffer = np.ones(nbytes // 4, dtype=np.float32)
+    with _BestIsa():
+        return _best_rate(lambda: _core.probe_read_bandwidth(buffer, threads), as_int(repeats, "repeats", 1)) / 1e9
+
+
+def arithmetic_peaks(threads: Optional[int] = None, rounds: int = 10_000_000, repeats: int = 3) -> Dict[str, float]:
+    """``{"fma_gflops", "int8_gops", "popcount_g_per_s"}``: the core's arithmetic probes with the best ISA.
+
+    float32 FMA throughput (an FMA counts 2), u8 x s8 multiply-add throughput
+    and 64-bit popcounts per second, each the best of ``repeats`` on
+    ``threads`` threads (default: flatcoat's setting); ``rounds`` per thread
+    sizes the loops (10M: about 30 ms each).
+    """
+    threads = _core.num_threads() if threads is None else as_int(threads, "threads", minimum=1)
+    rounds = as_int(rounds, "rounds", minimum=1000)
+    repeats = as_int(repeats, "repeats", minimum=1)
+    with _BestIsa():
+        fma = _best_rate(lambda: _core.probe_fma(rounds, threads), repeats)
+        int8 = _best_rate(lambda: _core.probe_int8(rounds, threads), repeats)
+        popcount = _best_rate(lambda: _core.probe_popcount(max(100, rounds // 200), threads), repeats)
+    return {"fma_gflops": fma / 1e9, "int8_gops": int8 / 1e9, "popcount_g_per_s": popcount / 1e9}
+
+
+def measure_ceilings(threads: Optional[int] = None, *, bandwidth_bytes: int = 1 << 30, rounds: int = 10_000_000,
+                     repeats: int = 3) -> Dict[str, float]:
+    """The machine's ceilings: ``{"read_gb_per_s", "fma_gflops", "int8_gops", "popcount_g_per_s"}``.
+
+    :func:`read_bandwidth` of a ``bandwidth_bytes`` buffer and
+    :func:`arithmetic_peaks`, on ``threads`` threads, best of ``repeats``.
+    """
+    return {"read_gb_per_s": read_bandwidth(bandwidth_bytes, threads, repeats),
+            **arithmetic_peaks(threads, rounds, repeats)}
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -153,13 +194,14 @@ def _dense_rows(isa, threads, sizes, ceilings, repeats, rng, progress) -> List[R
     rows: List[Row] = []
     dim, batch = sizes["dim"], sizes["batch"]
     queries = rng.standard_normal((batch, dim), dtype=np.float32)
-    for storage in ("f32", "f16", "int8", "binary"):
+    for storage in DENSE_STORAGES:
         n = sizes["binary_n"] if storage == "binary" else sizes["dense_n"]
         index = DenseIndex(dim, storage=storage)
         chunk = 100_000
         for start in range(0, n, chunk):  # in chunks: the f32 source never exists whole
             index.add(rng.standard_normal((min(chunk, n - start), dim), dtype=np.float32))
-        stored = index._rows.view("codes").nbytes
+        row_shape, dtype = dense_code_layout(storage, dim)
+        stored = n * int(np.prod(row_shape)) * dtype.itemsize  # the codes a scan reads
         for nq in (1, batch):
             q = queries[:nq]
             times = _timed(lambda: index.search(q, k=10), repeats)
@@ -192,7 +234,7 @@ def _maxsim_rows(isa, threads, sizes, ceilings, repeats, rng, progress) -> List[
     tokens = rng.standard_normal((int(lengths.sum()), dim), dtype=np.float32)
     tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
     query = rng.standard_normal((q_tokens, dim), dtype=np.float32)
-    for storage in ("f32", "f16", "int8"):
+    for storage in MULTIVECTOR_STORAGES:
         index = MultiVectorIndex(dim, storage=storage)
         index.add((tokens, lengths))
         stored = index.nbytes
@@ -226,7 +268,22 @@ def _topk_rows(isa, threads, sizes, ceilings, repeats, rng, progress) -> List[Ro
 def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, device: str = "cpu",
         json_path: Optional[str] = None, plot_path: Optional[str] = None, progress: bool = True,
         size_factor: float = 1.0, repeats: Optional[int] = None, out=sys.stdout) -> dict:
-    """Runs the benchmark and returns (and optionally writes) its report as a dict."""
+    """Runs the benchmark and returns (and optionally writes) its report as a dict.
+
+    ``isa``: "best" (the active ISA), "all" (every compiled ISA this CPU runs)
+    or one ISA name; ``threads``: core threads (default: the current setting);
+    ``repeats``: timed repeats per figure (default 5, 3 with ``quick``);
+    ``size_factor`` scales every data size (tests use tiny ones). The report
+    holds "machine", "versions", "settings", "ceilings" and "rows" (one
+    :class:`Row` as a dict per kernel and ISA).
+    """
+    quick, progress = as_bool(quick, "quick"), as_bool(progress, "progress")
+    if threads is not None:
+        threads = as_int(threads, "threads", minimum=1)
+    if repeats is not None:
+        repeats = as_int(repeats, "repeats", minimum=1)
+    if not (isinstance(size_factor, (int, float)) and not isinstance(size_factor, bool) and size_factor > 0):
+        raise ValueError(f"size_factor: expected a positive number, got {size_factor!r}")
     if device != "cpu":
         from . import cuda as _cuda_module  # noqa: F401 - raises a clear error when CUDA is unavailable
 
@@ -253,8 +310,9 @@ def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, d
     rows: List[Row] = []
     try:
         _core.set_num_threads(threads)
-        _core.set_active_isa(_core.detected_isa())
-        ceilings = measure_ceilings(threads, quick, size_factor)
+        ceilings = measure_ceilings(
+            threads, bandwidth_bytes=max(1 << 18, int((256 if quick else 1024) * 2**20 * size_factor)),
+            rounds=max(1000, int((2_000_000 if quick else 10_000_000) * size_factor)))
         bar.step("ceilings")
         rng = np.random.default_rng(0)
         for name in isas:
