@@ -428,13 +428,13 @@ def check_loaded(index) -> None:
     assert len(held) == len(index) + 1
     k = 4
     scores, ids = index.search(q, k=k)
-    assert ids.shape == scores.shape == (2, k)
+    assert ids.shape == scores.shape == (2, min(k, len(index)))  # never more columns than entries
     assert set(ids.ravel().tolist()) <= held
     for row in ids:
         found = [i for i in row.tolist() if i != -1]
         assert len(found) == len(set(found)) <= min(k, len(index))
     if isinstance(index, flatcoat.DenseIndex) and index.keep_float:
-        scores, ids = index.search(q, k=k, rescore=max(k, len(index)))
+        scores, ids = index.search(q, k=k, rerank=max(k, len(index)))
         assert set(ids.ravel().tolist()) <= held
 
 
