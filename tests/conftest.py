@@ -1,3 +1,4 @@
+import importlib
 import os
 import zlib
 
@@ -5,6 +6,7 @@ import numpy as np
 import pytest
 
 import flatcoat
+import flatcoat._storage
 from flatcoat import cuda
 
 
@@ -88,3 +90,124 @@ def fresh_extension():
     cuda._reset()
     yield
     cuda._reset()
+
+
+@pytest.fixture
+def built_extension():
+    """The real flatcoat._cuda where it is built (no GPU needed): its argument checks run before any CUDA call."""
+    try:
+        return importlib.import_module("flatcoat._cuda")
+    except ImportError as exc:
+        pytest.skip(f"needs flatcoat._cuda built (FLATCOAT_CUDA=ON): {exc}")
+
+
+# ---------------------------------------------------------------------- a fake GPU for the Python layer
+
+class FakeCudaExtension:
+    """Stands in for flatcoat._cuda on one fake device: the stores keep what is uploaded in numpy
+    arrays and search them with the CPU core, so the Python layer (validation, id order, uploads in
+    chunks, the result rule, mirrors) is tested exactly where no GPU is. It asserts what the real
+    kernels assume: ids uploaded in ascending order, C-contiguous host arrays, outputs of the shape
+    the call asks for."""
+
+    max_k = 4096
+
+    def __init__(self):
+        self.uploads = []  # (store kind, field, row_begin, rows) per upload call
+        self.searches = 0
+
+    def device_count(self):
+        return 1
+
+    def device_status(self):
+        return ""
+
+    def driver_version(self):
+        return 13000
+
+    def device_name(self, device):
+        return "fake GPU"
+
+    def _take(self, kind, arrays, field, row_begin, src):
+        assert isinstance(src, np.ndarray) and src.flags.c_contiguous, field
+        self.uploads.append((kind, field, row_begin, src.shape[0]))
+        arrays[field][row_begin : row_begin + src.shape[0]] = src
+
+    def DenseStore(self, device, storage, dim, rows, has_sq_norms, has_float_rows, has_float_sq_norms):
+        ext = self
+        row_shape, dtype = flatcoat._storage.dense_code_layout(storage, dim)
+        fields = {"codes": (row_shape, dtype), "ids": ((), np.int64)}
+        if storage == "int8":
+            fields.update(scale=((), np.float32), offset=((), np.float32))
+        if has_sq_norms:
+            fields["sq_norms"] = ((), np.float32)
+        if has_float_rows:
+            fields["float_rows"] = ((dim,), np.float32)
+        if has_float_sq_norms:
+            fields["float_sq_norms"] = ((), np.float32)
+
+        class Store:
+            arrays = {name: np.zeros((rows,) + shape, dtype) for name, (shape, dtype) in fields.items()}
+            nbytes = sum(a.nbytes for a in arrays.values())
+
+            def upload(self, field, row_begin, src):
+                ext._take("dense", self.arrays, field, row_begin, src)
+
+            def search(self, queries, k, metric, rerank, normalize, half_queries, path, out_scores, out_ids, stream=0):
+                ids = self.arrays["ids"]
+                assert bool(np.all(ids[1:] > ids[:-1])), "rows must be uploaded in ascending id order"
+                assert 0 < k <= min(ext.max_k, rows) and (rerank == 0 or k <= rerank <= rows)
+                assert out_scores.shape == out_ids.shape == (queries.shape[0], k)
+                ext.searches += 1
+                a = self.arrays
+                scores, found = flatcoat._core.search_dense(
+                    storage, metric, dim, a["codes"], ids, a.get("sq_norms"), a.get("scale"), a.get("offset"),
+                    a.get("float_rows"), a.get("float_sq_norms"), queries, k, rerank)
+                out_scores[...], out_ids[...] = scores, found
+
+        return Store()
+
+    def MaxSimStore(self, device, storage, dim, docs, tokens, has_ranks):
+        ext = self
+        fields = {"tokens": ((dim,), flatcoat._storage.multivector_token_dtype(storage)),
+                  "offsets": ((), np.int64), "ids": ((), np.int64)}
+        if storage == "int8":
+            fields["scales"] = ((), np.float32)
+        if has_ranks:
+            fields["ranks"] = ((), np.uint32)
+
+        class Store:
+            arrays = {name: np.zeros(((docs + 1) if name == "offsets" else tokens if name in ("tokens", "scales")
+                                      else docs,) + shape, dtype) for name, (shape, dtype) in fields.items()}
+            nbytes = sum(a.nbytes for a in arrays.values())
+
+            def upload(self, field, row_begin, src):
+                ext._take("maxsim", self.arrays, field, row_begin, src)
+
+            def search(self, q, offsets, weights, k, subset, subset_offsets, out_scores, out_ids, stream=0):
+                a = self.arrays
+                sorted_ids = a["ids"]  # in rank order: ascending
+                assert bool(np.all(sorted_ids[1:] > sorted_ids[:-1])), "ids must be uploaded in rank order"
+                assert 0 < k <= min(ext.max_k, docs)
+                assert out_scores.shape == out_ids.shape == (offsets.size - 1, k)
+                ext.searches += 1
+                ids = sorted_ids[a["ranks"]] if has_ranks else sorted_ids  # per document position
+                scores, found = flatcoat._core.search_maxsim(
+                    storage, dim, a["tokens"], a["offsets"], a.get("scales"), ids, q, offsets, weights, k,
+                    subset, subset_offsets)
+                out_scores[...], out_ids[...] = scores, found
+
+        return Store()
+
+    def topk(self, device, scores, k, out_values, out_indices, stream=0):
+        assert 0 < k <= min(self.max_k, scores.shape[1]) and out_values.shape == (scores.shape[0], k)
+        order = np.lexsort((np.broadcast_to(np.arange(scores.shape[1]), scores.shape), -scores), axis=1)[:, :k]
+        out_values[...], out_indices[...] = np.take_along_axis(scores, order, 1), order
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch, fresh_extension):
+    """flatcoat.cuda on a FakeCudaExtension (see there); yields the fake."""
+    fake = FakeCudaExtension()
+    monkeypatch.setattr(cuda, "_import_extension", lambda: fake)
+    yield fake

@@ -8,6 +8,9 @@ CuPy, PyTorch CUDA tensors or anything with ``__cuda_array_interface__`` or a
 CUDA ``__dlpack__`` (used in place, zero-copy; results come back as CuPy, or as
 torch tensors for torch input). Device input needs CuPy to allocate results.
 
+Every search follows flatcoat's result rule: ``(scores, ids)`` of shape
+``(q, k')`` with ``k' = min(k, len(store))``, one query giving ``q = 1``.
+
 >>> import flatcoat.cuda
 >>> flatcoat.cuda.available() in (True, False)
 True
@@ -15,6 +18,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import sys
 import threading
@@ -22,23 +26,24 @@ from typing import Optional, Tuple
 
 import numpy as np
 
-from ._validate import as_float_matrix, as_ids, as_k, normalize_rows
+from ._device import IndexSource, parse_device
+from ._storage import DENSE_STORAGES, METRICS, dense_code_layout
+from ._validate import as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, normalize_rows
 
 __all__ = [
     "CudaUnavailableError", "available", "device_count", "unavailable_reason", "require", "parse_device",
-    "CudaDenseStore", "DenseMirror", "mirror_for", "topk", "MAX_K",
+    "CudaDenseStore", "DeviceMirror", "DenseMirror", "topk", "MAX_K",
 ]
 
-#: The largest k (and rescore depth) the GPU search and top-k accept.
+#: The largest k (and rerank depth) the GPU search and top-k accept, once bounded by the data's size.
 MAX_K = 4096
 
 _BUILD_HINT = (
     "to search on a GPU, reinstall flatcoat from source with a CUDA toolkit (nvcc) available: "
     "FLATCOAT_CUDA=ON pip install --no-build-isolation . (see docs/gpu.md)"
 )
-_METRICS = ("ip", "cosine", "l2")
-_STORAGES = ("f32", "f16", "int8", "binary")
 _UPLOAD_CHUNK_BYTES = 64 << 20  # host rows gathered per upload step (bounds the extra host memory)
+_PATHS = ("auto", "scan", "mma")
 
 
 class CudaUnavailableError(RuntimeError):
@@ -76,6 +81,7 @@ def _reset() -> None:
 
 def unavailable_reason(device: int = 0) -> Optional[str]:
     """Why GPU search cannot run on ``cuda:device``, or None when it can."""
+    device = as_int(device, "device", minimum=0)
     module, error = _extension()
     if module is None:
         return f"flatcoat was built without its CUDA extension (importing flatcoat._cuda failed: {error}); {_BUILD_HINT}"
@@ -88,7 +94,7 @@ def unavailable_reason(device: int = 0) -> Optional[str]:
             f"flatcoat._cuda is built, but no CUDA device is visible: {status}; "
             "check nvidia-smi, the NVIDIA driver and CUDA_VISIBLE_DEVICES"
         )
-    if not 0 <= device < n:
+    if device >= n:
         return f"there is no CUDA device cuda:{device} ({n} visible: cuda:0 .. cuda:{n - 1})"
     return None
 
@@ -112,16 +118,12 @@ def require(device: int = 0):
     return _extension()[0]
 
 
-def parse_device(device) -> Optional[int]:
-    """``"cpu"`` -> None; ``"cuda"`` -> 0; ``"cuda:N"`` -> N."""
-    if isinstance(device, str):
-        if device == "cpu":
-            return None
-        if device == "cuda":
-            return 0
-        if device.startswith("cuda:") and device[5:].isdigit():
-            return int(device[5:])
-    raise ValueError(f"device: expected 'cpu', 'cuda' or 'cuda:N', got {device!r}")
+def _gpu_ordinal(device, owner: str) -> int:
+    """The ordinal of a GPU device name ("cuda", "cuda:N"); "cpu" is an error naming ``owner``."""
+    ordinal = parse_device(device)
+    if ordinal is None:
+        raise ValueError(f"device: a {owner} lives on a GPU; pass 'cuda' or 'cuda:N', got {device!r}")
+    return ordinal
 
 
 # ---------------------------------------------------------------------- arrays: host or device
@@ -172,18 +174,20 @@ def _stream_of(x, cp) -> int:
 
 
 def _as_cupy(x, cp):
+    """A CuPy view of a device array (zero-copy: the CUDA array interface, else DLPack)."""
     if isinstance(x, cp.ndarray):
         return x
     try:
         if getattr(x, "__cuda_array_interface__", None) is not None:
-            return cp.asarray(x)  # zero-copy
+            return cp.asarray(x)
     except (AttributeError, RuntimeError, TypeError):
         pass
     return cp.from_dlpack(x)
 
 
 def _device_matrix(x, name: str, dim: int, device: int, cp):
-    """A C-contiguous float32 (n, dim) CuPy view of a device array (copying only to convert)."""
+    """A C-contiguous float32 (n, dim) CuPy view of a device array (copying only to convert); one
+    (dim,) vector is (1, dim)."""
     a = _as_cupy(x, cp)
     if a.device.id != device:
         raise ValueError(
@@ -201,34 +205,17 @@ def _device_matrix(x, name: str, dim: int, device: int, cp):
         return cp.ascontiguousarray(a, dtype=cp.float32)
 
 
-def _address(a) -> int:
-    if isinstance(a, np.ndarray):
-        return int(a.__array_interface__["data"][0])
-    data = getattr(a, "data", None)
-    if hasattr(data, "ptr"):  # CuPy
-        return int(data.ptr)
-    return int(a.__cuda_array_interface__["data"][0])
-
-
-def _check_out(out, shape, device_kind: bool, cp):
-    """Validates caller-provided outputs: (scores float32, ids int64) of `shape`, C-contiguous, of the input's kind."""
-    if not (isinstance(out, tuple) and len(out) == 2):
-        raise TypeError("out: expected a tuple (scores, ids)")
-    checked = []
-    for a, dtype, name in ((out[0], np.float32, "scores"), (out[1], np.int64, "ids")):
-        if device_kind:
-            if not _on_device(a):
-                raise TypeError(f"out: {name} must be a device array for device queries")
-            a = _as_cupy(a, cp)
-            contiguous = a.flags.c_contiguous
-        else:
-            if not isinstance(a, np.ndarray):
-                raise TypeError(f"out: {name} must be a numpy array for host queries")
-            contiguous = a.flags.c_contiguous and a.flags.writeable
-        if a.dtype != np.dtype(dtype) or tuple(a.shape) != tuple(shape) or not contiguous:
-            raise ValueError(f"out: {name} must be a writable C-contiguous {np.dtype(dtype)} array of shape {shape}")
-        checked.append(a)
-    return checked
+def _outputs(out, shape, cp, device: int):
+    """``(scores float32, ids int64)`` of ``shape``: new arrays (CuPy when ``cp``, else numpy) or the
+    caller's ``out`` pair, whose dtype, shape, order and side the extension checks."""
+    if out is not None:
+        if not (isinstance(out, tuple) and len(out) == 2):
+            raise TypeError(f"out: expected a tuple (scores, ids) of shape {shape}, got {type(out).__name__}")
+        return out
+    if cp is None:
+        return np.empty(shape, np.float32), np.empty(shape, np.int64)
+    with cp.cuda.Device(device):
+        return cp.empty(shape, cp.float32), cp.empty(shape, cp.int64)
 
 
 def _as_input_kind(x, arrays):
@@ -239,71 +226,87 @@ def _as_input_kind(x, arrays):
     return tuple(arrays)
 
 
+def _bounded_k(k, n: int, name: str = "k") -> int:
+    """``min(k, n)`` for a validated positive ``k``, within the GPU's limit."""
+    bounded = min(k, n)
+    if bounded > MAX_K:
+        raise ValueError(f"{name}: at most {MAX_K} on the GPU (here min({name}, {n}) = {bounded}), got {k}")
+    return bounded
+
+
+def _upload(store, name: str, a, xp, order=None) -> None:
+    """Copies the rows of ``a`` (numpy or CuPy) into field ``name`` of an extension store, in steps of
+    about 64 MiB; with ``order``, row i of the field is ``a[order[i]]``."""
+    n = a.shape[0]
+    if n == 0:
+        return
+    step = max(1, _UPLOAD_CHUNK_BYTES // max(1, a.nbytes // n))
+    for start in range(0, n, step):
+        part = a[start : start + step] if order is None else a[order[start : start + step]]
+        store.upload(name, start, xp.ascontiguousarray(part))  # a view when the rows are already contiguous
+
+
+def _arrays_side(arrays: dict, reference: str):
+    """numpy or CuPy: the side of ``arrays[reference]``, which every other array must share."""
+    on_device = _on_device(arrays[reference])
+    for name, a in arrays.items():
+        if a is not None and _on_device(a) != on_device:
+            raise TypeError(f"{name}: all arrays must be on the same side (host or device) as {reference}")
+    return _cupy() if on_device else np
+
+
 # ---------------------------------------------------------------------- dense search
 
 class CudaDenseStore:
     """A dense index's arrays in GPU memory, searched by flatcoat's CUDA kernels.
 
     Same results as :class:`flatcoat.DenseIndex` for the same arrays: top-k
-    best first, ties by the smaller id, padded with id -1 and -inf (+inf for
-    l2). The arrays are those of a DenseIndex (see ``from_index``): ``codes``
+    best first, ties by the smaller id. The arrays are those of a DenseIndex
+    (see ``from_index`` and ``flatcoat._storage.dense_code_layout``): ``codes``
     (f32: float32 (n, dim); f16: uint16 or float16 (n, dim); int8: uint8
-    (n, dim) with ``scale`` and ``offset``; binary: uint64 (n, ceil(dim / 64))),
-    ``ids`` int64 (n,), ``sq_norms`` for l2, and ``float_rows`` /
-    ``float_sq_norms`` for rescoring. They may be numpy or CuPy arrays; they
-    are copied to the device (in ascending id order, which is how the kernels
-    break ties) and not referenced afterwards.
+    (n, dim) with ``scale`` and ``offset`` float32 (n,); binary: uint64
+    (n, ceil(dim / 64))), ``ids`` int64 (n,), ``sq_norms`` for l2, and
+    ``float_rows`` / ``float_sq_norms`` for re-ranking. They may be numpy or
+    CuPy arrays; they are copied to ``device`` (in ascending id order, which is
+    how the kernels break ties) and not referenced afterwards.
     """
 
-    def __init__(self, dim: int, metric: str = "ip", storage: str = "f32", *, codes, ids, sq_norms=None,
-                 scale=None, offset=None, float_rows=None, float_sq_norms=None, device: int = 0):
-        if metric not in _METRICS:
-            raise ValueError(f"metric: expected one of {_METRICS}, got {metric!r}")
-        if storage not in _STORAGES:
-            raise ValueError(f"storage: expected one of {_STORAGES}, got {storage!r}")
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
-            raise ValueError(f"dim: expected a positive integer, got {dim!r}")
-        ext = require(device)
-        self._dim, self._metric, self._storage, self._device = int(dim), metric, storage, int(device)
+    def __init__(self, dim: int, *, metric: str = "ip", storage: str = "f32", codes, ids, sq_norms=None,
+                 scale=None, offset=None, float_rows=None, float_sq_norms=None, device: str = "cuda"):
+        self._dim = as_int(dim, "dim", minimum=1)
+        self._metric = as_choice(metric, "metric", METRICS)
+        self._storage = as_choice(storage, "storage", DENSE_STORAGES)
+        self._device = _gpu_ordinal(device, "CudaDenseStore")
+        ext = require(self._device)
         if metric == "l2" and storage != "binary" and sq_norms is None:
             raise ValueError("sq_norms: l2 search needs the squared norms of the stored (decoded) rows")
-        if storage == "int8" and (scale is None or offset is None) and len(ids) > 0:
+        if storage == "int8" and (scale is None or offset is None):
             raise ValueError("scale, offset: int8 storage needs the rows' scales and offsets")
         if float_rows is None and float_sq_norms is not None:
-            raise ValueError("float_sq_norms given without float_rows")
+            raise ValueError("float_sq_norms: given without float_rows")
         self._keep_float = float_rows is not None
         if metric == "l2" and self._keep_float and float_sq_norms is None:
-            raise ValueError("float_sq_norms: l2 rescoring needs the float rows' squared norms")
+            raise ValueError("float_sq_norms: l2 re-ranking needs the float rows' squared norms")
 
-        on_device = _on_device(ids)
-        xp = _cupy() if on_device else np
-        ids = _as_cupy(ids, xp) if on_device else as_ids(ids, "ids", len(ids))
-        n = int(ids.shape[0])
-        if on_device and (ids.dtype != np.int64 or ids.ndim != 1):
-            raise TypeError("ids: expected a 1-d int64 array")
-        words = (self._dim + 63) // 64
-        row_shape = {"f32": (self._dim,), "f16": (self._dim,), "int8": (self._dim,), "binary": (words,)}[storage]
-        row_dtype = {"f32": np.float32, "f16": np.uint16, "int8": np.uint8, "binary": np.uint64}[storage]
-        if storage == "f16" and getattr(codes, "dtype", None) == np.float16:
-            codes = codes.view(xp.uint16)
-        fields = {"codes": (codes, row_shape, row_dtype), "ids": (ids, (), np.int64)}
-        if sq_norms is not None:
-            fields["sq_norms"] = (sq_norms, (), np.float32)
-        if storage == "int8":
-            fields["scale"] = (scale, (), np.float32)
-            fields["offset"] = (offset, (), np.float32)
-        if float_rows is not None:
-            fields["float_rows"] = (float_rows, (self._dim,), np.float32)
-        if float_sq_norms is not None:
-            fields["float_sq_norms"] = (float_sq_norms, (), np.float32)
-        for name, (a, shape, dtype) in list(fields.items()):
-            if _on_device(a) != on_device:
-                raise TypeError(f"{name}: all arrays must be on the same side (host or device) as ids")
-            if on_device:
-                a = _as_cupy(a, xp)
-                fields[name] = (a, shape, dtype)
-            if a.dtype != np.dtype(dtype) or tuple(a.shape) != (n,) + tuple(shape):
-                raise ValueError(f"{name}: expected {np.dtype(dtype)} of shape {(n,) + tuple(shape)}, got {a.dtype} {tuple(a.shape)}")
+        fields = {"codes": codes, "ids": ids, "sq_norms": sq_norms, "scale": scale, "offset": offset,
+                  "float_rows": float_rows, "float_sq_norms": float_sq_norms}
+        xp = _arrays_side(fields, "ids")
+        fields = {name: a for name, a in fields.items() if a is not None}
+        if xp is np:
+            fields = {name: np.asarray(a) for name, a in fields.items()}
+            fields["ids"] = as_ids(fields["ids"], "ids", len(fields["ids"]))
+        else:
+            fields = {name: _as_cupy(a, xp) for name, a in fields.items()}
+        if self._storage == "f16" and fields["codes"].dtype == np.float16:
+            fields["codes"] = fields["codes"].view(xp.uint16)
+        ids = fields["ids"]
+        n = int(ids.shape[0]) if ids.ndim == 1 else -1
+        row_shape, code_dtype = dense_code_layout(self._storage, self._dim)
+        layout = {"codes": (row_shape, code_dtype), "ids": ((), np.dtype(np.int64)), "float_rows": ((self._dim,), np.dtype(np.float32))}
+        for name, a in fields.items():
+            shape, dtype = layout.get(name, ((), np.dtype(np.float32)))
+            if a.dtype != dtype or tuple(a.shape) != (n,) + tuple(shape):
+                raise ValueError(f"{name}: expected {dtype} of shape {(n,) + tuple(shape)}, got {a.dtype} {tuple(a.shape)}")
 
         # The kernels break ties by the smaller row, so rows go up in ascending id order.
         order = None
@@ -312,39 +315,24 @@ class CudaDenseStore:
             sorted_ids = ids[order]
             if not bool((sorted_ids[1:] > sorted_ids[:-1]).all()):
                 raise ValueError("ids: every id must be distinct")
-        if on_device and n and int(ids.min()) < 0:
+        if xp is not np and n and int(ids.min()) < 0:
             raise ValueError("ids: must be non-negative")
 
-        self._store = ext.DenseStore(self._device, storage, self._dim, n, sq_norms is not None,
+        self._store = ext.DenseStore(self._device, self._storage, self._dim, n, sq_norms is not None,
                                      float_rows is not None, float_sq_norms is not None)
-        context = _cupy().cuda.Device(self._device) if on_device else _NoContext()
-        with context:
-            for name, (a, _, _) in fields.items():
-                self._upload(name, a, order, xp)
+        with xp.cuda.Device(self._device) if xp is not np else contextlib.nullcontext():
+            for name, a in fields.items():
+                _upload(self._store, name, a, xp, order)
         self._rows = n
 
-    def _upload(self, name, a, order, xp):
-        n = a.shape[0]
-        if n == 0:
-            return
-        row_bytes = max(1, a.nbytes // n)
-        step = max(1, _UPLOAD_CHUNK_BYTES // row_bytes)
-        for start in range(0, n, step):
-            stop = min(n, start + step)
-            part = a[start:stop] if order is None else a[order[start:stop]]
-            part = xp.ascontiguousarray(part)  # a view when the rows are already contiguous
-            pitch = part.strides[0] if part.ndim > 1 else part.itemsize
-            self._store.upload(name, start, _address(part), stop - start, pitch)
+    @classmethod
+    def from_index(cls, index, device: str = "cuda") -> "CudaDenseStore":
+        """A copy of a :class:`flatcoat.DenseIndex` on ``device`` (through its public ``arrays()``)."""
+        return cls._from_arrays(index.dim, index.metric, index.storage, index.arrays(), device)
 
     @classmethod
-    def from_index(cls, index, device: int = 0) -> "CudaDenseStore":
-        """Uploads a :class:`flatcoat.DenseIndex`'s arrays (hold its read lock while this runs)."""
-        v = index._rows.views()
-        return cls(
-            index.dim, index.metric, index.storage, codes=v["codes"], ids=v["ids"], sq_norms=v.get("sq_norms"),
-            scale=v.get("scale"), offset=v.get("offset"), float_rows=v.get("float_rows"),
-            float_sq_norms=v.get("float_sq_norms"), device=device,
-        )
+    def _from_arrays(cls, dim, metric, storage, arrays: dict, device) -> "CudaDenseStore":
+        return cls(dim, metric=metric, storage=storage, device=device, **arrays)
 
     # -------------------------------------------------------------- properties
 
@@ -378,94 +366,75 @@ class CudaDenseStore:
 
     # -------------------------------------------------------------- search
 
-    def search(self, queries, k: int = 10, rescore: Optional[int] = None, *, half_queries: bool = False,
+    def search(self, queries, k: int = 10, *, rerank: Optional[int] = None, half_queries: bool = False,
                path: str = "auto", out=None) -> Tuple:
-        """Returns ``(scores, ids)``, both (q, k), as DenseIndex.search does.
+        """``(scores, ids)``, both (q, k') with ``k' = min(k, len(self))``, as DenseIndex.search.
 
-        ``queries``: (q, dim) or (dim,); numpy (results are numpy) or a device
-        array (results are CuPy, or torch for torch input; the work runs on the
-        producer's stream and is finished when this returns). ``rescore=R``
-        re-ranks the R best of the scan exactly against the float rows.
-        ``half_queries``: batched f16/int8 searches round each query value to
-        one f16 term on the tensor cores (twice as fast, about 3 decimal digits
-        of the query) instead of two (float32-grade). ``path``: "auto", "scan"
-        (CUDA cores) or "mma" (tensor cores; f16 and int8). ``out``: a
-        ``(scores, ids)`` pair to write into, of the input's kind.
+        ``queries``: (q, dim) or one (dim,) vector (q = 1); numpy (results are
+        numpy) or a device array (results are CuPy, or torch for torch input;
+        the work runs on the producer's stream and is finished when this
+        returns). ``rerank=R`` (``R >= k``) re-ranks the R best of the scan
+        exactly against the float rows. ``k'`` and ``min(R, len(self))`` are at
+        most ``MAX_K``. ``half_queries``: batched f16/int8 searches round each
+        query value to one f16 term on the tensor cores (twice as fast, about
+        3 decimal digits of the query) instead of two (float32-grade).
+        ``path``: "auto", "scan" (CUDA cores) or "mma" (tensor cores; f16 and
+        int8). ``out``: a ``(scores, ids)`` pair of shape (q, k') to write
+        into, of the queries' kind.
         """
         k = as_k(k)
-        if k > MAX_K:
-            raise ValueError(f"k: at most {MAX_K} on the GPU, got {k}")
-        depth = 0
-        if rescore is not None:
-            depth = as_k(rescore)
-            if depth < k:
-                raise ValueError(f"rescore: must be at least k ({k}), got {depth}")
-            if depth > MAX_K:
-                raise ValueError(f"rescore: at most {MAX_K} on the GPU, got {depth}")
+        if rerank is not None:
+            rerank = as_k(rerank, "rerank")
+            if rerank < k:
+                raise ValueError(f"rerank: must be at least k ({k}), got {rerank}")
             if not self._keep_float:
-                raise ValueError("rescore: this index keeps no float copy; build it with keep_float=True")
-        if path not in ("auto", "scan", "mma"):
-            raise ValueError(f"path: expected 'auto', 'scan' or 'mma', got {path!r}")
+                raise ValueError("rerank: this index keeps no float copy; build it with keep_float=True")
+            rerank = _bounded_k(rerank, self._rows, "rerank")
+        return self._search(queries, _bounded_k(k, self._rows), rerank, as_bool(half_queries, "half_queries"),
+                            as_choice(path, "path", _PATHS), out)
+
+    def _search(self, queries, k: int, rerank: Optional[int], half_queries: bool, path: str, out):
+        """search() with ``k`` (and ``rerank``) already validated and bounded by the rows (k may be 0)."""
         kernel_metric = "l2" if self._metric == "l2" else "ip"
         cosine = self._metric == "cosine"
-
         if _on_device(queries):
             cp = _cupy()
             q = _device_matrix(queries, "queries", self._dim, self._device, cp)
-            nq = q.shape[0]
-            with cp.cuda.Device(self._device):
-                if out is None:
-                    scores, ids = cp.empty((nq, k), dtype=cp.float32), cp.empty((nq, k), dtype=cp.int64)
-                else:
-                    scores, ids = _check_out(out, (nq, k), True, cp)
-                stream = _stream_of(queries, cp)
-                # Cosine queries are normalised on the device, exactly as normalize_rows does on the host.
-                self._store.search(_address(q), nq, True, k, kernel_metric, depth, cosine, bool(half_queries), path,
-                                   _address(scores), _address(ids), stream)
-            if out is not None:
-                return out
-            return _as_input_kind(queries, (scores, ids))
-
+            scores, ids = _outputs(out, (q.shape[0], k), cp, self._device)
+            if k and q.shape[0]:
+                with cp.cuda.Device(self._device):
+                    # Cosine queries are normalised on the device, exactly as normalize_rows does on the host.
+                    self._store.search(q, k, kernel_metric, rerank or 0, cosine, half_queries, path, scores, ids,
+                                       _stream_of(queries, cp))
+            return out if out is not None else _as_input_kind(queries, (scores, ids))
         q = as_float_matrix(queries, "queries", self._dim)
         if cosine:
             q = normalize_rows(q, "queries")
-        nq = q.shape[0]
-        if out is None:
-            scores, ids = np.empty((nq, k), dtype=np.float32), np.empty((nq, k), dtype=np.int64)
-        else:
-            scores, ids = _check_out(out, (nq, k), False, None)
-        self._store.search(_address(q), nq, False, k, kernel_metric, depth, False, bool(half_queries), path,
-                           _address(scores), _address(ids), 0)
+        scores, ids = _outputs(out, (q.shape[0], k), None, self._device)
+        if k and q.shape[0]:
+            self._store.search(q, k, kernel_metric, rerank or 0, False, half_queries, path, scores, ids)
         return (scores, ids) if out is None else out
-
-
-class _NoContext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False
 
 
 class DeviceMirror:
     """The GPU side of an index with ``device="cuda"``: a copy of its arrays on one GPU.
 
-    The host arrays stay the index's truth (add, remove, save and mmap work as
-    on the CPU); the device copy is made by ``sync`` (or the first search) and
-    dropped by ``invalidate`` after every change, so the first search after a
-    change uploads the index again. The caller holds the index's lock: read for
-    ``sync``/``search``, write for ``invalidate``. Subclasses name the store
-    class (``store_class.from_index(index, ordinal)``) and define ``search``.
+    Implements the mirror protocol of ``flatcoat._device``: the host arrays
+    stay the index's truth (add, remove, save and mmap work as on the CPU);
+    the device copy is made by ``sync`` (or the first search) from the
+    ``IndexSource``'s views and dropped by ``invalidate`` after every change,
+    so the first search after a change uploads the index again. The caller
+    holds the index's lock: read for ``sync``/``search``, write for
+    ``invalidate``. Subclasses name the store class, whose
+    ``_from_arrays(dim, metric, storage, arrays, device)`` builds the copy,
+    and define ``search``.
     """
 
     store_class: type = type(None)
 
-    def __init__(self, device="cuda"):
-        ordinal = parse_device(device)
-        if ordinal is None:
-            raise ValueError(f"device: a {type(self).__name__} lives on a GPU ('cuda' or 'cuda:N')")
-        require(ordinal)
-        self._ordinal = ordinal
+    def __init__(self, device: str = "cuda"):
+        self._ordinal = _gpu_ordinal(device, type(self).__name__)
+        require(self._ordinal)
         self._store = None
         self._lock = threading.Lock()
 
@@ -476,25 +445,17 @@ class DeviceMirror:
     def invalidate(self) -> None:
         self._store = None
 
-    def sync(self, index):
+    def sync(self, source: IndexSource):
+        """Uploads the index now unless the device copy is current; returns the store."""
         with self._lock:
             if self._store is None:
-                self._store = self.store_class.from_index(index, self._ordinal)
+                self._store = self.store_class._from_arrays(source.dim, source.metric, source.storage,
+                                                            source.views(), self.device)
             return self._store
 
-    def _current(self, index):
+    def _current(self, source: IndexSource):
         store = self._store
-        return store if store is not None else self.sync(index)
-
-    @classmethod
-    def for_device(cls, device, current=None):
-        """The mirror for ``device`` ("cpu" -> None), keeping ``current`` when it is already there."""
-        ordinal = parse_device(device)
-        if ordinal is None:
-            return None
-        if current is not None and current._ordinal == ordinal:
-            return current
-        return cls(f"cuda:{ordinal}")
+        return store if store is not None else self.sync(source)
 
 
 class DenseMirror(DeviceMirror):
@@ -502,54 +463,54 @@ class DenseMirror(DeviceMirror):
 
     store_class = CudaDenseStore
 
-    def search(self, index, queries, k, rescore=None, **options):
-        return self._current(index).search(queries, k, rescore, **options)
-
-
-def mirror_for(device, current: Optional[DenseMirror] = None) -> Optional[DenseMirror]:
-    """The DenseIndex mirror for ``device`` ("cpu" -> None), keeping ``current`` when it is already there."""
-    return DenseMirror.for_device(device, current)
+    def search(self, source: IndexSource, queries, k: int, *, rerank: Optional[int] = None):
+        """DenseIndex.search on the device copy; ``k`` and ``rerank`` come validated and bounded by the index."""
+        store = self._current(source)
+        k = _bounded_k(as_int(k, "k", minimum=0), len(store))
+        if rerank is not None:
+            rerank = _bounded_k(as_int(rerank, "rerank", minimum=k), len(store), "rerank")
+        return store._search(queries, k, rerank, False, "auto", None)
 
 
 # ---------------------------------------------------------------------- top-k of given scores
 
-def topk(scores, k: int, *, device: Optional[int] = None, out=None) -> Tuple:
-    """The k largest of each row of ``scores`` ((n,) or (m, n) float32), largest first, ties by smaller index.
+def topk(scores, k: int, *, device: Optional[str] = None, out=None) -> Tuple:
+    """The ``k`` largest of each row of ``scores`` ((n,) or (m, n) float), largest first, ties by smaller index.
 
-    Returns ``(values, indices)`` of shape (k,) or (m, k), padded with -inf / -1
-    when k > n; numpy in, numpy out (computed on ``cuda:device``, default 0);
-    device arrays in, device arrays out (on their own GPU and stream).
+    Returns ``(values, indices)`` float32 and int64 of shape (m, k') with
+    ``k' = min(k, n)`` (one (n,) row gives m = 1); numpy in, numpy out
+    (computed on ``device``, default "cuda"); device arrays in, device arrays
+    out (on their own GPU and stream). ``out``: a ``(values, indices)`` pair of
+    shape (m, k') of the input's kind.
     """
     k = as_k(k)
-    if k > MAX_K:
-        raise ValueError(f"k: at most {MAX_K} on the GPU, got {k}")
     if _on_device(scores):
         cp = _cupy()
         x = _as_cupy(scores, cp)
-        ordinal = x.device.id if device is None else int(device)
+        ordinal = x.device.id if device is None else _gpu_ordinal(device, "top-k")
     else:
         cp = None
         x = np.asarray(scores)
-        ordinal = 0 if device is None else int(device)
+        ordinal = 0 if device is None else _gpu_ordinal(device, "top-k")
     ext = require(ordinal)
     if x.ndim not in (1, 2):
         raise ValueError(f"scores: expected a 1-d or 2-d array, got {x.ndim}-d")
     if x.dtype.kind != "f":
         raise TypeError(f"scores: dtype {x.dtype} is not a floating type")
-    vector = x.ndim == 1
-    m, n = (1, x.shape[0]) if vector else x.shape
-    shape = (k,) if vector else (m, k)
+    if x.ndim == 1:
+        x = x.reshape(1, -1)
+    k = _bounded_k(k, x.shape[1])
     if cp is not None:
+        if x.device.id != ordinal:
+            raise ValueError(f"scores: the array is on cuda:{x.device.id}, not cuda:{ordinal}")
         with cp.cuda.Device(ordinal):
-            if x.device.id != ordinal:
-                raise ValueError(f"scores: the array is on cuda:{x.device.id}, not cuda:{ordinal}")
             x = cp.ascontiguousarray(x, dtype=cp.float32)
-            values, indices = (cp.empty(shape, cp.float32), cp.empty(shape, cp.int64)) if out is None else \
-                _check_out(out, shape, True, cp)
-            ext.topk(ordinal, _address(x), m, n, True, k, _address(values), _address(indices), _stream_of(scores, cp))
+            values, indices = _outputs(out, (x.shape[0], k), cp, ordinal)
+            if k and x.shape[0]:
+                ext.topk(ordinal, x, k, values, indices, _stream_of(scores, cp))
         return out if out is not None else _as_input_kind(scores, (values, indices))
     x = np.ascontiguousarray(x, dtype=np.float32)
-    values, indices = (np.empty(shape, np.float32), np.empty(shape, np.int64)) if out is None else \
-        _check_out(out, shape, False, None)
-    ext.topk(ordinal, _address(x), m, n, False, k, _address(values), _address(indices), 0)
+    values, indices = _outputs(out, (x.shape[0], k), None, ordinal)
+    if k and x.shape[0]:
+        ext.topk(ordinal, x, k, values, indices)
     return (values, indices) if out is None else out
