@@ -1,5 +1,7 @@
 """Every kind of bad input gets a clear ValueError/TypeError that names the argument."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -18,10 +20,16 @@ def index():
     [
         (dict(dim=0), ValueError, "dim"),
         (dict(dim=-3), ValueError, "dim"),
-        (dict(dim=2.5), ValueError, "dim"),
-        (dict(dim=True), ValueError, "dim"),
+        (dict(dim=2.5), TypeError, "dim"),
+        (dict(dim=True), TypeError, "dim"),
+        (dict(dim="4"), TypeError, "dim"),
         (dict(dim=4, metric="dot"), ValueError, "metric"),
+        (dict(dim=4, metric=None), TypeError, "metric"),
         (dict(dim=4, storage="int4"), ValueError, "storage"),
+        (dict(dim=4, keep_float="no"), TypeError, "keep_float"),
+        (dict(dim=4, keep_float=1), TypeError, "keep_float"),
+        (dict(dim=4, device="gpu"), ValueError, "device"),
+        (dict(dim=4, device=0), TypeError, "device"),
     ],
 )
 def test_bad_constructor_arguments(kwargs, error, match):
@@ -105,25 +113,47 @@ def test_bad_k(index, k, error):
         index.search(np.ones(4, dtype=np.float32), k=k)
 
 
-def test_k_larger_than_the_index_and_empty_index_are_padded(index):
+def test_k_larger_than_the_index_and_empty_index(index):
     scores, ids = index.search(np.ones(4, dtype=np.float32), k=15)
-    assert (ids[0, :10] >= 0).all() and (ids[0, 10:] == -1).all()
+    assert scores.shape == ids.shape == (1, 10) and (ids >= 0).all()
     empty = flatcoat.DenseIndex(4)
     scores, ids = empty.search(np.ones((2, 4), dtype=np.float32), k=3)
-    assert (ids == -1).all() and np.isneginf(scores).all()
+    assert scores.shape == ids.shape == (2, 0)
 
 
-def test_rescore_arguments(index):
+@pytest.mark.parametrize("k", [10**8, 2**62, 2**63 - 1, np.int64(2**62)])
+def test_a_huge_k_is_bounded_by_the_index_size(index, k):
+    """Work and memory follow the index (10 vectors), not k: no 1 GB output, no numpy "array is too big"."""
+    start = time.perf_counter()
+    scores, ids = index.search(np.ones((3, 4), dtype=np.float32), k=k)
+    assert time.perf_counter() - start < 1.0
+    assert scores.shape == ids.shape == (3, 10)
+    kept = flatcoat.DenseIndex(4, storage="int8", keep_float=True)
+    kept.add(np.eye(4, dtype=np.float32))
+    scores, ids = kept.search(np.ones(4, dtype=np.float32), k=k, rerank=k)
+    assert scores.shape == (1, 4)
+
+
+def test_k_beyond_int64_names_k(index):
+    with pytest.raises(ValueError, match="^k: must be at most"):
+        index.search(np.ones(4, dtype=np.float32), k=2**63)
+
+
+def test_rerank_arguments(index):
     q = np.ones(4, dtype=np.float32)
     with pytest.raises(ValueError, match="keep_float=True"):
-        index.search(q, k=2, rescore=10)
+        index.search(q, k=2, rerank=10)
     kept = flatcoat.DenseIndex(4, storage="binary", keep_float=True)
     kept.add(np.eye(4, dtype=np.float32))
-    with pytest.raises(ValueError, match="rescore: must be at least k"):
-        kept.search(q, k=3, rescore=2)
-    with pytest.raises(TypeError, match="k"):
-        kept.search(q, k=3, rescore=4.5)
-    _, ids = kept.search(q, k=2, rescore=100)  # deeper than the index: allowed
+    with pytest.raises(ValueError, match="rerank: must be at least k"):
+        kept.search(q, k=3, rerank=2)
+    with pytest.raises(TypeError, match="^rerank: expected an integer"):
+        kept.search(q, k=3, rerank=4.5)
+    with pytest.raises(ValueError, match="^rerank: must be at least 1"):  # names rerank, not k
+        kept.search(q, k=5, rerank=0)
+    with pytest.raises(TypeError, match="positional"):
+        kept.search(q, 3, 4)  # rerank is keyword-only
+    _, ids = kept.search(q, k=2, rerank=100)  # deeper than the index: allowed, bounded by it
     assert ids.shape == (1, 2)
 
 
@@ -151,6 +181,34 @@ def test_bad_ids(index, ids, error, match):
     with pytest.raises(error, match=match):
         index.add(np.ones((3, 4), dtype=np.float32), ids=ids)
     assert len(index) == 10
+
+
+@pytest.mark.parametrize("other", [5.7, 5.0, "a", "5", None, True, np.bool_(True), [5], (5,), np.array(5), 2**70, -1])
+def test_membership_of_anything_but_a_present_integer_id_is_false(other):
+    idx = flatcoat.DenseIndex(2)
+    idx.add(np.ones((6, 2), dtype=np.float32))  # ids 0..5, so 5.7 would truncate to a present id
+    assert (other in idx) is False
+
+
+def test_membership_of_integers():
+    idx = flatcoat.DenseIndex(2)
+    idx.add(np.ones((2, 2), dtype=np.float32), ids=[5, 2**63 - 1])
+    assert 5 in idx and np.int64(5) in idx and np.uint64(2**63 - 1) in idx and 2**63 - 1 in idx
+    assert 4 not in idx and np.int32(4) not in idx
+
+
+def test_automatic_ids_after_the_largest_id_run_out_with_a_clear_error():
+    idx = flatcoat.DenseIndex(2)
+    x = np.ones((1, 2), dtype=np.float32)
+    idx.add(x, ids=[2**63 - 2])
+    assert idx.add(x).tolist() == [2**63 - 1]
+    with pytest.raises(ValueError, match="^ids: no automatic ids left.*pass ids= explicitly"):
+        idx.add(x)
+    assert len(idx) == 2 and idx.add(x, ids=[7]).tolist() == [7]  # explicit ids still work
+    with pytest.raises(ValueError, match="^ids: ids must fit in int64"):
+        idx.add(x, ids=[2**64])
+    with pytest.raises(ValueError, match="^ids: ids must fit in int64"):
+        idx.remove(2**70)
 
 
 def test_removing_unknown_ids(index):

@@ -89,7 +89,7 @@ def test_int8_recall_is_at_least_faiss_sq8(metric):
     assert recall >= faiss_recall, (recall, faiss_recall)
     assert recall >= 0.96
 
-    _, rescored = index.search(q, k=k, rescore=50)
+    _, rescored = index.search(q, k=k, rerank=50)
     recall_rescored = np.mean([len(set(a) & set(b)) / k for a, b in zip(rescored, truth)])
     assert recall_rescored >= 0.99, recall_rescored
 
@@ -118,7 +118,7 @@ def test_binary_rescore_matches_numpy_sign_scan(metric, dim):
     q = clustered(32, dim, n_clusters=30, seed=4)
     index = flatcoat.DenseIndex(dim, metric=metric, storage="binary", keep_float=True)
     index.add(x)
-    _, found = index.search(q, k=k, rescore=depth)
+    _, found = index.search(q, k=k, rerank=depth)
     expected = numpy_binary_rescore(x, q, metric, k, depth)
     agreement = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, expected)])
     assert agreement >= 0.99, agreement  # differences only from float32 vs float64 near-ties
@@ -191,17 +191,20 @@ def test_ties_are_broken_by_smaller_id():
 
 
 @pytest.mark.parametrize("metric", METRICS)
-def test_fewer_results_than_k_are_padded(metric):
+def test_results_never_have_more_columns_than_the_index(metric):
+    """(q, min(k, len(index))): an empty index gives (q, 0), a small one all it has, best first."""
     index = flatcoat.DenseIndex(3, metric=metric)
     q = np.ones((2, 3), dtype=np.float32)
     scores, ids = index.search(q, k=4)  # empty index
-    assert (ids == -1).all()
-    pad = np.inf if metric == "l2" else -np.inf
-    assert (scores == pad).all()
-    index.add(np.eye(3, dtype=np.float32))
+    assert scores.shape == ids.shape == (2, 0) and scores.dtype == np.float32 and ids.dtype == np.int64
+    index.add(np.eye(3, dtype=np.float32) * np.array([[1], [2], [3]], dtype=np.float32))
     scores, ids = index.search(q, k=5)
-    assert (ids[:, :3] >= 0).all() and (ids[:, 3:] == -1).all()
-    assert (scores[:, 3:] == pad).all() and np.isfinite(scores[:, :3]).all()
+    assert scores.shape == ids.shape == (2, 3)
+    # ip: the longest vector first; l2 from (1, 1, 1): the shortest; cosine: a tie, smaller id first
+    assert ids.tolist() == ([[2, 1, 0]] * 2 if metric == "ip" else [[0, 1, 2]] * 2)
+    assert np.isfinite(scores).all()
+    one = index.search(q[0], k=2)  # one (dim,) query is q = 1
+    assert one[0].shape == one[1].shape == (1, 2)
 
 
 def test_add_remove_and_ids():
@@ -231,10 +234,10 @@ def test_concurrent_searches_equal_serial_results():
     q = clustered(64, dim, seed=13)
     index = flatcoat.DenseIndex(dim, storage="int8", keep_float=True)
     index.add(x)
-    serial = [index.search(q[i : i + 8], k=10, rescore=30) for i in range(0, 64, 8)]
+    serial = [index.search(q[i : i + 8], k=10, rerank=30) for i in range(0, 64, 8)]
     with ThreadPoolExecutor(8) as pool:
         for _ in range(3):
-            parallel = list(pool.map(lambda i: index.search(q[i : i + 8], k=10, rescore=30), range(0, 64, 8)))
+            parallel = list(pool.map(lambda i: index.search(q[i : i + 8], k=10, rerank=30), range(0, 64, 8)))
             for a, b in zip(serial, parallel):
                 np.testing.assert_array_equal(a[0], b[0])
                 np.testing.assert_array_equal(a[1], b[1])

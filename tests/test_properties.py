@@ -32,6 +32,7 @@ def test_search_equals_reference(data, dim, n, nq, k, metric, storage):
     index = flatcoat.DenseIndex(dim, metric=metric, storage=storage)
     index.add(x, ids=ids)
     scores, found = index.search(q, k=k)
+    assert scores.shape == found.shape == (nq, min(k, n))
     ref = reference_scores(x, q, metric) if n else np.zeros((nq, 0))
     for row in range(nq):
         order = sorted(range(n), key=lambda j: (-ref[row, j], ids[j]))[:k]
@@ -78,11 +79,11 @@ class DenseModel(RuleBasedStateMachine):
     def search(self, q, k):
         ids = np.array(sorted(self.model), dtype=np.int64)
         if self.storage == "binary":
-            scores, found = self.index.search(q, k=k, rescore=max(k, len(ids)) if len(ids) else k)
+            scores, found = self.index.search(q, k=k, rerank=max(k, len(ids)) if len(ids) else k)
         else:
             scores, found = self.index.search(q, k=k)
+        assert found.shape == (1, min(k, len(ids)))
         if len(ids) == 0:
-            assert (found == -1).all()
             return
         x = np.stack([self.model[i] for i in ids])
         ref = reference_scores(x, q[None], self.metric)[0]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from . import _core
 from ._persist import IndexFormatError, load
+from . import _validate
 from .dense import DenseIndex
 from . import eval
 from .encoders import Encoder
@@ -17,7 +18,7 @@ from .retriever import Hit, Retriever
 
 __version__ = _core.__version__
 
-__all__ = ["DenseIndex", "MultiVectorIndex", "maxsim", "Encoder", "Retriever", "Hit", "eval", "IndexFormatError", "load", "info", "set_num_threads", "get_num_threads", "__version__"]
+__all__ = ["DenseIndex", "MultiVectorIndex", "maxsim", "Encoder", "Retriever", "Hit", "IndexFormatError", "load", "info", "set_num_threads", "get_num_threads", "__version__"]
 
 
 def info() -> dict:
@@ -34,11 +35,23 @@ def info() -> dict:
 
 
 def set_num_threads(n: int) -> None:
-    """Threads used by add/search in the core (0 restores the default: all cores)."""
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
-        raise ValueError(f"n: expected a non-negative integer, got {n!r}")
+    """Threads used by add/search in the core; 0 restores the default (every hardware thread).
+
+    ``n`` is an integer from 0 to ``info()["hardware_threads"]``. More threads
+    than hardware threads would only time-slice the same cores (no speed-up)
+    while each one holds its own top-k buffers (memory multiplied), so larger
+    values are refused.
+    """
+    cap = _core.hardware_threads()
+    n = _validate.as_int(n, "n", 0)
+    if n > cap:
+        raise ValueError(
+            f"n: at most {cap}, the hardware threads of this machine (more would only time-slice the same "
+            f"cores and multiply per-thread top-k memory), got {n}; 0 restores the default"
+        )
     _core.set_num_threads(n)
 
 
 def get_num_threads() -> int:
+    """Threads the core uses now (see :func:`set_num_threads`)."""
     return _core.num_threads()

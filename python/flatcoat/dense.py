@@ -8,24 +8,15 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import _core
+from ._device import IndexSource, mirror_for
 from ._persist import IndexFormatError, register_kind, save_index
-from ._storage import RowStore
-from ._validate import RWLock, as_float_matrix, as_ids, as_k, normalize_rows
+from ._storage import DENSE_STORAGES, METRICS, RowStore, dense_code_layout
+from ._validate import (
+    RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, auto_ids, lookup_id, normalize_rows,
+)
 
-METRICS = ("ip", "cosine", "l2")
-STORAGES = ("f32", "f16", "int8", "binary")
 _ENCODE_CHUNK = 65536
 _KIND = "dense"
-
-
-def _code_layout(storage: str, dim: int) -> Tuple[Tuple[int, ...], np.dtype]:
-    if storage == "f32":
-        return (dim,), np.dtype(np.float32)
-    if storage == "f16":
-        return (dim,), np.dtype(np.uint16)
-    if storage == "int8":
-        return (dim,), np.dtype(np.uint8)
-    return ((dim + 63) // 64,), np.dtype(np.uint64)
 
 
 class DenseIndex:
@@ -42,9 +33,12 @@ class DenseIndex:
         own [min, max]; no training; queries stay float); ``"binary"`` (one
         sign bit per dimension, Hamming scan).
     keep_float: also keep a float32 copy of every vector (``dim * 4`` bytes per
-        vector on top of the codes) so that ``search(..., rescore=R)`` can re-rank
+        vector on top of the codes) so that ``search(..., rerank=R)`` can re-rank
         the ``R`` best candidates of an int8 or binary scan exactly.
+    device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (searches on a GPU copy; see :meth:`to`).
 
+    Everything after ``dim`` is keyword-only. Nested lists passed to ``add``
+    or ``search`` are read as one (n, dim) matrix (a list of rows).
     Searches may run from many threads at once; ``add`` and ``remove`` wait for
     running searches and block new ones while they change the index.
 
@@ -57,30 +51,20 @@ class DenseIndex:
     ([[11, 12]], [[1.0, 0.5]])
     """
 
-    def __init__(self, dim: int, metric: str = "ip", storage: str = "f32", keep_float: bool = False,
+    def __init__(self, dim: int, *, metric: str = "ip", storage: str = "f32", keep_float: bool = False,
                  device: str = "cpu"):
-        if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
-            raise ValueError(f"dim: expected a positive integer, got {dim!r}")
-        if metric not in METRICS:
-            raise ValueError(f"metric: expected one of {METRICS}, got {metric!r}")
-        if storage not in STORAGES:
-            raise ValueError(f"storage: expected one of {STORAGES}, got {storage!r}")
-        self._dim = int(dim)
-        self._metric = metric
-        self._storage = storage
-        self._keep_float = bool(keep_float)
+        self._dim = as_int(dim, "dim", 1)
+        self._metric = as_choice(metric, "metric", METRICS)
+        self._storage = as_choice(storage, "storage", DENSE_STORAGES)
+        self._keep_float = as_bool(keep_float, "keep_float")
         self._lock = RWLock()
         self._ids = _core.IdMap()
         self._next_id = 0
         self._rows = RowStore(self._fields())
-        self._mirror = None
-        if device != "cpu":
-            from . import cuda
-
-            self._mirror = cuda.mirror_for(device)
+        self._mirror = mirror_for(_KIND, device)
 
     def _fields(self):
-        fields = {"codes": _code_layout(self._storage, self._dim), "ids": ((), np.dtype(np.int64))}
+        fields = {"codes": dense_code_layout(self._storage, self._dim), "ids": ((), np.dtype(np.int64))}
         if self._storage == "int8":
             fields["scale"] = ((), np.dtype(np.float32))
             fields["offset"] = ((), np.dtype(np.float32))
@@ -113,7 +97,8 @@ class DenseIndex:
     @property
     def device(self) -> str:
         """Where searches run: "cpu", or "cuda:N" for a copy resident in GPU memory."""
-        return "cpu" if self._mirror is None else self._mirror.device
+        mirror = self._mirror
+        return "cpu" if mirror is None else mirror.device
 
     def to(self, device: str) -> "DenseIndex":
         """Searches on ``device`` ("cpu", "cuda", "cuda:N") from now on; uploads now; returns self.
@@ -121,14 +106,23 @@ class DenseIndex:
         The host arrays stay the index of record (saving, adding, removing); the
         device copy is refreshed on the first search after a change.
         """
-        from . import cuda
-
-        mirror = cuda.mirror_for(device, self._mirror)
-        if mirror is not None:
-            with self._lock.read():
-                mirror.sync(self)
-        self._mirror = mirror
+        with self._lock.write():  # no add may slip between the upload and the switch
+            mirror = mirror_for(_KIND, device, self._mirror)
+            if mirror is not None:
+                mirror.sync(self._source())
+            self._mirror = mirror
         return self
+
+    def arrays(self) -> dict:
+        """Copies of the stored arrays: ``codes`` (n, ...) in the layout of
+        ``flatcoat._storage.dense_code_layout``, ``ids`` int64 (n,), and where
+        the storage and metric have them ``scale``, ``offset`` (int8),
+        ``sq_norms`` (l2), ``float_rows``, ``float_sq_norms`` (keep_float)."""
+        with self._lock.read():
+            return {name: a.copy() for name, a in self._rows.views().items()}
+
+    def _source(self) -> IndexSource:
+        return IndexSource(_KIND, self._dim, self._metric, self._storage, self._rows.views)
 
     @property
     def ids(self) -> np.ndarray:
@@ -208,10 +202,7 @@ class DenseIndex:
         x = self._prepare(vectors, "vectors")
         n = x.shape[0]
         with self._lock.write():
-            if ids is None:
-                ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
-            else:
-                ids = as_ids(ids, "ids", n)
+            ids = auto_ids(self._next_id, n) if ids is None else as_ids(ids, "ids", n)
             if n == 0:
                 return ids
             duplicate = self._ids.insert_new(ids, len(self))
@@ -256,39 +247,50 @@ class DenseIndex:
             return int(ids.size)
 
     def __contains__(self, id_) -> bool:
-        return bool(self._ids.find(np.array([id_], dtype=np.int64))[0] >= 0)
+        """True for an integer id that is present; any other object is not in the index."""
+        key = lookup_id(id_)
+        if key is None:
+            return False
+        with self._lock.read():
+            return bool(self._ids.find(np.array([key], dtype=np.int64))[0] >= 0)
 
     # ------------------------------------------------------------------ searching
 
-    def search(self, queries, k: int = 10, rescore: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
-        """Returns the ``k`` best matches of each query: ``(scores, ids)``, both (q, k).
+    def search(self, queries, k: int = 10, *, rerank: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+        """The ``k`` best matches of each query: ``(scores, ids)``, float32 and int64 (q, k').
 
-        ``queries`` is (q, dim) or one (dim,) vector (treated as q = 1). Scores are
-        float32: inner products for ``ip``/``cosine``, squared distances for
-        ``l2``; for ``binary`` without rescoring, ``dim - 2 * hamming`` (``ip``,
-        ``cosine``) or the Hamming distance (``l2``). Rows are sorted best first,
-        ties by smaller id; fewer than ``k`` results are padded with id -1 and
-        score -inf (+inf for l2). ``rescore=R`` (``R >= k``) re-ranks the ``R``
-        best candidates of the scan exactly against the float copy
-        (``keep_float=True``).
+        ``k' = min(k, len(self))``. ``queries`` is (q, dim), nested lists read
+        as one such matrix, or one (dim,) vector (q = 1). Scores are float32:
+        inner products for ``ip``/``cosine``, squared distances for ``l2``; for
+        ``binary`` without re-ranking, ``dim - 2 * hamming`` (``ip``,
+        ``cosine``) or the Hamming distance (``l2``). Rows are sorted best
+        first, ties by smaller id.
+
+        ``rerank=R`` (``R >= k``) re-ranks the ``R`` best candidates of the scan
+        exactly against the float copy (``keep_float=True``); ``R`` is bounded
+        by the index size like ``k``.
         """
         k = as_k(k)
-        if rescore is not None:
-            rescore = as_k(rescore)
-            if rescore < k:
-                raise ValueError(f"rescore: must be at least k ({k}), got {rescore}")
+        if rerank is not None:
+            rerank = as_k(rerank, "rerank")
+            if rerank < k:
+                raise ValueError(f"rerank: must be at least k ({k}), got {rerank}")
             if not self._keep_float:
-                raise ValueError("rescore: this index keeps no float copy; build it with keep_float=True")
-        if self._mirror is not None:  # CuPy queries must not reach the host-side checks
-            with self._lock.read():
-                return self._mirror.search(self, queries, k, rescore)
-        q = self._prepare(queries, "queries")
-        kernel_metric = "l2" if self._metric == "l2" else "ip"
+                raise ValueError("rerank: this index keeps no float copy; build it with keep_float=True")
         with self._lock.read():
+            n = len(self)  # the output and the re-ranking never outgrow the index
+            k, rerank = min(k, n), None if rerank is None else min(rerank, n)
+            mirror = self._mirror
+            if mirror is not None:  # device queries must not reach the host-side checks
+                return mirror.search(self._source(), queries, k, rerank=rerank)
+            q = self._prepare(queries, "queries")
+            if k == 0:
+                return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
             v = self._rows.views()
             return _core.search_dense(
-                self._storage, kernel_metric, self._dim, v["codes"], v["ids"], v.get("sq_norms"),
-                v.get("scale"), v.get("offset"), v.get("float_rows"), v.get("float_sq_norms"), q, k, rescore or 0,
+                self._storage, "l2" if self._metric == "l2" else "ip", self._dim, v["codes"], v["ids"],
+                v.get("sq_norms"), v.get("scale"), v.get("offset"), v.get("float_rows"), v.get("float_sq_norms"),
+                q, k, rerank or 0,
             )
 
     # ------------------------------------------------------------------ persistence
@@ -308,7 +310,7 @@ class DenseIndex:
         count, next_id = meta["count"], meta["next_id"]
         if not isinstance(count, int) or count < 0 or not isinstance(next_id, int) or next_id < 0:
             raise IndexFormatError(f"manifest: invalid count {count!r} or next_id {next_id!r}")
-        index = cls(meta["dim"], meta["metric"], meta["storage"], bool(meta["keep_float"]))
+        index = cls(meta["dim"], metric=meta["metric"], storage=meta["storage"], keep_float=meta["keep_float"])
         missing = sorted(set(index._fields()) - set(arrays))
         if missing:
             raise IndexFormatError(f"{missing[0]}.npy: missing from the manifest of a {index._storage} index")
