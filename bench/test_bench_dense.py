@@ -1,8 +1,9 @@
 """Micro-benchmarks of flatcoat's dense scan, one per kernel family, run by hand.
 
-    PYTHONPATH=python pytest bench/test_bench_dense.py --benchmark-only
+    pytest bench/test_bench_dense.py --benchmark-only
 
-Not collected by the default ``pytest`` run (``testpaths = ["tests"]``).
+Runs against the installed flatcoat (``pip install -e .`` or a wheel); only
+the ``bench`` helpers are imported from this checkout. Not collected by the default ``pytest`` run (``testpaths = ["tests"]``).
 Each benchmark scans 200k x 384 clustered unit vectors (``bench/datasets.py``)
 for k = 10 at Q = 1 and Q = 64, and records in ``extra_info`` the bytes
 scanned per call and the nominal FLOPs, so GB/s and GFLOP/s can be read from
@@ -23,12 +24,16 @@ from bench.datasets import clustered  # noqa: E402
 
 flatcoat = pytest.importorskip("flatcoat")
 pytest.importorskip("pytest_benchmark")
+from flatcoat._storage import DENSE_STORAGES, dense_code_layout  # noqa: E402
 
 N = int(os.environ.get("FLATCOAT_BENCH_N", 200_000))
 DIM = int(os.environ.get("FLATCOAT_BENCH_DIM", 384))
 THREADS = int(os.environ.get("FLATCOAT_BENCH_THREADS", 2))
 K = 10
-CODE_BYTES = {"f32": DIM * 4, "f16": DIM * 2, "int8": DIM, "binary": (DIM + 63) // 64 * 8}
+CODE_BYTES = {
+    storage: int(np.prod(shape)) * dtype.itemsize
+    for storage in DENSE_STORAGES for shape, dtype in [dense_code_layout(storage, DIM)]
+}
 
 
 @pytest.fixture(scope="module")

@@ -175,3 +175,34 @@ def test_multivector_search_sees_a_snapshot():
     )
     print("searches per state:", hits.tolist())
     assert hits[0] > 0 and hits[1:].sum() > 0, hits
+
+
+@pytest.mark.parametrize("make", [
+    lambda: flatcoat.DenseIndex(2),
+    lambda: flatcoat.MultiVectorIndex(2),
+])
+def test_membership_reads_the_id_map_under_the_lock(make):
+    """`id in index` waits for a writer holding the lock instead of reading an id map being changed."""
+    index = make()
+    index.add(np.ones((1, 2), np.float32) if isinstance(index, flatcoat.DenseIndex) else [np.ones((1, 2), np.float32)])
+    holding, release, result = threading.Event(), threading.Event(), []
+
+    def writer():
+        with index._lock.write():
+            holding.set()
+            release.wait(JOIN_TIMEOUT)
+
+    def member():
+        result.append(0 in index)
+
+    w = threading.Thread(target=writer, daemon=True)
+    w.start()
+    assert holding.wait(JOIN_TIMEOUT)
+    r = threading.Thread(target=member, daemon=True)
+    r.start()
+    r.join(0.3)
+    blocked = r.is_alive()
+    release.set()
+    r.join(JOIN_TIMEOUT)
+    w.join(JOIN_TIMEOUT)
+    assert blocked and result == [True]

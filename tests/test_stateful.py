@@ -1,7 +1,7 @@
 """hypothesis stateful tests: add/remove/search/save/load sequences against pure-Python models.
 
 DenseIndex in every storage (f32 and f16 compared exactly; int8 and binary
-through a full-depth exact rescore of their float copy) and MultiVectorIndex
+through a full-depth exact re-ranking of their float copy) and MultiVectorIndex
 (f32, against a numpy MaxSim model). Values are drawn on a coarse grid
 (multiples of 1/4 in [-2, 2]) so every float32 sum is exact whatever the
 summation order: the model's ranking (score, then smaller id) and its scores
@@ -123,7 +123,7 @@ class DenseMachine(_Persisting):
     def start(self, metric):
         storage = self.storage
         self.metric = metric
-        # int8 and binary keep a float copy and are searched with a full-depth rescore.
+        # int8 and binary keep a float copy and are searched with a full-depth re-ranking.
         self.exact = storage in ("f32", "f16")
         self.index = flatcoat.DenseIndex(self.dim, metric=metric, storage=storage, keep_float=not self.exact)
         self.model, self.next_id = {}, 0
@@ -155,9 +155,9 @@ class DenseMachine(_Persisting):
     def search(self, q, k):
         if not hasattr(self, "index"):
             return
-        rescore = None if self.exact else max(k, len(self.model))
-        scores, ids = self.index.search(q, k=k, rescore=rescore)
-        assert scores.shape == ids.shape == (len(q), k)
+        rerank = None if self.exact else max(k, len(self.model))
+        scores, ids = self.index.search(q, k=k, rerank=rerank)
+        assert scores.shape == ids.shape == (len(q), min(k, len(self.model)))
         for row in range(len(q)):
             query = [float(v) for v in q[row]]
             if self.metric == "ip":
@@ -204,7 +204,7 @@ class MultiVectorMachine(_Persisting):
             return
         queries = [data.draw(hnp.arrays(np.float32, (data.draw(st.integers(1, 4)), self.dim), elements=grid)) for _ in range(nq)]
         scores, ids = self.index.search(queries, k=k)
-        assert scores.shape == ids.shape == (nq, k)
+        assert scores.shape == ids.shape == (nq, min(k, len(self.model)))
         for row, query in enumerate(queries):
             model_scores = {i: _maxsim_model(query, doc) for i, doc in self.model.items()}
             order, expected = self.ranked(model_scores, k, smaller_is_better=False)
@@ -214,14 +214,16 @@ class MultiVectorMachine(_Persisting):
 
     @precondition(lambda self: hasattr(self, "index") and self.model)
     @rule(data=st.data(), k=st.integers(1, 4))
-    def rerank_candidates(self, data, k):
+    def search_subset(self, data, k):
         query = data.draw(hnp.arrays(np.float32, (2, self.dim), elements=grid))
-        candidates = data.draw(st.lists(st.sampled_from(sorted(self.model)), min_size=1, max_size=6))
-        scores, ids = self.index.search(query, k=k, candidates=np.array(candidates + [-1]))
-        model_scores = {i: _maxsim_model(query, self.model[i]) for i in set(candidates)}
+        subset = data.draw(st.lists(st.sampled_from(sorted(self.model)), min_size=1, max_size=6))
+        scores, ids = self.index.search(query, k=k, subset=np.array(subset + [-1]))
+        assert scores.shape == ids.shape == (1, min(k, len(self.model)))
+        model_scores = {i: _maxsim_model(query, self.model[i]) for i in set(subset)}
         order, expected = self.ranked(model_scores, k, smaller_is_better=False)
-        assert ids[: len(order)].tolist() == order
-        assert scores[: len(order)].tolist() == expected
+        assert ids[0, : len(order)].tolist() == order
+        assert scores[0, : len(order)].tolist() == expected
+        assert (ids[0, len(order) :] == -1).all() and np.isneginf(scores[0, len(order) :]).all()
 
 
 def _dense_machine(storage: str):
