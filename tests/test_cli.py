@@ -200,7 +200,7 @@ def test_eval_rerank_below_the_depth_is_clamped_and_said(tmp_path, capsys):
     code, out, err = run(capsys, "eval", str(root), "--storage", "int8", "--rerank", "2,3,4", "--json",
                          str(tmp_path / "rows.json"))
     assert code == 0, err
-    assert "rerank: 2, 3 is below the evaluation depth 4" in err and "re-ranked 4 instead" in err
+    assert "rerank: 2, 3 are below the evaluation depth 4" in err and "re-ranked 4 instead" in err
     rows = json.loads((tmp_path / "rows.json").read_text())
     assert [r["system"] for r in rows] == ["dense int8", "dense int8 + rerank@4"]
     result = fe.evaluate_dataset(root, storages=["int8"], rerank=[2])

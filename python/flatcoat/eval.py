@@ -339,7 +339,8 @@ def evaluate_dataset(
         below = [r for r in rerank if r < depth]
         if below:
             result.notes.append(
-                f"rerank: {', '.join(map(str, below))} is below the evaluation depth {depth} (results per query: "
+                f"rerank: {', '.join(map(str, below))} {'is' if len(below) == 1 else 'are'} below the evaluation "
+                f"depth {depth} (results per query: "
                 f"the largest metric cutoff, at least {MIN_DEPTH}, at most the {len(dids)} documents); "
                 f"re-ranked {depth} instead")
         result.rerank = list(dict.fromkeys(max(r, depth) for r in rerank))
