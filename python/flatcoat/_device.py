@@ -24,7 +24,7 @@ from typing import Callable, Dict, Optional
 
 import numpy as np
 
-__all__ = ["IndexSource", "parse_device", "mirror_for", "to_host"]
+__all__ = ["IndexSource", "Mirrored", "parse_device", "mirror_for", "to_host"]
 
 # kind -> (module, mirror class), imported only when a GPU is asked for
 _MIRRORS = {
@@ -81,6 +81,41 @@ def mirror_for(kind: str, device, current=None):
     if current is not None and current.device == name:
         return current
     return getattr(importlib.import_module(module_name), class_name)(name)
+
+
+class Mirrored:
+    """Where an index searches: ``device`` and ``to``, shared by the indexes.
+
+    The index sets ``_KIND``, ``_lock`` (an RWLock) and ``_mirror`` (from
+    :func:`mirror_for`), defines ``_source()`` and calls
+    ``_invalidate_device()`` under its write lock after every change.
+    """
+
+    _KIND = ""
+    _mirror = None
+
+    @property
+    def device(self) -> str:
+        """Where searches run: "cpu", or "cuda:N" for a copy resident in GPU memory."""
+        mirror = self._mirror
+        return "cpu" if mirror is None else mirror.device
+
+    def to(self, device: str):
+        """Searches on ``device`` ("cpu", "cuda", "cuda:N") from now on; uploads now; returns self.
+
+        The host arrays stay the index of record (saving, adding, removing); the
+        device copy is refreshed on the first search after a change.
+        """
+        with self._lock.write():  # no add may slip between the upload and the switch
+            mirror = mirror_for(self._KIND, device, self._mirror)
+            if mirror is not None:
+                mirror.sync(self._source())
+            self._mirror = mirror
+        return self
+
+    def _invalidate_device(self) -> None:
+        if self._mirror is not None:
+            self._mirror.invalidate()
 
 
 def to_host(x):

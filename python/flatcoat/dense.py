@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._device import IndexSource, mirror_for
+from ._device import IndexSource, Mirrored, mirror_for
 from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import DENSE_STORAGES, METRICS, RowStore, dense_code_layout
 from ._validate import (
@@ -19,7 +19,7 @@ _ENCODE_CHUNK = 65536
 _KIND = "dense"
 
 
-class DenseIndex:
+class DenseIndex(Mirrored):
     """Exact (f32, f16) or quantized (int8, binary) exhaustive search with fused top-k.
 
     Parameters
@@ -50,6 +50,8 @@ class DenseIndex:
     >>> ids.tolist(), scores.tolist()
     ([[11, 12]], [[1.0, 0.5]])
     """
+
+    _KIND = _KIND  # for Mirrored
 
     def __init__(self, dim: int, *, metric: str = "ip", storage: str = "f32", keep_float: bool = False,
                  device: str = "cpu"):
@@ -94,25 +96,6 @@ class DenseIndex:
     def keep_float(self) -> bool:
         return self._keep_float
 
-    @property
-    def device(self) -> str:
-        """Where searches run: "cpu", or "cuda:N" for a copy resident in GPU memory."""
-        mirror = self._mirror
-        return "cpu" if mirror is None else mirror.device
-
-    def to(self, device: str) -> "DenseIndex":
-        """Searches on ``device`` ("cpu", "cuda", "cuda:N") from now on; uploads now; returns self.
-
-        The host arrays stay the index of record (saving, adding, removing); the
-        device copy is refreshed on the first search after a change.
-        """
-        with self._lock.write():  # no add may slip between the upload and the switch
-            mirror = mirror_for(_KIND, device, self._mirror)
-            if mirror is not None:
-                mirror.sync(self._source())
-            self._mirror = mirror
-        return self
-
     def arrays(self) -> dict:
         """Copies of the stored arrays: ``codes`` (n, ...) in the layout of
         ``flatcoat._storage.dense_code_layout``, ``ids`` int64 (n,), and where
@@ -145,10 +128,6 @@ class DenseIndex:
         )
 
     # ------------------------------------------------------------------ building
-
-    def _invalidate_device(self) -> None:
-        if self._mirror is not None:
-            self._mirror.invalidate()
 
     def _prepare(self, vectors, name: str) -> np.ndarray:
         x = as_float_matrix(vectors, name, self._dim)

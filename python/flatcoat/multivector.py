@@ -32,7 +32,7 @@ from typing import Optional, Tuple
 import numpy as np
 
 from . import _core
-from ._device import IndexSource, mirror_for, to_host
+from ._device import IndexSource, Mirrored, mirror_for, to_host
 from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import MULTIVECTOR_STORAGES, RowStore, multivector_token_dtype
 from ._validate import RWLock, as_choice, as_ids, as_int, as_k, auto_ids, lookup_id
@@ -292,7 +292,7 @@ def maxsim(query, tokens, lengths, query_weights=None) -> np.ndarray:
 # ----------------------------------------------------------------------------- the index
 
 
-class MultiVectorIndex:
+class MultiVectorIndex(Mirrored):
     """Exact MaxSim search over multi-vector documents (ColBERT-style late interaction).
 
     Parameters
@@ -316,6 +316,8 @@ class MultiVectorIndex:
     >>> ids.tolist(), scores.tolist()
     ([[0, 1]], [[2.0, 1.0]])
     """
+
+    _KIND = _KIND  # for Mirrored
 
     def __init__(self, dim: int, *, storage: str = "f32", device: str = "cpu"):
         self._dim = as_int(dim, "dim", 1)
@@ -381,29 +383,6 @@ class MultiVectorIndex:
 
     def _source(self) -> IndexSource:
         return IndexSource(_KIND, self._dim, None, self._storage, self._views)
-
-    @property
-    def device(self) -> str:
-        """Where searches run: "cpu", or "cuda:N" for a copy resident in GPU memory."""
-        mirror = self._mirror
-        return "cpu" if mirror is None else mirror.device
-
-    def to(self, device: str) -> "MultiVectorIndex":
-        """Searches on ``device`` ("cpu", "cuda", "cuda:N") from now on; uploads now; returns self.
-
-        The host arrays stay the index of record (saving, adding, removing); the
-        device copy is refreshed on the first search after a change.
-        """
-        with self._lock.write():  # no add may slip between the upload and the switch
-            mirror = mirror_for(_KIND, device, self._mirror)
-            if mirror is not None:
-                mirror.sync(self._source())
-            self._mirror = mirror
-        return self
-
-    def _invalidate_device(self) -> None:
-        if self._mirror is not None:
-            self._mirror.invalidate()
 
     def __contains__(self, id_) -> bool:
         """True for an integer id that is present; any other object is not in the index."""
