@@ -5,7 +5,7 @@
 #   tests/sanitize.sh            full suite minus the encoder tests (onnxruntime
 #                                is not built with ASan; those tests exercise the
 #                                same core through DenseIndex/MultiVectorIndex)
-#   tests/sanitize.sh --quick    dense, persistence, bad input, multi-vector and
+#   tests/sanitize.sh --quick    core, dense, persistence, bad input, multi-vector and
 #                                the loader/stateful fuzz tests with fewer examples
 #   extra arguments are passed to pytest (e.g. -x, -k name)
 #
@@ -66,7 +66,7 @@ EOF
 if [[ $QUICK == 1 ]]; then
   export FLATCOAT_FUZZ_EXAMPLES=${FLATCOAT_FUZZ_EXAMPLES:-60}
   export FLATCOAT_STATEFUL_EXAMPLES=${FLATCOAT_STATEFUL_EXAMPLES:-8}
-  TESTS=(tests/test_dense.py tests/test_persistence.py tests/test_bad_input.py tests/test_multivector.py
+  TESTS=(tests/test_core.py tests/test_dense.py tests/test_persistence.py tests/test_bad_input.py tests/test_multivector.py
          tests/test_fuzz_loader.py tests/test_stateful.py)
 else
   TESTS=(tests --ignore=tests/test_encoders.py --ignore=tests/test_retriever.py --ignore=tests/test_cli.py)

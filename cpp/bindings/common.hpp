@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <cstdint>  // int64_t
 #include <string>
 
 namespace flatcoat {
@@ -30,6 +31,15 @@ template <class T>
 const T* checked_or_null(const py::object& o, const char* name, py::ssize_t ndim) {
     if (o.is_none()) return nullptr;
     return checked<T>(py::reinterpret_borrow<py::array>(o), name, ndim);
+}
+
+/// A count argument, taken as int64 so that a negative value gets a message
+/// naming it (pybind11 alone would say "incompatible function arguments").
+inline size_t count(int64_t value, const char* name, int64_t minimum) {
+    if (value < minimum)
+        throw py::value_error(std::string(name) + ": must be at least " + std::to_string(minimum) + ", got " +
+                              std::to_string(value));
+    return size_t(value);
 }
 
 void bind_dense(py::module_& m);

@@ -21,11 +21,12 @@ static void check_rows(const py::array& a, const char* name, size_t rows) {
                               std::to_string(a.shape(0)));
 }
 
-static py::tuple search_dense_py(const std::string& storage, const std::string& metric, size_t dim,
+static py::tuple search_dense_py(const std::string& storage, const std::string& metric, int64_t dim_arg,
                                  const py::array& codes, const py::array& ids, const py::object& sq_norms,
                                  const py::object& scale, const py::object& offset, const py::object& float_rows,
-                                 const py::object& float_sq_norms, const py::array& queries, size_t k,
-                                 size_t rerank) {
+                                 const py::object& float_sq_norms, const py::array& queries, int64_t k_arg,
+                                 int64_t rerank_arg) {
+    const size_t dim = count(dim_arg, "dim", 1), k = count(k_arg, "k", 1), rerank = count(rerank_arg, "rerank", 0);
     dense_data_t data;
     data.codec = codec_from_name(storage);
     data.dim = dim;
@@ -64,7 +65,6 @@ static py::tuple search_dense_py(const std::string& storage, const std::string& 
     query.queries = checked<float>(queries, "queries", 2);
     if (size_t(queries.shape(1)) != dim) throw py::value_error("queries: expected dim columns");
     query.nq = size_t(queries.shape(0));
-    if (k == 0) throw py::value_error("k: must be positive");
     if (rerank != 0 && rerank < k)
         throw py::value_error("rerank: must be at least k (" + std::to_string(k) + "), got " + std::to_string(rerank));
     // The result rule: never more columns than rows, so memory is bounded by the index.
@@ -124,30 +124,39 @@ void bind_dense(py::module_& m) {
         .def(py::init<>())
         .def("__len__", &id_map_t::size)
         .def("clear", &id_map_t::clear)
-        .def("reserve", &id_map_t::reserve)
+        .def("reserve", [](id_map_t& self, int64_t n) { self.reserve(count(n, "n", 0)); }, py::arg("n"))
         .def(
             "insert_new",
             [](id_map_t& self, const py::array& ids, int64_t first_position) {
                 const int64_t* p = checked<int64_t>(ids, "ids", 1);
                 return self.insert_new(p, size_t(ids.shape(0)), first_position);
             },
+            py::arg("ids"), py::arg("first_position"),
             "Inserts ids -> first_position + i, all or nothing; returns the index of the first duplicate or -1.")
-        .def("find",
-             [](const id_map_t& self, const py::array& ids) {
-                 const int64_t* p = checked<int64_t>(ids, "ids", 1);
-                 py::array_t<int64_t> out(ids.shape(0));
-                 self.find(p, size_t(ids.shape(0)), out.mutable_data());
-                 return out;
-             })
-        .def("assign",
-             [](id_map_t& self, const py::array& ids, const py::array& positions) {
-                 if (ids.shape(0) != positions.shape(0)) throw py::value_error("ids and positions differ in length");
-                 self.assign(checked<int64_t>(ids, "ids", 1), checked<int64_t>(positions, "positions", 1),
-                             size_t(ids.shape(0)));
-             })
-        .def("erase", [](id_map_t& self, const py::array& ids) {
-            self.erase(checked<int64_t>(ids, "ids", 1), size_t(ids.shape(0)));
-        });
+        .def(
+            "find",
+            [](const id_map_t& self, const py::array& ids) {
+                const int64_t* p = checked<int64_t>(ids, "ids", 1);
+                py::array_t<int64_t> out(ids.shape(0));
+                self.find(p, size_t(ids.shape(0)), out.mutable_data());
+                return out;
+            },
+            py::arg("ids"), "Positions of ids, -1 where absent.")
+        .def(
+            "assign",
+            [](id_map_t& self, const py::array& ids, const py::array& positions) {
+                const int64_t* i = checked<int64_t>(ids, "ids", 1);
+                const int64_t* p = checked<int64_t>(positions, "positions", 1);
+                if (ids.shape(0) != positions.shape(0)) throw py::value_error("positions: not as long as ids");
+                self.assign(i, p, size_t(ids.shape(0)));
+            },
+            py::arg("ids"), py::arg("positions"), "Sets the positions of the ids that are present.")
+        .def(
+            "erase",
+            [](id_map_t& self, const py::array& ids) {
+                self.erase(checked<int64_t>(ids, "ids", 1), size_t(ids.shape(0)));
+            },
+            py::arg("ids"), "Removes the ids that are present.");
 }
 
 }  // namespace bindings

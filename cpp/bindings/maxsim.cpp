@@ -65,15 +65,16 @@ maxsim_query_t make_query(size_t dim, const py::array& queries, const py::array&
     return query;
 }
 
-py::tuple search_maxsim_py(const std::string& storage, size_t dim, const py::array& tokens,
+py::tuple search_maxsim_py(const std::string& storage, int64_t dim_arg, const py::array& tokens,
                            const py::array& offsets, const py::object& token_scales, const py::array& ids,
                            const py::array& queries, const py::array& query_offsets, const py::object& weights,
-                           size_t k, const py::object& subset, const py::object& subset_offsets_obj) {
+                           int64_t k_arg, const py::object& subset, const py::object& subset_offsets_obj) {
+    const size_t dim = count(dim_arg, "dim", 1);
+    size_t k = count(k_arg, "k", 1);
     maxsim_data_t data = make_data(storage, dim, tokens, offsets, token_scales);
     data.ids = checked<int64_t>(ids, "ids", 1);
     expect_length(ids, "ids", data.docs);
     maxsim_query_t query = make_query(dim, queries, query_offsets, weights);
-    if (k == 0) throw py::value_error("k: must be positive");
 
     const int64_t* subset_positions = nullptr;
     const int64_t* subset_offsets = nullptr;
@@ -103,10 +104,11 @@ py::tuple search_maxsim_py(const std::string& storage, size_t dim, const py::arr
     return py::make_tuple(out_scores, out_ids);
 }
 
-py::array_t<float> maxsim_scores_py(const std::string& storage, size_t dim, const py::array& tokens,
+py::array_t<float> maxsim_scores_py(const std::string& storage, int64_t dim_arg, const py::array& tokens,
                                     const py::array& offsets, const py::object& token_scales,
                                     const py::array& queries, const py::array& query_offsets,
                                     const py::object& weights) {
+    const size_t dim = count(dim_arg, "dim", 1);
     maxsim_data_t data = make_data(storage, dim, tokens, offsets, token_scales);
     maxsim_query_t query = make_query(dim, queries, query_offsets, weights);
     py::array_t<float> out({query.nq, data.docs});

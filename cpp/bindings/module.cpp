@@ -39,7 +39,7 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.def("set_active_isa", [](const std::string& name) { set_active_isa(isa_from_name(name)); }, py::arg("name"));
     m.def("cpu_supports", [](const std::string& name) { return cpu_supports(isa_from_name(name)); }, py::arg("name"));
     m.def("num_threads", [] { return num_threads(); });
-    m.def("set_num_threads", [](size_t n) { set_num_threads(n); }, py::arg("n"));
+    m.def("set_num_threads", [](int64_t n) { set_num_threads(bindings::count(n, "n", 0)); }, py::arg("n"));
     m.def("hardware_threads", [] { return hardware_threads(); });
 
     bindings::bind_dense(m);

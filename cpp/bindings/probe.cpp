@@ -11,41 +11,43 @@ void bind_probe(py::module_& m) {
     auto as_tuple = [](probe_result_t r) { return py::make_tuple(r.seconds, r.work); };
     m.def(
         "probe_read_bandwidth",
-        [](const py::array& x, size_t threads) {
+        [](const py::array& x, int64_t threads) {
             const float* p = checked<float>(x, "x", 1);
-            size_t n = size_t(x.shape(0));
+            const size_t n = size_t(x.shape(0)), t = count(threads, "threads", 1);
             py::gil_scoped_release release;
-            return probe_read_bandwidth(p, n, threads);
+            return probe_read_bandwidth(p, n, t);
         },
         py::arg("x"), py::arg("threads"), "Reads x once on `threads` threads; returns (seconds, bytes).");
     m.def(
         "probe_fma",
-        [](size_t rounds, size_t threads) {
+        [](int64_t rounds, int64_t threads) {
+            const size_t r = count(rounds, "rounds", 1), t = count(threads, "threads", 1);
             py::gil_scoped_release release;
-            return probe_fma(rounds, threads);
+            return probe_fma(r, t);
         },
         py::arg("rounds"), py::arg("threads"), "float32 FMA loop; returns (seconds, flops).");
     m.def(
         "probe_int8",
-        [](size_t rounds, size_t threads) {
+        [](int64_t rounds, int64_t threads) {
+            const size_t r = count(rounds, "rounds", 1), t = count(threads, "threads", 1);
             py::gil_scoped_release release;
-            return probe_int8(rounds, threads);
+            return probe_int8(r, t);
         },
         py::arg("rounds"), py::arg("threads"), "u8 x s8 dot loop; returns (seconds, integer ops).");
     m.def(
         "probe_popcount",
-        [](size_t rounds, size_t threads) {
+        [](int64_t rounds, int64_t threads) {
+            const size_t r = count(rounds, "rounds", 1), t = count(threads, "threads", 1);
             py::gil_scoped_release release;
-            return probe_popcount(rounds, threads);
+            return probe_popcount(r, t);
         },
         py::arg("rounds"), py::arg("threads"), "64-bit popcount loop; returns (seconds, popcounts).");
     m.def(
         "topk",
-        [](const py::array& scores, size_t k) {
+        [](const py::array& scores, int64_t k_arg) {
             const float* p = checked<float>(scores, "scores", 2);
-            if (k == 0) throw py::value_error("k: must be positive");
             size_t rows = size_t(scores.shape(0)), n = size_t(scores.shape(1));
-            k = std::min(k, n);  // never more columns than scores
+            const size_t k = std::min(count(k_arg, "k", 1), n);  // never more columns than scores
             py::array_t<float> values({rows, k});
             py::array_t<int64_t> indices({rows, k});
             float* v = values.mutable_data();

@@ -1,43 +1,118 @@
-"""Type stub of the native module flatcoat._core (see cpp/bindings/)."""
+"""Type stub of the native module flatcoat._core (see cpp/bindings/).
 
-from typing import List, Optional, Tuple
+The bindings check buffers and never copy or cast: arrays must have the dtype,
+the number of dimensions and the C-contiguity given here (TypeError for a wrong
+dtype, ValueError otherwise). Every `storage` is one of "f32", "f16", "int8",
+"binary" (MaxSim: not "binary"), every kernel `metric` "ip" or "l2" (cosine is
+"ip" over normalised vectors); an unknown name is a ValueError naming the
+argument. Searches return `(q, k')` with `k' = min(k, rows)`.
+"""
+
+from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
 __version__: str
 cuda_compiled: bool
 
-def compiled_isas() -> List[str]: ...
-def detected_isa() -> str: ...
-def active_isa() -> str: ...
-def set_active_isa(name: str) -> None: ...
+# ----------------------------------------------------------------------------- ISA and threads
+
+def compiled_isas() -> List[str]:
+    """ISAs whose kernels this build has, least to most capable."""
+def detected_isa() -> str:
+    """The best compiled ISA this CPU runs."""
+def active_isa() -> str:
+    """The ISA searches use (FLATCOAT_ISA, else detected)."""
+def set_active_isa(name: str) -> None:
+    """ValueError if `name` is unknown, not compiled in or not supported by this CPU."""
 def cpu_supports(name: str) -> bool: ...
 def num_threads() -> int: ...
-def set_num_threads(n: int) -> None: ...
+def set_num_threads(n: int) -> None:
+    """0 restores the default (all cores); flatcoat.set_num_threads checks the range."""
 def hardware_threads() -> int: ...
+
+# ----------------------------------------------------------------------------- dense
+
 def search_dense(
     storage: str,
     metric: str,
     dim: int,
-    codes: np.ndarray,
-    ids: np.ndarray,
-    sq_norms: Optional[np.ndarray],
-    scale: Optional[np.ndarray],
-    offset: Optional[np.ndarray],
-    float_rows: Optional[np.ndarray],
-    float_sq_norms: Optional[np.ndarray],
-    queries: np.ndarray,
+    codes: np.ndarray,  # (rows, dim) float32 | uint16 (f16 bits) | uint8 (int8) ; (rows, ceil(dim/64)) uint64 (binary)
+    ids: np.ndarray,  # (rows,) int64
+    sq_norms: Optional[np.ndarray],  # (rows,) float32, l2 only
+    scale: Optional[np.ndarray],  # (rows,) float32, int8 only
+    offset: Optional[np.ndarray],  # (rows,) float32, int8 only
+    float_rows: Optional[np.ndarray],  # (rows, dim) float32, for rerank
+    float_sq_norms: Optional[np.ndarray],  # (rows,) float32, for l2 rerank
+    queries: np.ndarray,  # (q, dim) float32, normalised for cosine
     k: int,
-    rescore: int = 0,
-) -> Tuple[np.ndarray, np.ndarray]: ...
-def binarize(x: np.ndarray) -> np.ndarray: ...
+    rerank: int = 0,
+) -> Tuple[np.ndarray, np.ndarray]:
+    """(scores float32 (q, k'), ids int64 (q, k')); rerank=R >= k re-ranks the R best against float_rows."""
+def binarize(x: np.ndarray) -> np.ndarray:
+    """Sign bits of (n, dim) float32 rows: (n, ceil(dim / 64)) uint64, bit j set when x[j] > 0."""
+def advise_hugepages(array: np.ndarray) -> bool:
+    """madvise(MADV_HUGEPAGE) over the array's whole pages; True if advised."""
 
 class IdMap:
+    """Hash map from int64 ids to row positions."""
+
     def __init__(self) -> None: ...
     def __len__(self) -> int: ...
     def clear(self) -> None: ...
     def reserve(self, n: int) -> None: ...
-    def insert_new(self, ids: np.ndarray, first_position: int) -> int: ...
-    def find(self, ids: np.ndarray) -> np.ndarray: ...
+    def insert_new(self, ids: np.ndarray, first_position: int) -> int:
+        """ids (n,) int64 -> first_position + i, all or nothing; the index of the first duplicate, or -1."""
+    def find(self, ids: np.ndarray) -> np.ndarray:
+        """Positions (n,) int64 of ids (n,) int64; -1 where absent."""
     def assign(self, ids: np.ndarray, positions: np.ndarray) -> None: ...
     def erase(self, ids: np.ndarray) -> None: ...
+
+# ----------------------------------------------------------------------------- MaxSim
+
+def search_maxsim(
+    storage: str,
+    dim: int,
+    tokens: np.ndarray,  # (n_tokens, dim) float32 | uint16 (f16 bits) | uint8 (int8, code + 128)
+    offsets: np.ndarray,  # (docs + 1,) int64, 0 then strictly increasing, last = n_tokens
+    token_scales: Optional[np.ndarray],  # (n_tokens,) float32, int8 only
+    ids: np.ndarray,  # (docs,) int64
+    queries: np.ndarray,  # (query tokens, dim) float32
+    query_offsets: np.ndarray,  # (q + 1,) int64
+    weights: Optional[np.ndarray],  # (query tokens,) float32
+    k: int,
+    subset: Optional[np.ndarray] = None,  # document positions (not ids), int64
+    subset_offsets: Optional[np.ndarray] = None,  # (q + 1,) int64, splits subset per query
+) -> Tuple[np.ndarray, np.ndarray]:
+    """(scores float32 (q, k'), ids int64 (q, k')), k' = min(k, docs); subset rows padded with -1 / -inf."""
+def maxsim_scores(
+    storage: str,
+    dim: int,
+    tokens: np.ndarray,
+    offsets: np.ndarray,
+    token_scales: Optional[np.ndarray],
+    queries: np.ndarray,
+    query_offsets: np.ndarray,
+    weights: Optional[np.ndarray],
+) -> np.ndarray:
+    """Every MaxSim score, float32 (q, docs)."""
+
+# ----------------------------------------------------------------------------- ceilings and top-k
+
+class ProbeResult:
+    seconds: float
+    work: float
+    def __iter__(self) -> Iterator[float]:
+        """Unpacks as (seconds, work)."""
+
+def probe_read_bandwidth(x: np.ndarray, threads: int) -> ProbeResult:
+    """Reads x (n,) float32 once on `threads` threads; work is bytes."""
+def probe_fma(rounds: int, threads: int) -> ProbeResult:
+    """float32 FMA chains of the active ISA; work is flops (an FMA counts 2)."""
+def probe_int8(rounds: int, threads: int) -> ProbeResult:
+    """u8 x s8 -> i32 dot products as the int8 MaxSim kernel issues them; work is integer ops."""
+def probe_popcount(rounds: int, threads: int) -> ProbeResult:
+    """64-bit popcounts of an L1-resident buffer; work is popcounts."""
+def topk(scores: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Top-k of each row of (rows, n) float32: (values float32 (rows, k'), indices int64 (rows, k')),
+    k' = min(k, n), largest first, ties by smaller index."""
