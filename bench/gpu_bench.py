@@ -6,7 +6,7 @@ Times are medians of repeated calls after warm-up, each call ending in a
 device synchronisation (flatcoat's search returns when the GPU is done; the
 PyTorch and CuPy peers are synchronised explicitly).
 
-Targets (issue 5): f16 Q=1 over 10M x 384 reads at >= 70% of the measured
+Targets: f16 Q=1 over 10M x 384 reads at >= 70% of the measured
 device-to-device copy bandwidth (bytes read and written per second); Q=1024
 at >= 1x PyTorch matmul + topk; top-k of 100M scores at >= 1x torch.topk.
 """
@@ -14,25 +14,10 @@ at >= 1x PyTorch matmul + topk; top-k of 100M scores at >= 1x torch.topk.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import statistics
 import sys
-import time
 
-
-def timed(fn, sync, repeat=7, warmup=2):
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from gpu_common import run_info, setup, timed
 
 
 def main() -> int:
@@ -45,40 +30,16 @@ def main() -> int:
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
-    try:
-        import cupy as cp
-    except ImportError as exc:
-        print(f"gpu_bench: CuPy is needed to hold the benchmark data on the GPU ({exc}); skipping the benchmarks")
+    found = setup("gpu_bench")
+    if found is None:
         return 0
-    import flatcoat
+    cp, torch, ext = found
     import flatcoat.cuda as fc
-
-    fc.require()
-    ext = fc._extension()[0]
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ImportError("torch.cuda.is_available() is False")
-    except ImportError as exc:
-        torch = None
-        print(f"gpu_bench: PyTorch peer skipped ({exc})")
 
     sync = cp.cuda.Device(0).synchronize
     tsync = torch.cuda.synchronize if torch is not None else sync
     dim, k = args.dim, 10
-    results = {
-        "card": ext.device_name(0),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "driver": ext.driver_version(),
-        "cuda_runtime": ext.runtime_version(),
-        "flatcoat": flatcoat.__version__,
-        "cupy": cp.__version__,
-        "torch": torch.__version__ if torch is not None else None,
-        "python": platform.python_version(),
-        "command": " ".join([sys.executable] + sys.argv),
-        "rows": [],
-    }
+    results = {**run_info(cp, torch, ext), "rows": []}
 
     def record(name, ours, peer=None, peer_name="", target=None, unit="ms", note=""):
         row = {"name": name, "flatcoat": ours, "peer": peer, "peer_name": peer_name, "target": target,
@@ -113,7 +74,7 @@ def main() -> int:
     for s in range(0, n, step):  # filled in slices: no float32 copy of the whole matrix
         x[s : s + step] = cp.random.standard_normal((min(step, n - s), dim), dtype=cp.float32).astype(cp.float16)
     ids = cp.arange(n, dtype=cp.int64)
-    store = fc.CudaDenseStore(dim, "ip", "f16", codes=x, ids=ids)
+    store = fc.CudaDenseStore(dim, metric="ip", storage="f16", codes=x, ids=ids)
     q1 = cp.random.standard_normal((1, dim), dtype=cp.float32)
     t = timed(lambda: store.search(q1, k), sync, repeat=11)
     read_bw = n * dim * 2 / t / 1e9
@@ -128,7 +89,7 @@ def main() -> int:
 
     # ------------------------------------------------------------ f16 Q=1024 over batch_rows x dim
     m = min(args.batch_rows, n)
-    batch_store = fc.CudaDenseStore(dim, "ip", "f16", codes=x[:m], ids=ids[:m])
+    batch_store = fc.CudaDenseStore(dim, metric="ip", storage="f16", codes=x[:m], ids=ids[:m])
     q = cp.random.standard_normal((1024, dim), dtype=cp.float32)
     t_split = timed(lambda: batch_store.search(q, k), sync, repeat=5)
     t_half = timed(lambda: batch_store.search(q, k, half_queries=True), sync, repeat=5)
@@ -147,14 +108,15 @@ def main() -> int:
     # ------------------------------------------------------------ other storages, Q=1 (for the record)
     del store
     codes8 = cp.random.randint(0, 256, size=(n, dim), dtype=cp.uint8)
-    store8 = fc.CudaDenseStore(dim, "ip", "int8", codes=codes8, ids=ids, scale=cp.full(dim, 0.01, cp.float32),
-                               offset=cp.zeros(dim, cp.float32))
+    # Per-vector affine codes: one scale and offset per row.
+    store8 = fc.CudaDenseStore(dim, metric="ip", storage="int8", codes=codes8, ids=ids,
+                               scale=cp.full(n, 0.01, cp.float32), offset=cp.zeros(n, cp.float32))
     t = timed(lambda: store8.search(q1, k), sync, repeat=11)
     record(f"int8 Q=1 over {n:,} x {dim}, k={k}", t * 1e3, note=f"{n * dim / t / 1e9:.0f} GB/s read")
     del store8, codes8
     words = (dim + 63) // 64
     bits = cp.random.randint(0, 1 << 30, size=(n, 2 * words), dtype=cp.int32).view(cp.uint64)  # any bits will do
-    storeb = fc.CudaDenseStore(dim, "ip", "binary", codes=bits, ids=ids)
+    storeb = fc.CudaDenseStore(dim, metric="ip", storage="binary", codes=bits, ids=ids)
     t = timed(lambda: storeb.search(q1, k), sync, repeat=11)
     record(f"binary Q=1 over {n:,} x {dim}, k={k}", t * 1e3, note=f"{n * words * 8 / t / 1e9:.0f} GB/s read")
     del storeb, bits

@@ -55,7 +55,7 @@ log "benchmarks"
 timeout 240 "$PY" bench/gpu_bench.py --out "$OUT_DIR/gpu_bench.md" --json "$OUT_DIR/gpu_bench.json"
 BENCH_RC=$?
 
-log "MaxSim and encoder benchmarks (issue 6)"
+log "MaxSim and encoder benchmarks"
 timeout 150 "$PY" bench/gpu_maxsim.py --out "$OUT_DIR/gpu_maxsim.md" --json "$OUT_DIR/gpu_maxsim.json"
 MAXSIM_RC=$?
 [ "$BENCH_RC" -eq 0 ] && BENCH_RC=$MAXSIM_RC

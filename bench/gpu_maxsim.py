@@ -11,7 +11,7 @@ the query tokens against every padded token, masked_fill(-inf) of the
 padding, max over the document tokens, sum over the query tokens, topk. The
 padded 1M set (77 GB) does not fit next to the data, so PyTorch holds 100,000
 padded documents and runs over them ten times for 1M (same work and bytes;
-the L2 cache is far smaller than a chunk). Target (issue 6): flatcoat >= 3x
+the L2 cache is far smaller than a chunk). Target: flatcoat >= 3x
 PyTorch. Times are medians after warm-up, each call ending in a device
 synchronisation.
 
@@ -22,25 +22,11 @@ Encoders: all-MiniLM-L6-v2 over 2,000 texts, CPU provider vs CUDA provider
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
-import statistics
 import sys
 import time
 
-
-def timed(fn, sync, repeat=5, warmup=2):
-    for _ in range(warmup):
-        fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+from gpu_common import run_info, setup, timed
 
 
 def build_store(fc_ext, cp, storage, lengths, dim, seed, chunk_tokens=1 << 22):
@@ -56,19 +42,14 @@ def build_store(fc_ext, cp, storage, lengths, dim, seed, chunk_tokens=1 << 22):
     for t0 in range(0, total, chunk_tokens):
         n = min(chunk_tokens, total - t0)
         if storage == "int8":
-            codes = rs.randint(1, 256, size=(n, dim), dtype=cp.uint8)
-            store.upload("tokens", t0, codes.data.ptr, n, dim)
-            scales = (rs.random_sample(n, dtype=cp.float32) * 0.01 + 0.005).astype(cp.float32)
-            store.upload("scales", t0, scales.data.ptr, n, 4)
+            store.upload("tokens", t0, rs.randint(1, 256, size=(n, dim), dtype=cp.uint8))
+            store.upload("scales", t0, (rs.random_sample(n, dtype=cp.float32) * 0.01 + 0.005).astype(cp.float32))
         else:
             x = rs.standard_normal((n, dim), dtype=cp.float32)
             x /= cp.linalg.norm(x, axis=1, keepdims=True)
-            if storage == "f16":
-                x = x.astype(cp.float16)
-            store.upload("tokens", t0, x.data.ptr, n, x.strides[0])
-    store.upload("offsets", 0, offsets.ctypes.data, docs + 1, 8)
-    ids = np.arange(docs, dtype=np.int64)
-    store.upload("ids", 0, ids.ctypes.data, docs, 8)
+            store.upload("tokens", t0, x.astype(cp.float16).view(cp.uint16) if storage == "f16" else x)
+    store.upload("offsets", 0, offsets)
+    store.upload("ids", 0, np.arange(docs, dtype=np.int64))
     cp.cuda.Device(0).synchronize()
     return store, offsets
 
@@ -87,35 +68,17 @@ def main() -> int:
 
     import numpy as np
 
-    try:
-        import cupy as cp
-    except ImportError as exc:
-        print(f"gpu_maxsim: CuPy is needed to hold the benchmark data on the GPU ({exc}); skipping")
+    found = setup("gpu_maxsim")
+    if found is None:
         return 0
+    cp, torch, ext = found
     import flatcoat
-    import flatcoat.cuda as fc
 
-    fc.require()
-    ext = fc._extension()[0]
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ImportError("torch.cuda.is_available() is False")
-    except ImportError as exc:
-        torch = None
-        print(f"gpu_maxsim: PyTorch peer skipped ({exc})")
     sync = cp.cuda.Device(0).synchronize
     dim, k, qt = args.dim, args.k, args.q_tokens
     batches = [int(b) for b in args.batches.split(",")]
     free_bytes = cp.cuda.runtime.memGetInfo()[1]
-    results = {
-        "card": ext.device_name(0),
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "flatcoat": flatcoat.__version__, "cupy": cp.__version__,
-        "torch": torch.__version__ if torch is not None else None, "python": platform.python_version(),
-        "command": " ".join([sys.executable] + sys.argv), "maxsim": [], "encoders": [],
-    }
+    results = {**run_info(cp, torch, ext), "maxsim": [], "encoders": []}
     rng = np.random.default_rng(0)
     max_len = 300
 
@@ -138,7 +101,7 @@ def main() -> int:
                     parts.append(sim.amax(dim=1).float().sum(dim=-1))
             return torch.topk(torch.cat(parts).T, k, dim=1)
 
-        t = timed(run, torch.cuda.synchronize)
+        t = timed(run, torch.cuda.synchronize, repeat=5)
         del padded
         torch.cuda.empty_cache()
         return t
@@ -162,10 +125,9 @@ def main() -> int:
                 ids = cp.empty((nq, k), cp.int64)
 
                 def search():
-                    store.search(q.data.ptr, q_off.ctypes.data, nq, 0, True, k, 0, 0, scores.data.ptr,
-                                 ids.data.ptr, cp.cuda.get_current_stream().ptr)
+                    store.search(q, q_off, None, k, None, None, scores, ids, cp.cuda.get_current_stream().ptr)
 
-                t = timed(search, sync)
+                t = timed(search, sync, repeat=5)
                 row = {"docs": docs, "tokens": total, "storage": storage, "nq": nq, "flatcoat_s": t,
                        "flatcoat_docs_per_s": docs * nq / t,
                        "flatcoat_gbs": total * dim * {"f32": 4, "f16": 2, "int8": 1}[storage] / t / 1e9}
