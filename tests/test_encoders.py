@@ -293,8 +293,14 @@ def test_bad_inputs_have_clear_errors(dense):
         dense.encode_queries(["a", 3])
     with pytest.raises(TypeError, match="wrap a single text in a list"):
         dense.encode_documents("just one string")
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ValueError, match="^batch_size: must be at least 1"):
         dense.encode_documents(["a"], batch_size=0)
+    with pytest.raises(TypeError, match="^batch_size: expected an integer"):
+        dense.encode_documents(["a"], batch_size=2.0)
+    with pytest.raises(TypeError, match="^progress: expected True or False"):
+        dense.encode_documents(["a"], progress="no")
+    with pytest.raises(TypeError, match="^threads: expected an integer"):
+        Encoder.from_pretrained("all-MiniLM-L6-v2", threads="2")
     with pytest.raises(TypeError, match="instruction must be a str"):
         dense.encode_queries(["a"], instruction=5)
     with pytest.raises(ValueError, match="kind must be one of"):
@@ -347,8 +353,108 @@ def test_token_budget_changes_batching_not_results(dense):
     unbounded = Encoder.from_pretrained("all-MiniLM-L6-v2", providers=["CPUExecutionProvider"])
     unbounded.max_batch_tokens = None
     assert dense.max_batch_tokens == 2048  # the CPU default
-    widths = [ids.shape for _, ids, _, _ in small._batches(small._tok_doc.encode_batch(TEXTS), "document", 32)]
+    widths = [b.input_ids.shape for b in small.batches(TEXTS, "document", batch_size=32)]
     assert all(r * w <= 300 or r == 1 for r, w in widths) and sum(r for r, _ in widths) == len(TEXTS)
     np.testing.assert_allclose(small.encode_documents(TEXTS), unbounded.encode_documents(TEXTS), atol=1e-5)
     with pytest.raises(ValueError, match="max_batch_tokens"):
         Encoder.from_pretrained("all-MiniLM-L6-v2", max_batch_tokens=0)
+
+
+def test_max_length_beyond_the_model_positions_is_refused_at_construction(tmp_path):
+    # MiniLM has 512 position embeddings: a longer sequence fails inside onnxruntime at the first long text.
+    for name in ("document_max_length", "query_max_length"):
+        with pytest.raises(ValueError, match=f"^{name}: 1000 is beyond the 512 positions of model"):
+            Encoder.from_pretrained("all-MiniLM-L6-v2", **{name: 1000})
+    assert Encoder.from_pretrained("all-MiniLM-L6-v2", document_max_length=512).config.document_max_length == 512
+    # A directory: the Hugging Face config.json, or flatcoat.json's max_positions, gives the limit.
+    d = make_model_dir(tmp_path / "hf", {"dense": {"document_max_length": 300}}, st_files=["config.json"])
+    assert models.resolve(d).max_positions == 512
+    Encoder.from_pretrained(d)
+    with pytest.raises(ValueError, match="beyond the 512 positions"):
+        Encoder.from_pretrained(d, query_max_length=513)
+    d = make_model_dir(tmp_path / "own", {"max_positions": 128, "dense": {"document_max_length": 256}})
+    with pytest.raises(ValueError, match="^document_max_length: 256 is beyond the 128 positions"):
+        Encoder.from_pretrained(d)
+    d = make_model_dir(tmp_path / "short", {"max_positions": 128})
+    enc = Encoder.from_pretrained(d)  # the defaults (512) are capped at the model's limit
+    assert enc.config.query_max_length == enc.config.document_max_length == 128
+    assert len(enc._tok_doc.encode(TEXTS[3]).ids) == 128
+    assert models.resolve(make_model_dir(tmp_path / "none")).max_positions is None  # unknown: not checked
+
+
+def test_roberta_style_position_offset(tmp_path):
+    d = tmp_path / "roberta"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps({"model_type": "xlm-roberta", "max_position_embeddings": 514, "pad_token_id": 1}))
+    assert models.max_positions(d, {}) == 512
+    with pytest.raises(ValueError, match="max_positions must be an integer"):
+        models.max_positions(d, {"max_positions": "512"})
+
+
+def test_lone_surrogate_names_the_argument_and_the_index(dense):
+    from flatcoat.encoders import encode_documents_shared
+
+    texts = ["fine", "also fine", "caf\u00e9", "bad \ud800 text"]
+    for call in (dense.encode_documents, dense.encode_queries, lambda t: encode_documents_shared([dense], t),
+                 lambda t: list(dense.batches(t, "document"))):
+        with pytest.raises(ValueError, match=r"^texts\[3\]: contains a lone surrogate"):
+            call(texts)
+    with pytest.raises(ValueError, match=r"^instruction: contains a lone surrogate"):
+        dense.encode_queries(["q"], instruction="\udc80")
+    np.testing.assert_allclose(dense.encode_documents(texts[2:3]), ref_dense(texts[2:3]), atol=1e-5)
+
+
+def test_batches_and_pool_are_the_encode_pipeline(dense):
+    mv = Encoder.from_pretrained("all-MiniLM-L6-v2", kind="multivector")
+    assert dense.device == "cpu" and dense.output_name == "last_hidden_state"
+    for enc in (dense, mv):
+        want = enc.encode_documents(TEXTS, batch_size=2)
+        for batch in enc.batches(TEXTS, "document", batch_size=2):  # the batches encode_documents makes
+            assert batch.side == "document" and batch.input_ids.shape == batch.keep.shape == batch.attention_mask.shape
+            hidden = enc.session.run([enc.output_name], batch.feeds)[0]
+            got = enc.pool(hidden, batch)
+            if enc.kind == "dense":
+                np.testing.assert_array_equal(got, want[batch.positions])
+            else:
+                rows, counts = got
+                np.testing.assert_array_equal(counts, [len(want[p]) for p in batch.positions])
+                np.testing.assert_array_equal(rows, np.concatenate([want[p] for p in batch.positions]))
+    with pytest.raises(ValueError, match="side must be one of"):
+        list(dense.batches(TEXTS, "passage"))
+    with pytest.raises(ValueError, match="queries only"):
+        list(dense.batches(TEXTS, "document", instruction="x"))
+
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "last-token", "weighted-mean"])
+def test_pool_tokens_against_a_loop(pooling):
+    from flatcoat.encoders import l2_normalize, pool_tokens
+
+    rng = np.random.default_rng(3)
+    hidden = rng.standard_normal((3, 5, 4)).astype(np.float32)
+    lengths = [5, 2, 1]
+    mask = (np.arange(5) < np.array(lengths)[:, None]).astype(np.int64)
+    got = pool_tokens(hidden, mask, pooling)
+    for row, n in enumerate(lengths):
+        h = hidden[row, :n].astype(np.float64)
+        want = {"cls": h[0], "mean": h.mean(0), "last-token": h[-1],
+                "weighted-mean": (h * np.arange(1, n + 1)[:, None]).sum(0) / np.arange(1, n + 1).sum()}[pooling]
+        np.testing.assert_allclose(got[row], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(l2_normalize(got), axis=1), 1, rtol=1e-6)
+    assert not l2_normalize(np.zeros((1, 4), np.float32)).any()
+
+
+def test_encoders_do_not_import_gpu_code():
+    # The dependency runs one way: cuda_encoders imports encoders, never the reverse.
+    code = (
+        "import sys, numpy as np, flatcoat\n"
+        "from flatcoat.encoders import Encoder\n"
+        "enc = Encoder.from_pretrained('all-MiniLM-L6-v2')\n"
+        "r = flatcoat.Retriever(enc, flatcoat.DenseIndex(enc.dim))\n"
+        "r.add(['a b', 'c d'])\n"
+        "r.search('a', k=1)\n"
+        "print(sorted(m for m in sys.modules if m.startswith('flatcoat.cuda')))\n"
+    )
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"

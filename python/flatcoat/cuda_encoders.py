@@ -1,148 +1,40 @@
-"""Encoders on CUDA: provider checks, the onnxruntime/onnxruntime-gpu trap, and IO binding.
+"""Encoders on CUDA: provider lists, IO binding, and pooling on the device.
 
-- :func:`check_providers` validates an execution-provider list against what
-  onnxruntime offers and explains a missing CUDA provider, including the known
-  trap of ``onnxruntime`` and ``onnxruntime-gpu`` installed together (both
-  write the same ``onnxruntime`` package; the CPU wheel silently hides CUDA).
-  It and :func:`onnxruntime_conflict` are pure functions of the names given,
-  so they are tested everywhere with fake metadata.
+- :func:`cuda_providers` builds the provider list for
+  ``Encoder.from_pretrained(..., providers=...)`` (the provider checks and the
+  onnxruntime/onnxruntime-gpu trap live where sessions are made:
+  ``flatcoat.encoders.check_providers``).
 - :func:`run_on_device` runs a session with IO binding: inputs bound from host
   memory, the output left in a device OrtValue; :func:`ortvalue_to_cupy` and
   :class:`DeviceArray` hand it over zero-copy (CuPy, or anything that reads
   ``__cuda_array_interface__``).
 - :func:`encode_on_device` runs an :class:`flatcoat.Encoder` whose session is
-  on CUDA and pools on the device, so query embeddings go into a GPU index
-  (``flatcoat.cuda`` / ``flatcoat.cuda_maxsim``) without a host copy.
+  on CUDA through the encoder's own batching and pooling (``Encoder.batches``,
+  ``Encoder.pool`` with ``xp=cupy``), so query embeddings go into a GPU index
+  without a host copy.
 
->>> onnxruntime_conflict(["onnxruntime", "onnxruntime-gpu", "numpy"]) is not None
-True
->>> onnxruntime_conflict(["onnxruntime-gpu"]) is None
-True
+This module imports ``flatcoat.encoders``, never the reverse.
+
+>>> cuda_providers(1)
+[('CUDAExecutionProvider', {'device_id': 1}), 'CPUExecutionProvider']
 """
 
 from __future__ import annotations
 
-import re
-import warnings
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = [
-    "ONNXRUNTIME_FIX", "OnnxRuntimeConflictWarning", "installed_distributions", "onnxruntime_distributions",
-    "onnxruntime_conflict", "check_providers", "cuda_providers", "session_device", "run_on_device",
-    "ortvalue_to_cupy", "DeviceArray", "encode_on_device", "to_numpy",
-]
+from ._onnx import CPU, CUDA
+from ._validate import as_int
+from .encoders import Encoder
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
-#: The fix for two onnxruntime wheels installed side by side.
-ONNXRUNTIME_FIX = "pip uninstall -y onnxruntime onnxruntime-gpu && pip install onnxruntime-gpu"
-# Wheels that install the same top-level `onnxruntime` package.
-_ORT_CPU = ("onnxruntime", "ort-nightly", "onnxruntime-openvino", "onnxruntime-directml", "onnxruntime-silicon")
-_ORT_GPU = ("onnxruntime-gpu", "ort-nightly-gpu")
-_ORT_ALL = _ORT_CPU + _ORT_GPU + ("onnxruntime-training",)
-
-
-class OnnxRuntimeConflictWarning(UserWarning):
-    """Two onnxruntime distributions share one package directory; CUDA may be hidden."""
-
-
-def _normalize(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
-
-
-def installed_distributions() -> List[str]:
-    """Names of the installed distributions (importlib.metadata), normalized."""
-    from importlib import metadata
-
-    names = []
-    for dist in metadata.distributions():
-        name = dist.metadata.get("Name") if dist.metadata is not None else None
-        if name:
-            names.append(_normalize(name))
-    return names
-
-
-def onnxruntime_distributions(names: Optional[Iterable[str]] = None) -> List[str]:
-    """The onnxruntime wheels among ``names`` (default: what is installed), sorted."""
-    names = installed_distributions() if names is None else [_normalize(n) for n in names]
-    return sorted({n for n in names if n in _ORT_ALL})
-
-
-def onnxruntime_conflict(names: Optional[Iterable[str]] = None) -> Optional[str]:
-    """A message when a GPU onnxruntime wheel is installed next to another one, else None."""
-    found = onnxruntime_distributions(names)
-    gpu = [n for n in found if n in _ORT_GPU]
-    if gpu and len(found) > 1:
-        return (
-            f"onnxruntime wheels {', '.join(found)} are installed together: they share one 'onnxruntime' package, "
-            f"and the CPU wheel's files silently hide the CUDA provider of {gpu[0]}. Keep only the GPU one: "
-            f"{ONNXRUNTIME_FIX}"
-        )
-    return None
-
-
-def check_providers(providers: Any, available: Sequence[str], installed: Optional[Iterable[str]] = None,
-                    *, warn: bool = True) -> List[Any]:
-    """Validates ``providers`` (names or ``(name, options)`` tuples) against ``available``.
-
-    Returns them as a list (default ``["CPUExecutionProvider"]``). Raises
-    ValueError naming the fix when one is not available: for CUDA, the
-    onnxruntime/onnxruntime-gpu trap, a CPU-only wheel, or a GPU wheel that
-    cannot load CUDA. With CUDA available but two wheels installed, warns
-    (OnnxRuntimeConflictWarning) when ``warn``.
-
-    >>> check_providers(None, ["CPUExecutionProvider"])
-    ['CPUExecutionProvider']
-    """
-    if providers is None:
-        providers = [CPU]
-    if isinstance(providers, str):
-        providers = [providers]
-    providers = list(providers)
-    available = list(available)
-    names = []
-    for p in providers:
-        name = p[0] if isinstance(p, tuple) and len(p) == 2 and isinstance(p[1], dict) else p
-        if not isinstance(name, str):
-            raise TypeError(f"providers must be provider names or (name, options) tuples, got {p!r}")
-        names.append(name)
-    conflict = onnxruntime_conflict(installed) if CUDA in names else None
-    for name in names:
-        if name in available:
-            continue
-        message = f"execution provider {name!r} is not available in this onnxruntime; available: {available}"
-        if name == CUDA:
-            found = onnxruntime_distributions(installed)
-            if conflict is not None:
-                message += f". {conflict}"
-            elif not any(n in _ORT_GPU for n in found):
-                message += f". Install the GPU wheel: {ONNXRUNTIME_FIX}"
-            else:
-                message += (". onnxruntime-gpu is installed but could not load CUDA: check that the CUDA and cuDNN "
-                            "libraries of its version are installed (pip install onnxruntime-gpu[cuda,cudnn]) and "
-                            "that nvidia-smi sees a GPU")
-        raise ValueError(message)
-    if conflict is not None and warn:
-        warnings.warn(conflict, OnnxRuntimeConflictWarning, stacklevel=2)
-    return providers
+__all__ = ["cuda_providers", "run_on_device", "ortvalue_to_cupy", "DeviceArray", "encode_on_device", "to_numpy"]
 
 
 def cuda_providers(device_id: int = 0, **options: Any) -> List[Any]:
     """``[("CUDAExecutionProvider", {"device_id": N, ...}), "CPUExecutionProvider"]``."""
-    if isinstance(device_id, bool) or not isinstance(device_id, (int, np.integer)) or device_id < 0:
-        raise ValueError(f"device_id must be a non-negative integer, got {device_id!r}")
-    return [(CUDA, {"device_id": int(device_id), **options}), CPU]
-
-
-def session_device(session) -> Optional[int]:
-    """The CUDA ordinal a session runs on, or None when CUDA is not its first provider."""
-    providers = list(session.get_providers())
-    if not providers or providers[0] != CUDA:
-        return None
-    options = session.get_provider_options().get(CUDA, {})
-    return int(options.get("device_id", 0))
+    return [(CUDA, {"device_id": as_int(device_id, "device_id", 0), **options}), CPU]
 
 
 # ---------------------------------------------------------------------- IO binding
@@ -207,47 +99,9 @@ def to_numpy(x) -> np.ndarray:
     return np.asarray(x)
 
 
-# ---------------------------------------------------------------------- pooling on the device
+# ---------------------------------------------------------------------- encoding on the device
 
-def _pool_device(encoder, hidden, mask, cp):
-    """Encoder._pool on the device (CuPy), same steps."""
-    hidden = hidden.astype(cp.float32, copy=False)
-    if hidden.ndim == 2:
-        vecs = hidden
-    else:
-        m = mask.astype(cp.float32)
-        pooling = encoder.config.pooling
-        if pooling == "cls":
-            vecs = hidden[:, 0]
-        elif pooling == "last-token":
-            last = mask.sum(axis=1) - 1
-            vecs = hidden[cp.arange(hidden.shape[0]), last]
-        else:
-            if pooling == "weighted-mean":
-                m = m * cp.arange(1, m.shape[1] + 1, dtype=cp.float32)
-            summed = cp.matmul(m[:, None, :], hidden)[:, 0]
-            vecs = summed / cp.maximum(m.sum(axis=1, keepdims=True), 1e-9)
-    if encoder._projection is not None:
-        vecs = vecs @ cp.asarray(encoder._projection)
-    if encoder.config.normalize:
-        vecs = vecs / cp.maximum(cp.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-    return cp.ascontiguousarray(vecs, dtype=cp.float32)
-
-
-def _tokens_device(encoder, hidden, ids, keep, side, cp):
-    """Encoder._tokens on the device: the kept token rows packed, and their counts per text."""
-    hidden = hidden.astype(cp.float32, copy=False)
-    if encoder._projection is not None:
-        hidden = hidden @ cp.asarray(encoder._projection)
-    if encoder.config.normalize:
-        hidden = hidden / cp.maximum(cp.linalg.norm(hidden, axis=2, keepdims=True), 1e-12)
-    if side == "document" and encoder._skip_ids is not None:
-        keep = keep & ~np.isin(ids, encoder._skip_ids)
-    keep_d = cp.asarray(keep)
-    return hidden[keep_d], keep.sum(axis=1).astype(np.int64)
-
-
-def encode_on_device(encoder, texts: Sequence[str], side: str = "query", instruction: Optional[str] = None,
+def encode_on_device(encoder: Encoder, texts: Sequence[str], side: str = "query", instruction: Optional[str] = None,
                      batch_size: int = 32):
     """Encodes texts with an Encoder whose session runs on CUDA, keeping the result on the GPU.
 
@@ -258,55 +112,36 @@ def encode_on_device(encoder, texts: Sequence[str], side: str = "query", instruc
     """
     import cupy as cp
 
-    from .encoders import _check_batch_size, _check_texts
-
-    device = session_device(encoder.session)
-    if device is None:
+    if not isinstance(encoder, Encoder):
+        raise TypeError(f"encoder must be a flatcoat.Encoder, got {type(encoder).__name__}")
+    device = encoder.device
+    if device == "cpu":
         raise ValueError(
-            f"the encoder runs on {list(encoder.session.get_providers())}; load it on CUDA: "
+            f"encoder runs on {list(encoder.providers)}; load it on CUDA: "
             "Encoder.from_pretrained(..., providers=flatcoat.cuda_encoders.cuda_providers())"
         )
-    if side not in ("query", "document"):
-        raise ValueError(f"side must be 'query' or 'document', got {side!r}")
-    items = _check_texts(texts)
-    batch_size = _check_batch_size(batch_size)
-    if side == "query":
-        items = [encoder.format_query(t, instruction) for t in items]
-    elif encoder.config.document_prefix:
-        items = [encoder.config.document_prefix + t for t in items]
-    tok = encoder._tok_query if side == "query" else encoder._tok_doc
-    encodings = tok.encode_batch(items)
-    dense = encoder.kind == "dense"
-    with cp.cuda.Device(device):
-        out = cp.empty((len(items), encoder.dim), dtype=cp.float32) if dense else None
-        parts, lengths, where = [], np.zeros(len(items), dtype=np.int64), []
-        for pos, ids, mask, keep in encoder._batches(encodings, side, batch_size):
-            feeds = {"input_ids": ids}
-            if "attention_mask" in encoder._input_names:
-                feeds["attention_mask"] = mask
-            if "token_type_ids" in encoder._input_names:
-                feeds["token_type_ids"] = np.zeros_like(ids)
-            if "position_ids" in encoder._input_names:
-                feeds["position_ids"] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
-            value = run_on_device(encoder.session, feeds, encoder._output, device)
-            hidden = ortvalue_to_cupy(value, cp)
-            if dense:
-                out[cp.asarray(pos)] = _pool_device(encoder, hidden, cp.asarray(mask), cp)
-            else:
-                rows, counts = _tokens_device(encoder, hidden, ids, keep, side, cp)
-                parts.append(rows)
-                lengths[pos] = counts
-                where.append((pos, counts))
-        if dense:
+    ordinal = int(device.split(":")[1])
+    with cp.cuda.Device(ordinal):
+        parts = []
+        for batch in encoder.batches(texts, side, instruction=instruction, batch_size=batch_size):
+            value = run_on_device(encoder.session, batch.feeds, encoder.output_name, ordinal)
+            parts.append((batch.positions, encoder.pool(ortvalue_to_cupy(value, cp), batch, xp=cp)))
+        n = sum(len(pos) for pos, _ in parts)
+        if encoder.kind == "dense":
+            out = cp.empty((n, encoder.dim), dtype=cp.float32)
+            for pos, vecs in parts:
+                out[cp.asarray(pos)] = vecs
             return out
         # Batches are length-sorted: gather the rows back into text order in one take.
-        packed = cp.concatenate(parts)
-        start_in_packed = np.zeros(len(items), dtype=np.int64)
+        lengths = np.zeros(n, dtype=np.int64)
+        start_in_packed = np.zeros(n, dtype=np.int64)
         base = 0
-        for pos, counts in where:
+        for pos, (_, counts) in parts:
+            lengths[pos] = counts
             start_in_packed[pos] = base + np.concatenate(([0], np.cumsum(counts)[:-1]))
             base += int(counts.sum())
-        offsets = np.zeros(len(items) + 1, dtype=np.int64)
+        packed = cp.concatenate([rows for _, (rows, _) in parts])
+        offsets = np.zeros(n + 1, dtype=np.int64)
         np.cumsum(lengths, out=offsets[1:])
         index = np.repeat(start_in_packed - offsets[:-1], lengths) + np.arange(int(offsets[-1]), dtype=np.int64)
         return cp.ascontiguousarray(packed[cp.asarray(index)]), lengths

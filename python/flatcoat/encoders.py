@@ -9,6 +9,13 @@ One class, :class:`Encoder`, in two kinds:
   a projection matrix, a punctuation skiplist for documents, per-token L2
   normalisation.
 
+An encode is three steps, each written once: :meth:`Encoder.batches` turns
+texts into padded, length-sorted :class:`Batch` es with their model feeds;
+the ONNX session runs a batch; :meth:`Encoder.pool` turns the model output
+into vectors. ``pool`` takes numpy or CuPy arrays (``xp``), so the GPU path
+(``flatcoat.cuda_encoders``, which runs the session with IO binding) reuses
+the first and last steps as they are.
+
 The configuration format (``flatcoat.json`` and the sentence-transformers
 files it can be derived from) is documented in ``docs/encoders.md``. The
 bundled default ``"all-MiniLM-L6-v2"`` used as ``kind="multivector"`` is a
@@ -22,18 +29,25 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import _onnx
 from . import models as _models
+from ._onnx import check_providers, onnxruntime_conflict
+from ._validate import as_bool, as_int
 
-__all__ = ["Encoder", "EncoderConfig", "encode_documents_shared", "POOLINGS", "KINDS"]
+__all__ = [
+    "Encoder", "EncoderConfig", "Batch", "encode_documents_shared", "check_texts", "pool_tokens",
+    "l2_normalize", "check_providers", "onnxruntime_conflict", "POOLINGS", "KINDS", "SIDES",
+]
 
 POOLINGS = ("cls", "mean", "last-token", "weighted-mean")
 KINDS = ("dense", "multivector")
+SIDES = ("query", "document")
 
 # Encodes of at least this many texts show a progress bar (when stderr is a terminal).
 _PROGRESS_MIN_TEXTS = 512
@@ -70,8 +84,12 @@ class EncoderConfig:
     stand_in: bool = False
 
     @classmethod
-    def from_dict(cls, cfg: Dict[str, Any], kind: str) -> "EncoderConfig":
-        """Merge the shared keys with the ``kind`` section and validate them."""
+    def from_dict(cls, cfg: Dict[str, Any], kind: str, max_positions: Optional[int] = None) -> "EncoderConfig":
+        """Merge the shared keys with the ``kind`` section and validate them.
+
+        A length the configuration leaves at its default is capped at the
+        model's ``max_positions``; one it sets is checked by the Encoder.
+        """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         names = {f.name for f in fields(cls)} - {"kind"}
@@ -96,6 +114,10 @@ class EncoderConfig:
             values.update(section)
         if "skiplist" in values:
             values["skiplist"] = tuple(values["skiplist"])
+        if max_positions is not None:
+            for name in ("query_max_length", "document_max_length"):
+                if name not in shared and name not in (section or {}):
+                    values[name] = min(values.get(name, getattr(cls, name)), max_positions)
         out = cls(kind=kind, **values)
         out._validate()
         return out
@@ -104,9 +126,9 @@ class EncoderConfig:
         if self.pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
         for name in ("query_max_length", "document_max_length"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 2:
-                raise ValueError(f"{name} must be an integer >= 2, got {v!r}")
+            as_int(getattr(self, name), name, 2)
+        for name in ("normalize", "query_augmentation", "attend_to_mask_tokens", "stand_in"):
+            as_bool(getattr(self, name), name)
         for name in ("query_prefix", "document_prefix", "instruction_template", "mask_token"):
             if not isinstance(getattr(self, name), str):
                 raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
@@ -118,7 +140,26 @@ class EncoderConfig:
             raise ValueError("skiplist must be a list of strings (tokens or characters)")
 
 
-def _check_texts(texts: Any, name: str = "texts") -> List[str]:
+def _check_text(text: Any, name: str) -> str:
+    if not isinstance(text, str):
+        raise TypeError(f"{name} must be a str, got {type(text).__name__}")
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:  # only a lone surrogate cannot be encoded
+            raise ValueError(
+                f"{name}: contains a lone surrogate ({text[exc.start]!r} at character {exc.start}), which is not "
+                "text; decode the source with errors='replace', or drop the character"
+            ) from None
+    return text
+
+
+def check_texts(texts: Any, name: str = "texts") -> List[str]:
+    """``texts`` as a non-empty list of str; each failure names the argument and the position.
+
+    >>> check_texts(["a", "b"])
+    ['a', 'b']
+    """
     if isinstance(texts, str):
         raise TypeError(f"{name} must be a list of strings; wrap a single text in a list: [{texts[:30]!r}]")
     try:
@@ -128,50 +169,32 @@ def _check_texts(texts: Any, name: str = "texts") -> List[str]:
     if not items:
         raise ValueError(f"{name} is empty; pass at least one text")
     for i, t in enumerate(items):
-        if not isinstance(t, str):
-            raise TypeError(f"{name}[{i}] must be a str, got {type(t).__name__}")
+        _check_text(t, f"{name}[{i}]")
     return items
 
 
-def _check_batch_size(batch_size: Any) -> int:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    return int(batch_size)
+def pool_tokens(hidden, mask, pooling: str, xp=np):
+    """Pools token states ``(b, t, h)`` into ``(b, h)`` float32, ``mask`` ``(b, t)`` marking real tokens.
+
+    ``xp`` is the array module of ``hidden`` and ``mask`` (numpy or CuPy).
+    """
+    hidden = hidden.astype(xp.float32, copy=False)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last-token":
+        # Right padding: the last real token sits at length - 1.
+        last = mask.sum(axis=1) - 1
+        return hidden[xp.arange(hidden.shape[0]), last]
+    m = mask.astype(xp.float32)
+    if pooling == "weighted-mean":  # position weights 1..T (SGPT)
+        m = m * xp.arange(1, m.shape[1] + 1, dtype=xp.float32)
+    summed = xp.matmul(m[:, None, :], hidden)[:, 0]
+    return summed / xp.maximum(m.sum(axis=1, keepdims=True), 1e-9)
 
 
-_SESSIONS: Dict[Tuple[str, Tuple[str, ...], int], Any] = {}
-
-
-def _available_providers() -> List[str]:
-    import onnxruntime as ort
-
-    return list(ort.get_available_providers())
-
-
-def _make_session(model: Path, providers: Optional[Sequence[Any]], threads: Optional[int]):
-    import onnxruntime as ort
-
-    from .cuda_encoders import check_providers
-
-    # Explains a missing CUDA provider, including the onnxruntime + onnxruntime-gpu trap.
-    providers = check_providers(providers, _available_providers())
-    if threads is None:
-        # The CPUs this process may run on (a container's quota), not the machine's count.
-        threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ValueError(f"threads must be a positive integer, got {threads!r}")
-    key = (str(model), repr(providers), threads)  # options too: two device_ids are two sessions
-    sess = _SESSIONS.get(key)
-    if sess is None:
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1  # one graph at a time: intra-op threads do the work
-        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(str(model), sess_options=so, providers=list(providers))
-        _SESSIONS[key] = sess
-    return sess
+def l2_normalize(x, xp=np):
+    """Rows of ``x`` scaled to unit L2 norm along the last axis (a zero row stays zero)."""
+    return x / xp.maximum(xp.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def _load_tokenizer(path: Path, max_length: int):
@@ -183,6 +206,24 @@ def _load_tokenizer(path: Path, max_length: int):
     tok.no_padding()
     tok.enable_truncation(max_length)
     return tok
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One padded batch of an encode: row ``i`` is text ``positions[i]`` of the call.
+
+    ``input_ids``, ``attention_mask``: ``(b, width)`` int64 (host memory);
+    ``keep``: ``(b, width)`` bool, the token rows a multivector encoder
+    outputs (before its document skiplist); ``feeds``: the model inputs by
+    name, ready for ``session.run``.
+    """
+
+    side: str
+    positions: np.ndarray
+    input_ids: np.ndarray
+    attention_mask: np.ndarray
+    keep: np.ndarray
+    feeds: Dict[str, np.ndarray]
 
 
 class Encoder:
@@ -210,14 +251,22 @@ class Encoder:
         self.config = config
         self.kind = config.kind
         self.name = files.name
-        self.progress = progress
-        self.session = _make_session(files.model, providers, threads)
+        self.progress = None if progress is None else as_bool(progress, "progress")
+        limit = files.max_positions
+        if limit is not None:
+            # A longer sequence would index past the position embeddings: onnxruntime fails at the
+            # first long text. Markers and [MASK] augmentation are within max_length.
+            for name in ("query_max_length", "document_max_length"):
+                if getattr(config, name) > limit:
+                    raise ValueError(
+                        f"{name}: {getattr(config, name)} is beyond the {limit} positions of model {files.name!r}; "
+                        f"pass at most {limit}"
+                    )
+        self.session = _onnx.session(files.model, providers, threads)
         self.providers = tuple(self.session.get_providers())
-        if max_batch_tokens is None and self.providers[:1] == ("CPUExecutionProvider",):
+        if max_batch_tokens is None and self.providers[:1] == (_onnx.CPU,):
             max_batch_tokens = _CPU_MAX_BATCH_TOKENS
-        if max_batch_tokens is not None and (isinstance(max_batch_tokens, bool) or not isinstance(max_batch_tokens, int) or max_batch_tokens < 1):
-            raise ValueError(f"max_batch_tokens must be a positive integer or None, got {max_batch_tokens!r}")
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = None if max_batch_tokens is None else as_int(max_batch_tokens, "max_batch_tokens", 1)
         self._input_names = [i.name for i in self.session.get_inputs()]
         supported = {"input_ids", "attention_mask", "token_type_ids", "position_ids"}
         unknown = [n for n in self._input_names if n not in supported]
@@ -235,8 +284,7 @@ class Encoder:
         else:
             self._output = "last_hidden_state" if "last_hidden_state" in out_names else out_names[0]
         out_shape = outputs[out_names.index(self._output)].shape
-        self._token_level = len(out_shape) == 3
-        if self.kind == "multivector" and not self._token_level:
+        if self.kind == "multivector" and len(out_shape) != 3:
             raise ValueError(
                 f"kind='multivector' needs per-token model output, but {self._output!r} has shape {out_shape}"
             )
@@ -282,12 +330,13 @@ class Encoder:
         intra-op thread count (default: all cores); ``max_batch_tokens`` caps
         rows x padded length per batch (default 2048 on CPU, none elsewhere;
         ``batch_size`` still caps the rows); keyword ``overrides``
-        replace config fields, e.g. ``query_max_length=64``.
+        replace config fields, e.g. ``query_max_length=64`` (at most the
+        model's position limit).
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
         files = _models.resolve(path_or_name)
-        config = EncoderConfig.from_dict(files.config, kind)
+        config = EncoderConfig.from_dict(files.config, kind, files.max_positions)
         if overrides:
             unknown = sorted(set(overrides) - {f.name for f in fields(EncoderConfig)} - {"kind"})
             if unknown:
@@ -335,48 +384,7 @@ class Encoder:
             raise ValueError(f"projection {path} must be a 2-D (hidden, dim) matrix, got shape {p.shape}")
         return np.ascontiguousarray(p, dtype=np.float32)
 
-    def _probe_dim(self) -> int:
-        out = self._run(np.array([[self._pad_id, self._pad_id]], dtype=np.int64), np.ones((1, 2), dtype=np.int64))
-        return int(out.shape[-1])
-
-    def __repr__(self) -> str:
-        label = ", stand-in (not a trained late-interaction model)" if self.kind == "multivector" and self.config.stand_in else ""
-        return f"Encoder({self.name!r}, kind={self.kind!r}, dim={self.dim}{label})"
-
-    # ---------------------------------------------------------------- public
-    def format_query(self, text: str, instruction: Optional[str] = None) -> str:
-        """The text the model sees for a query: prefix, then the instruction template if any."""
-        text = self.config.query_prefix + text
-        if instruction is not None:
-            text = self.config.instruction_template.format(instruction=instruction, text=text)
-        return text
-
-    def encode_queries(
-        self,
-        texts: Sequence[str],
-        instruction: Optional[str] = None,
-        batch_size: int = 32,
-        progress: Optional[bool] = None,
-    ) -> Union[np.ndarray, List[np.ndarray]]:
-        """Encode queries; ``instruction`` (a task description) goes through the model's template.
-
-        Dense: ``(n, dim)`` float32. Multivector: list of ``(t_i, dim)`` float32.
-        """
-        items = _check_texts(texts)
-        if instruction is not None and not isinstance(instruction, str):
-            raise TypeError(f"instruction must be a str or None, got {type(instruction).__name__}")
-        return self._encode([self.format_query(t, instruction) for t in items], "query", batch_size, progress)
-
-    def encode_documents(
-        self, texts: Sequence[str], batch_size: int = 32, progress: Optional[bool] = None
-    ) -> Union[np.ndarray, List[np.ndarray]]:
-        """Encode documents (no instruction, the document prefix only). Shapes as :meth:`encode_queries`."""
-        items = _check_texts(texts)
-        prefix = self.config.document_prefix
-        return self._encode([prefix + t for t in items] if prefix else items, "document", batch_size, progress)
-
-    # -------------------------------------------------------------- pipeline
-    def _run(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    def _feeds(self, ids: np.ndarray, mask: np.ndarray) -> Dict[str, np.ndarray]:
         feeds = {"input_ids": ids}
         if "attention_mask" in self._input_names:
             feeds["attention_mask"] = mask
@@ -384,10 +392,63 @@ class Encoder:
             feeds["token_type_ids"] = np.zeros_like(ids)
         if "position_ids" in self._input_names:
             feeds["position_ids"] = np.broadcast_to(np.arange(ids.shape[1], dtype=np.int64), ids.shape).copy()
-        return self.session.run([self._output], feeds)[0]
+        return feeds
 
-    def _batches(self, encodings, side: str, batch_size: int):
-        """Yield (positions, ids, attention mask), length-sorted so each batch has little padding."""
+    def _probe_dim(self) -> int:
+        ids = np.array([[self._pad_id, self._pad_id]], dtype=np.int64)
+        return int(self.session.run([self._output], self._feeds(ids, np.ones_like(ids)))[0].shape[-1])
+
+    def __repr__(self) -> str:
+        label = ", stand-in (not a trained late-interaction model)" if self.kind == "multivector" and self.config.stand_in else ""
+        return f"Encoder({self.name!r}, kind={self.kind!r}, dim={self.dim}{label})"
+
+    # ---------------------------------------------------------------- public
+    @property
+    def device(self) -> str:
+        """Where the model runs: "cpu", or "cuda:N" when CUDA is the session's first provider."""
+        return _onnx.session_device(self.session)
+
+    @property
+    def output_name(self) -> str:
+        """The model output :meth:`pool` reads."""
+        return self._output
+
+    def format_query(self, text: str, instruction: Optional[str] = None) -> str:
+        """The text the model sees for a query: prefix, then the instruction template if any."""
+        text = self.config.query_prefix + text
+        if instruction is not None:
+            text = self.config.instruction_template.format(instruction=instruction, text=text)
+        return text
+
+    def _prepare(self, texts: Any, side: str, instruction: Optional[str], name: str) -> List[str]:
+        """Validated texts as the model sees them (prefixes, instruction)."""
+        if side not in SIDES:
+            raise ValueError(f"side must be one of {SIDES}, got {side!r}")
+        items = check_texts(texts, name)
+        if instruction is not None:
+            if side != "query":
+                raise ValueError("instruction applies to queries only")
+            _check_text(instruction, "instruction")
+        if side == "query":
+            return [self.format_query(t, instruction) for t in items]
+        prefix = self.config.document_prefix
+        return [prefix + t for t in items] if prefix else items
+
+    def batches(self, texts: Sequence[str], side: str, *, instruction: Optional[str] = None,
+                batch_size: int = 32, name: str = "texts") -> Iterator[Batch]:
+        """Tokenizes ``texts`` (queries or documents, ``side``) into length-sorted :class:`Batch` es.
+
+        Each batch has little padding (its longest text sets its width) and at
+        most ``batch_size`` rows (and ``max_batch_tokens`` rows x width).
+        Run ``session.run([encoder.output_name], batch.feeds)`` and pass the
+        output to :meth:`pool`.
+        """
+        items = self._prepare(texts, side, instruction, name)
+        return self._batches(items, side, as_int(batch_size, "batch_size", 1))
+
+    def _batches(self, items: List[str], side: str, batch_size: int) -> Iterator[Batch]:
+        tok = self._tok_query if side == "query" else self._tok_doc
+        encodings = tok.encode_batch(items)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         order = np.argsort(-lengths, kind="stable")
         marker = self._marker_ids.get(side)
@@ -411,83 +472,96 @@ class Encoder:
                 ids = np.insert(ids, 1, marker, axis=1)
                 mask = np.insert(mask, 1, 1, axis=1)
             if augment:  # pad with [MASK]: the query is expanded to a fixed length
-                keep = mask.astype(bool).copy()
-                ids[~keep] = self._mask_id
+                keep = np.ones(mask.shape, dtype=bool)
+                ids[~mask.astype(bool)] = self._mask_id
                 if self.config.attend_to_mask_tokens:
                     mask[:] = 1
-                yield pos, ids, mask, np.ones_like(keep)
             else:
-                yield pos, ids, mask, mask.astype(bool)
+                keep = mask.astype(bool)
+            yield Batch(side, pos, ids, mask, keep, self._feeds(ids, mask))
 
-    def _encode(self, texts: List[str], side: str, batch_size: int, progress: Optional[bool],
+    def pool(self, hidden, batch: Batch, xp=np):
+        """Vectors from the model output ``hidden`` of ``batch`` (numpy, or CuPy with ``xp=cupy``).
+
+        Dense: ``(b, dim)`` float32, row ``i`` for text ``batch.positions[i]``.
+        Multivector: ``(rows, counts)``: the kept token vectors ``(sum(counts),
+        dim)`` float32, packed text after text in batch order, and ``counts``
+        ``(b,)`` int64 (host).
+        """
+        hidden = hidden.astype(xp.float32, copy=False)
+        if self.kind == "dense":
+            if hidden.ndim == 2:  # the model pools itself (e.g. a sentence_embedding output)
+                vecs = hidden
+            else:
+                vecs = pool_tokens(hidden, xp.asarray(batch.attention_mask), self.config.pooling, xp)
+        else:
+            keep = batch.keep
+            if batch.side == "document" and self._skip_ids is not None:
+                keep = keep & ~np.isin(batch.input_ids, self._skip_ids)
+            # Boolean selection drops padding (and skipped punctuation) in one step, text order kept.
+            vecs = hidden[xp.asarray(keep)]
+        if self._projection is not None:
+            vecs = vecs @ xp.asarray(self._projection)
+        if self.config.normalize:
+            vecs = l2_normalize(vecs, xp)
+        vecs = xp.ascontiguousarray(vecs, dtype=xp.float32)
+        return vecs if self.kind == "dense" else (vecs, keep.sum(axis=1).astype(np.int64))
+
+    def encode_queries(
+        self,
+        texts: Sequence[str],
+        instruction: Optional[str] = None,
+        batch_size: int = 32,
+        progress: Optional[bool] = None,
+    ) -> Union[np.ndarray, List[np.ndarray]]:
+        """Encode queries; ``instruction`` (a task description) goes through the model's template.
+
+        Dense: ``(n, dim)`` float32. Multivector: list of ``(t_i, dim)`` float32.
+        """
+        if instruction is not None and not isinstance(instruction, str):
+            raise TypeError(f"instruction must be a str or None, got {type(instruction).__name__}")
+        return self._encode(self._prepare(texts, "query", instruction, "texts"), "query", batch_size, progress)
+
+    def encode_documents(
+        self, texts: Sequence[str], batch_size: int = 32, progress: Optional[bool] = None
+    ) -> Union[np.ndarray, List[np.ndarray]]:
+        """Encode documents (no instruction, the document prefix only). Shapes as :meth:`encode_queries`."""
+        return self._encode(self._prepare(texts, "document", None, "texts"), "document", batch_size, progress)
+
+    # -------------------------------------------------------------- pipeline
+    def _encode(self, items: List[str], side: str, batch_size: Any, progress: Optional[bool],
                 partners: Sequence["Encoder"] = ()):
-        """Run the model over length-sorted batches; ``partners`` (same model and tokenization) pool
-        the same forward pass their own way."""
-        batch_size = _check_batch_size(batch_size)
-        tok = self._tok_query if side == "query" else self._tok_doc
-        encodings = tok.encode_batch(texts)
-        show = self.progress if progress is None else progress
+        """Run the model over length-sorted batches of prepared texts; ``partners`` (same model and
+        tokenization) pool the same forward pass their own way."""
+        batch_size = as_int(batch_size, "batch_size", 1)
+        show = self.progress if progress is None else as_bool(progress, "progress")
         if show is None:
-            show = len(texts) >= _PROGRESS_MIN_TEXTS and sys.stderr.isatty()
+            show = len(items) >= _PROGRESS_MIN_TEXTS and sys.stderr.isatty()
         bar = None
         if show:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(texts), desc=f"encoding {side}s", unit="text", disable=False)
+            bar = tqdm(total=len(items), desc=f"encoding {side}s", unit="text", disable=False)
         encs = (self,) + tuple(partners)
         outs = [
-            np.empty((len(texts), e.dim), dtype=np.float32) if e.kind == "dense" else [None] * len(texts) for e in encs
+            np.empty((len(items), e.dim), dtype=np.float32) if e.kind == "dense" else [None] * len(items) for e in encs
         ]
         try:
-            for pos, ids, mask, keep in self._batches(encodings, side, batch_size):
-                hidden = self._run(ids, mask)
+            for batch in self._batches(items, side, batch_size):
+                hidden = self.session.run([self._output], batch.feeds)[0]
                 for e, out in zip(encs, outs):
                     if e.kind == "dense":
-                        out[pos] = e._pool(hidden, mask)
+                        out[batch.positions] = e.pool(hidden, batch)
                     else:
-                        for p, vecs in zip(pos, e._tokens(hidden, ids, keep, side)):
+                        rows, counts = e.pool(hidden, batch)
+                        for p, vecs in zip(batch.positions, np.split(rows, np.cumsum(counts)[:-1])):
                             out[p] = vecs
                 if bar is not None:
-                    bar.update(len(pos))
+                    bar.update(len(batch.positions))
         finally:
             if bar is not None:
                 bar.close()
         return outs if partners else outs[0]
-
-    def _pool(self, hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
-        hidden = hidden.astype(np.float32, copy=False)
-        if hidden.ndim == 2:  # the model pools itself (e.g. a sentence_embedding output)
-            vecs = hidden
-        else:
-            m = mask.astype(np.float32)
-            pooling = self.config.pooling
-            if pooling == "cls":
-                vecs = hidden[:, 0]
-            elif pooling == "last-token":
-                # Right padding: the last real token sits at length - 1.
-                last = mask.sum(axis=1) - 1
-                vecs = hidden[np.arange(hidden.shape[0]), last]
-            else:
-                if pooling == "weighted-mean":  # position weights 1..T (SGPT)
-                    m = m * np.arange(1, m.shape[1] + 1, dtype=np.float32)
-                summed = np.matmul(m[:, None, :], hidden)[:, 0]
-                vecs = summed / np.maximum(m.sum(axis=1, keepdims=True), 1e-9)
-        if self._projection is not None:
-            vecs = vecs @ self._projection
-        if self.config.normalize:
-            vecs = vecs / np.maximum(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12)
-        return np.ascontiguousarray(vecs, dtype=np.float32)
-
-    def _tokens(self, hidden: np.ndarray, ids: np.ndarray, keep: np.ndarray, side: str) -> List[np.ndarray]:
-        hidden = hidden.astype(np.float32, copy=False)
-        if self._projection is not None:
-            hidden = hidden @ self._projection
-        if self.config.normalize:
-            hidden = hidden / np.maximum(np.linalg.norm(hidden, axis=2, keepdims=True), 1e-12)
-        if side == "document" and self._skip_ids is not None:
-            keep = keep & ~np.isin(ids, self._skip_ids)
-        # Boolean selection per row drops padding (and skipped punctuation) in one step.
-        return [np.ascontiguousarray(hidden[i][keep[i]]) for i in range(hidden.shape[0])]
 
 
 def encode_documents_shared(
@@ -503,7 +577,7 @@ def encode_documents_shared(
     encoders = list(encoders)
     if not encoders or not all(isinstance(e, Encoder) for e in encoders):
         raise TypeError("encoders must be a non-empty list of flatcoat.Encoder")
-    items = _check_texts(texts)
+    items = check_texts(texts)
 
     def key(e: Encoder):
         c = e.config
@@ -517,8 +591,7 @@ def encode_documents_shared(
         groups.setdefault(key(e), []).append(i)
     for members in groups.values():
         lead = encoders[members[0]]
-        prefix = lead.config.document_prefix
-        docs = [prefix + t for t in items] if prefix else items
+        docs = lead._prepare(items, "document", None, "texts")
         outs = lead._encode(docs, "document", batch_size, progress, partners=[encoders[i] for i in members[1:]])
         if len(members) == 1:
             outs = [outs]

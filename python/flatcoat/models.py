@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
-__all__ = ["ModelFiles", "ModelSpec", "REGISTRY", "DEFAULT_MODEL", "resolve", "read_config"]
+__all__ = ["ModelFiles", "ModelSpec", "REGISTRY", "DEFAULT_MODEL", "resolve", "read_config", "max_positions"]
 
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 
@@ -39,7 +39,10 @@ class ModelFiles:
 
     ``config`` is the merged encoder configuration (a plain dict in the
     ``flatcoat.json`` format); ``root`` is the directory relative paths in
-    the config (a projection matrix) are read from.
+    the config (a projection matrix) are read from. ``max_positions`` comes
+    from the registry, ``flatcoat.json`` or the model's ``config.json`` (see
+    :func:`max_positions`): ONNX exports declare a dynamic sequence axis, so
+    the graph's input shapes do not give it.
     """
 
     name: str
@@ -47,6 +50,8 @@ class ModelFiles:
     tokenizer: Path
     root: Path
     config: Dict[str, Any] = field(default_factory=dict)
+    #: The longest token sequence the model takes (its position embeddings), None when unknown.
+    max_positions: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +63,7 @@ class ModelSpec:
     locate: Callable[[], Tuple[Path, Path]]  # -> (model.onnx, tokenizer.json)
     config: Dict[str, Any]
     aliases: Tuple[str, ...] = ()
+    max_positions: Optional[int] = None
 
 
 def _locate_bundled_minilm() -> Tuple[Path, Path]:
@@ -112,6 +118,7 @@ register(
             },
         },
         aliases=("sentence-transformers/all-MiniLM-L6-v2",),
+        max_positions=512,  # max_position_embeddings in the model's config.json (BERT, absolute positions)
     )
 )
 
@@ -200,6 +207,36 @@ def read_config(root: Path) -> Dict[str, Any]:
     return cfg
 
 
+# RoBERTa-style models number positions from pad_token_id + 1, so that many of their
+# position embeddings are never used for tokens.
+_POSITIONS_AFTER_PADDING = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "mpnet", "longformer")
+
+
+def max_positions(root: Path, cfg: Dict[str, Any]) -> Optional[int]:
+    """The longest token sequence the model of directory ``root`` takes, or None when unknown.
+
+    ``"max_positions"`` in ``flatcoat.json`` (given as ``cfg``) if set, else
+    ``max_position_embeddings`` of the Hugging Face ``config.json`` beside the
+    model (less the padding offset of RoBERTa-style models).
+    """
+    if "max_positions" in cfg:
+        value = cfg["max_positions"]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+            raise ValueError(f"{root / CONFIG_NAME}: max_positions must be an integer >= 2, got {value!r}")
+        return value
+    hf = root / "config.json"
+    if not hf.is_file():
+        return None
+    model_cfg = _read_json(hf)
+    value = model_cfg.get("max_position_embeddings")
+    if isinstance(value, bool) or not isinstance(value, int) or value < 2:
+        return None
+    if model_cfg.get("model_type") in _POSITIONS_AFTER_PADDING:
+        pad = model_cfg.get("pad_token_id", 1)
+        value -= (pad if isinstance(pad, int) and not isinstance(pad, bool) else 1) + 1
+    return value
+
+
 def _from_directory(root: Path, name: str) -> ModelFiles:
     cfg = read_config(root)
     model = root / cfg.get("model", "model.onnx")
@@ -212,7 +249,8 @@ def _from_directory(root: Path, name: str) -> ModelFiles:
             f"model directory {root} lacks {', '.join(missing)}; a model directory needs "
             "model.onnx (or onnx/model.onnx) and tokenizer.json, see docs/encoders.md"
         )
-    return ModelFiles(name=name, model=model, tokenizer=tokenizer, root=root, config=cfg)
+    return ModelFiles(name=name, model=model, tokenizer=tokenizer, root=root, config=cfg,
+                      max_positions=max_positions(root, cfg))
 
 
 def _from_hub(name: str) -> ModelFiles:
@@ -233,6 +271,7 @@ def _from_hub(name: str) -> ModelFiles:
                 "onnx/model.onnx",
                 "tokenizer.json",
                 CONFIG_NAME,
+                "config.json",
                 "*.npy",
                 "sentence_bert_config.json",
                 "modules.json",
@@ -271,7 +310,8 @@ def resolve(name_or_path: "str | os.PathLike[str]" = DEFAULT_MODEL) -> ModelFile
     spec = REGISTRY.get(text)
     if spec is not None:
         model, tokenizer = spec.locate()
-        return ModelFiles(name=spec.name, model=model, tokenizer=tokenizer, root=model.parent, config=dict(spec.config))
+        return ModelFiles(name=spec.name, model=model, tokenizer=tokenizer, root=model.parent, config=dict(spec.config),
+                          max_positions=spec.max_positions)
     if isinstance(name_or_path, os.PathLike) or text.startswith((".", "/", "~")) or text.count("/") > 1:
         raise ValueError(f"model directory {text!r} does not exist")
     return _from_hub(text)
