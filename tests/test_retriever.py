@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import tracemalloc
+import zlib
 
 import numpy as np
 import pytest
@@ -86,9 +90,9 @@ def test_default_and_int_ids_and_k_beyond_size(enc):
 @pytest.mark.parametrize("storage", ["int8", "binary"])
 def test_exact_rerank_over_whole_corpus_equals_float_search(enc, vectors, storage):
     D, Q = vectors
-    r = Retriever(enc, flatcoat.DenseIndex(enc.dim, storage=storage, keep_float=True), rerank="exact")
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim, storage=storage, keep_float=True), reranker="exact")
     r.add(TEXTS, ids=IDS)
-    hits = r.search(QUERIES, k=4, shortlist=len(TEXTS))  # rescoring everything is exact search
+    hits = r.search(QUERIES, k=4, rerank=len(TEXTS))  # re-ranking everything is exact search
     want_s, want_i = brute_force(D, Q, 4)
     for qi, row in enumerate(hits):
         assert [h.id for h in row] == [IDS[j] for j in want_i[qi]]
@@ -108,45 +112,200 @@ def test_instruction_reaches_the_query_encoder(enc):
 
 
 def test_save_load_round_trip(enc, tmp_path):
-    r = Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="int8", keep_float=True), rerank="exact")
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="int8", keep_float=True), reranker="exact")
     ids = IDS[:6] + list(range(6))  # mixed str and int ids survive
     r.add(TEXTS, ids=ids)
-    before = r.search(QUERIES, k=5, shortlist=8)
+    before = r.search(QUERIES, k=5, rerank=8)
     path = tmp_path / "ret"
     r.save(path)
     r2 = Retriever.load(path)
-    assert r2.ids == ids and r2.rerank == "exact" and r2.encoder.name == "all-MiniLM-L6-v2"
-    assert r2.search(QUERIES, k=5, shortlist=8) == before
+    assert r2.ids == ids and r2.reranker == "exact" and r2.encoder.name == "all-MiniLM-L6-v2"
+    assert r2.search(QUERIES, k=5, rerank=8) == before
+    r3 = flatcoat.load(path)  # flatcoat.load opens any flatcoat directory
+    assert isinstance(r3, Retriever) and r3.search(QUERIES, k=5, rerank=8) == before
     # saving again replaces the directory; a foreign directory is refused
     r.save(path)
     assert Retriever.load(path).ids == ids
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not a flatcoat retriever"):
+    with pytest.raises(FileExistsError, match="not a flatcoat directory"):
         r.save(other)
     assert (other / "keep.txt").read_text() == "mine"
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left behind
 
 
-def test_load_rejects_inconsistent_directories(enc, tmp_path):
-    r = Retriever(enc, flatcoat.DenseIndex(enc.dim))
+def _rewrite_json(path, name, value):
+    """Replaces ``name``.json and makes the manifest agree (size, CRC): the retriever's own checks are reached."""
+    data = json.dumps(value).encode()
+    (path / f"{name}.json").write_bytes(data)
+    m = json.loads((path / "manifest.json").read_text())
+    m["json"][name].update(size=len(data), crc32=zlib.crc32(data))
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.fixture
+def saved_retriever(enc, tmp_path):
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="int8", keep_float=True), reranker="exact")
     r.add(TEXTS, ids=IDS)
-    r.save(tmp_path / "r")
-    (tmp_path / "r" / "ids.json").write_text(json.dumps(IDS[:-1]))
+    path = tmp_path / "r"
+    r.save(path)
+    return path
+
+
+def test_retriever_directory_is_one_checksummed_manifest(saved_retriever):
+    m = json.loads((saved_retriever / "manifest.json").read_text())
+    assert m["kind"] == "retriever" and m["meta"]["reranker"] == "exact" and m["meta"]["count"] == len(TEXTS)
+    assert sorted(m["json"]) == ["ids", "texts"] and sorted(m["children"]) == ["index"]
+    child = (saved_retriever / "index" / "manifest.json").read_bytes()
+    assert m["children"]["index"] == {"dir": "index", "size": len(child), "crc32": zlib.crc32(child)}
+    assert sorted(p.name for p in saved_retriever.iterdir()) == ["ids.json", "index", "manifest.json", "texts.json"]
+
+
+def test_load_rejects_inconsistent_directories(saved_retriever, tmp_path):
+    path = saved_retriever
+    _rewrite_json(path, "ids", IDS[:-1])
     with pytest.raises(flatcoat.IndexFormatError, match="disagree"):
-        Retriever.load(tmp_path / "r")
-    with pytest.raises(flatcoat.IndexFormatError, match="not a flatcoat retriever"):
+        Retriever.load(path)
+    _rewrite_json(path, "ids", IDS[:-1] + IDS[:1])
+    with pytest.raises(flatcoat.IndexFormatError, match="duplicate ids"):
+        Retriever.load(path)
+    _rewrite_json(path, "ids", IDS[:-1] + [True])
+    with pytest.raises(flatcoat.IndexFormatError, match="str or int"):
+        Retriever.load(path)
+    with pytest.raises(flatcoat.IndexFormatError, match="not a flatcoat directory"):
         Retriever.load(tmp_path / "missing")
+    index = flatcoat.DenseIndex(4)
+    index.save(tmp_path / "plain")
+    with pytest.raises(flatcoat.IndexFormatError, match="holds a dense index, not a Retriever"):
+        Retriever.load(tmp_path / "plain")
+
+
+def test_load_verifies_every_file(saved_retriever, tmp_path):
+    pristine = tmp_path / "pristine"
+    shutil.copytree(saved_retriever, pristine)
+
+    def fresh():
+        shutil.rmtree(saved_retriever)
+        shutil.copytree(pristine, saved_retriever)
+        return saved_retriever
+
+    def flip(file):
+        data = bytearray(file.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        file.write_bytes(bytes(data))
+
+    flip(fresh() / "texts.json")
+    with pytest.raises(flatcoat.IndexFormatError, match="texts.json: checksum mismatch"):
+        flatcoat.load(saved_retriever)
+    (fresh() / "ids.json").write_text(json.dumps(IDS[:-1]))  # not the size the manifest says
+    with pytest.raises(flatcoat.IndexFormatError, match="ids.json: size is"):
+        Retriever.load(saved_retriever)
+    flip(fresh() / "index" / "codes.npy")  # a child index's files are verified by its own manifest
+    with pytest.raises(flatcoat.IndexFormatError, match=r"index/codes.npy: checksum mismatch"):
+        Retriever.load(saved_retriever)
+    child = fresh() / "index" / "manifest.json"
+    m = json.loads(child.read_text())
+    child.write_text(json.dumps(m, indent=1, sort_keys=True).replace('"count"', '"count" '))
+    with pytest.raises(flatcoat.IndexFormatError, match=r"index/manifest.json: (size is|checksum mismatch)"):
+        Retriever.load(saved_retriever)
+    shutil.rmtree(fresh() / "index")
+    with pytest.raises(flatcoat.IndexFormatError, match="index: missing"):
+        Retriever.load(saved_retriever)
+    (fresh() / "texts.json").unlink()
+    with pytest.raises(flatcoat.IndexFormatError, match="texts.json: missing"):
+        flatcoat.load(saved_retriever)
+    with pytest.raises(TypeError, match="^verify: expected True or False"):
+        Retriever.load(fresh(), verify="no")
+    assert Retriever.load(saved_retriever).ids == IDS
+
+
+def test_interrupted_save_is_recovered(saved_retriever, tmp_path):
+    # Without an atomic exchange a save moves the old directory aside first; a crash
+    # before the second rename leaves only `.r.old-*`, which the next load puts back.
+    os.rename(saved_retriever, tmp_path / ".r.old-123")
+    loaded = Retriever.load(saved_retriever)
+    assert loaded.ids == IDS and saved_retriever.is_dir()
+
+
+def test_save_without_atomic_exchange_and_failing_save_keep_a_retriever(enc, saved_retriever, monkeypatch):
+    from flatcoat import _persist
+
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim))
+    r.add(TEXTS[:3], ids=["a", "b", "c"])
+    monkeypatch.setattr(_persist, "_exchange", lambda a, b: False)
+    r.save(saved_retriever)
+    assert Retriever.load(saved_retriever).ids == ["a", "b", "c"]
+    monkeypatch.setattr(_persist.DirectoryWriter, "add_json", lambda self, name, value: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        Retriever(enc, flatcoat.DenseIndex(enc.dim)).save(saved_retriever)
+    assert Retriever.load(saved_retriever).ids == ["a", "b", "c"]
+    assert sorted(p.name for p in saved_retriever.parent.iterdir()) == ["r"]  # no staging left behind
+
+
+def test_auto_ids_never_collide_with_user_ids(enc):
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim))
+    assert r.add(TEXTS[:1], ids=[1]) == [1]
+    assert r.add(TEXTS[1:3]) == [2, 3]
+    assert r.add(TEXTS[3:4], ids=["x"]) == ["x"]
+    assert r.add(TEXTS[4:5], ids=[np.int64(10)]) == [10]
+    assert r.add(TEXTS[5:6], ids=[-5]) == [-5]
+    assert r.add(TEXTS[6:8]) == [11, 12]
+    assert r.text(2) == TEXTS[1] and r.text(12) == TEXTS[7]
+    with pytest.raises(KeyError, match="not in this retriever"):
+        r.text([1])
+
+
+def test_auto_ids_continue_after_a_load(enc, tmp_path):
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim))
+    r.add(TEXTS[:2], ids=[7, "y"])
+    r.save(tmp_path / "r")
+    loaded = Retriever.load(tmp_path / "r")
+    assert loaded.add(TEXTS[2:4]) == [8, 9]
+
+
+def test_huge_k_is_bounded_by_the_collection(enc):
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="int8", keep_float=True), reranker="exact")
+    r.add(TEXTS, ids=IDS)
+    want = r.search(QUERIES[:1], k=len(TEXTS))
+    tracemalloc.start()
+    try:
+        for k in (10**7, 2**62):
+            assert r.search(QUERIES[:1], k=k) == want
+        assert r.search(QUERIES[:1], k=3, rerank=10**9)[0] == want[0][:3]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 16 << 20, peak  # a depth of 10 * k would be gigabytes
+
+
+def test_repr(enc):
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="binary", keep_float=True), reranker="exact")
+    r.add(TEXTS[:2])
+    text = repr(r)
+    assert text.startswith("Retriever(2 documents, encoder=Encoder('all-MiniLM-L6-v2'")
+    assert "DenseIndex(" in text and "reranker='exact'" in text
+
+
+def test_lone_surrogates_are_refused_with_their_position(enc):
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim))
+    with pytest.raises(ValueError, match=r"^texts\[1\]: contains a lone surrogate"):
+        r.add(["fine", "bad \ud800"])
+    assert len(r) == 0
+    r.add(["fine"])
+    with pytest.raises(ValueError, match=r"^queries\[0\]: contains a lone surrogate"):
+        r.search(["\udfff"])
+    with pytest.raises(ValueError, match=r"^queries\[0\]: contains a lone surrogate"):
+        r.search("bad \ud800")
 
 
 def test_bad_arguments(enc):
     with pytest.raises(ValueError, match="keep_float=True"):
-        Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="binary"), rerank="exact")
+        Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="binary"), reranker="exact")
     with pytest.raises(ValueError, match="does not match"):
         Retriever(enc, flatcoat.DenseIndex(enc.dim + 1))
-    with pytest.raises(ValueError, match="rerank must be"):
-        Retriever(enc, flatcoat.DenseIndex(enc.dim), rerank="fuzzy")
+    with pytest.raises(ValueError, match="reranker must be"):
+        Retriever(enc, flatcoat.DenseIndex(enc.dim), reranker="fuzzy")
     full = flatcoat.DenseIndex(enc.dim)
     full.add(np.ones((1, enc.dim), np.float32))
     with pytest.raises(ValueError, match="pass an empty index"):
@@ -163,10 +322,17 @@ def test_bad_arguments(enc):
     r.add(["a"], ids=["a"])
     with pytest.raises(ValueError, match="already in the retriever"):
         r.add(["b"], ids=["a"])
-    with pytest.raises(ValueError, match="shortlist must be"):
-        r.search(["x"], k=5, shortlist=2)
-    with pytest.raises(ValueError, match="k must be"):
+    with pytest.raises(ValueError, match=r"rerank: must be at least k \(5\)"):
+        r.search(["x"], k=5, rerank=2)
+    with pytest.raises(ValueError, match="^k: must be at least 1"):
         r.search(["x"], k=0)
+    with pytest.raises(ValueError, match="^rerank: must be at least 1"):
+        r.search(["x"], k=5, rerank=0)
+    for bad in (2.5, "5", True):
+        with pytest.raises(TypeError, match="^k: expected an integer"):
+            r.search(["x"], k=bad)
+        with pytest.raises(TypeError, match="^rerank: expected an integer"):
+            r.search(["x"], k=1, rerank=bad)
     with pytest.raises(ValueError, match="queries is empty"):
         r.search([])
 
@@ -179,13 +345,13 @@ def maxsim(q, d):
 def test_multivector_rerank_scores_the_shortlist_by_maxsim(enc, vectors, tmp_path):
     D, Q = vectors
     mv = Encoder.from_pretrained("all-MiniLM-L6-v2", kind="multivector")
-    r = Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="int8"), rerank=(mv, MultiVectorIndex(mv.dim)))
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="int8"), reranker=(mv, MultiVectorIndex(mv.dim)))
     r.add(TEXTS, ids=IDS)
-    shortlist = 6
-    hits = r.search(QUERIES, k=3, shortlist=shortlist)
+    depth = 6
+    hits = r.search(QUERIES, k=3, rerank=depth)
     first = flatcoat.DenseIndex(enc.dim, storage="int8")
     first.add(D)
-    _, cand = first.search(Q, k=shortlist)
+    _, cand = first.search(Q, k=depth)
     dt, qt = mv.encode_documents(TEXTS), mv.encode_queries(QUERIES)
     for qi, row in enumerate(hits):
         s = {int(j): maxsim(qt[qi], dt[j]) for j in cand[qi]}
@@ -193,7 +359,8 @@ def test_multivector_rerank_scores_the_shortlist_by_maxsim(enc, vectors, tmp_pat
         assert [h.id for h in row] == [IDS[j] for j in want]
         np.testing.assert_allclose([h.score for h in row], [s[j] for j in want], rtol=1e-5)
     r.save(tmp_path / "mv")
-    assert Retriever.load(tmp_path / "mv").search(QUERIES, k=3, shortlist=shortlist) == hits
+    loaded = Retriever.load(tmp_path / "mv")
+    assert loaded.reranker == "multivector" and loaded.search(QUERIES, k=3, rerank=depth) == hits
 
 
 @needs_mv
