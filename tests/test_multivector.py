@@ -317,6 +317,8 @@ def test_remove_compacts_and_search_follows(storage, rng):
     assert index.num_tokens == tokens_before - sum(len(docs[i]) for i in removed)
     assert 3 not in index and 5 in index
     kept = [i for i in range(len(docs)) if i not in removed]
+    assert index.ids.tolist() == kept  # documents keep their order
+    assert index.lengths.tolist() == [len(docs[i]) for i in kept]
     query = rng.standard_normal((6, dim)).astype(np.float32)
     scores, ids = index.search(query, k=len(docs))
     assert ids.shape == (1, len(kept))
@@ -363,8 +365,11 @@ def test_save_load_round_trip(storage, mmap, rng, tmp_path):
     query = rng.standard_normal((5, dim)).astype(np.float32)
     for a, b in zip(index.search(query, k=8), loaded.search(query, k=8)):
         np.testing.assert_array_equal(a, b)
+    # a memory-mapped index is searched in place, read-only, until its first change copies it
+    assert all(a.flags.writeable != mmap for a in (loaded._tokens.arrays["tokens"], loaded._docs.arrays["offsets"]))
     # a loaded (possibly memory-mapped) index accepts changes; the files stay intact
     loaded.add([docs[1]])
+    assert loaded._tokens.arrays["tokens"].flags.writeable and loaded._docs.arrays["offsets"].flags.writeable
     loaded.remove([102])
     assert len(loaded) == len(index)
     again = flatcoat.load(path, mmap=mmap)

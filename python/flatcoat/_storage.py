@@ -172,9 +172,10 @@ class RowStore:
         from ``start`` on.
         """
         kept = int(np.count_nonzero(keep))
-        for name in self.fields:
-            a = self._owned(name)
+        # Every copy is made before the first write: a MemoryError leaves the rows as they were.
+        tails = {name: self._owned(name)[start + self._lead(name) : self.count + self._lead(name)][keep]
+                 for name in self.fields}
+        for name, tail in tails.items():
             lead = self._lead(name)
-            tail = a[start + lead : self.count + lead][keep]
-            a[start + lead : start + lead + kept] = tail
+            self.arrays[name][start + lead : start + lead + kept] = tail
         self.count = start + kept
