@@ -9,6 +9,10 @@ from typing import Optional
 import numpy as np
 
 
+#: The largest id, and the largest k or re-ranking depth any search accepts (int64).
+MAX_ID = MAX_K = int(np.iinfo(np.int64).max)
+
+
 def as_float_matrix(x, name: str, dim: int) -> np.ndarray:
     """Returns ``x`` as a C-contiguous float32 (n, dim) array, copying only when needed.
 
@@ -59,16 +63,12 @@ def as_ids(ids, name: str, n: int) -> np.ndarray:
         raise ValueError(f"{name}: ids must fit in int64 (0 to 2**63 - 1)")  # numpy keeps larger ints as objects
     if not np.issubdtype(ids.dtype, np.integer):
         raise TypeError(f"{name}: dtype {ids.dtype} is not an integer type; pass int64 ids")
-    if ids.dtype == np.uint64 and ids.max() > np.iinfo(np.int64).max:
+    if ids.dtype == np.uint64 and ids.max() > MAX_ID:
         raise ValueError(f"{name}: ids must fit in int64")
     ids = np.ascontiguousarray(ids, dtype=np.int64)
     if ids.min() < 0:
         raise ValueError(f"{name}: ids must be non-negative (-1 marks a missing result); got {int(ids.min())}")
     return ids
-
-
-#: The largest id (int64).
-MAX_ID = int(np.iinfo(np.int64).max)
 
 
 def auto_ids(next_id: int, n: int) -> np.ndarray:
@@ -121,10 +121,6 @@ def as_bool(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name}: expected True or False, got {type(value).__name__} {value!r}")
     return bool(value)
-
-
-#: The largest k or re-ranking depth any search accepts (an int64 count).
-MAX_K = np.iinfo(np.int64).max
 
 
 def as_k(k, name: str = "k") -> int:
