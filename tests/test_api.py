@@ -439,6 +439,11 @@ def test_multivector_index_drives_the_mirror_protocol(fake_gpu, storage):
     for kwargs in ({}, {"k": 10**8}, {"subset": subset}, {"query_weights": weights, "subset": subset}):
         for a, b in zip(cpu.search(queries, **kwargs), gpu.search(queries, **kwargs)):
             np.testing.assert_array_equal(a, b)
+    packed = (np.concatenate(queries), [len(x) for x in queries])
+    same = np.stack([x[:1] for x in queries])  # a 3-d (q, 1, dim) batch
+    for form in (packed, same):
+        for a, b in zip(cpu.search(form, subset=subset), gpu.search(form, subset=subset)):
+            np.testing.assert_array_equal(a, b)
     with pytest.raises(KeyError, match="subset"):  # the index resolves the subset itself, under its lock
         gpu.search(queries, subset=[[3], [4], [6]])
     with pytest.raises(ValueError, match="one id list per query"):

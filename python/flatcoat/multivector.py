@@ -233,8 +233,10 @@ def parse_query_weights(query_weights, offsets) -> Optional[np.ndarray]:
 
 def _query_count(queries) -> int:
     """How many queries ``queries`` holds, from its shape only (it may be a device array)."""
-    if isinstance(queries, tuple) and len(queries) == 2 and getattr(queries[1], "ndim", np.ndim(queries[1])) == 1:
-        return len(queries[1])
+    if isinstance(queries, tuple) and len(queries) == 2:
+        lengths = queries[1]
+        if (lengths.ndim if hasattr(lengths, "ndim") else np.ndim(lengths)) == 1:  # (tokens, lengths)
+            return len(lengths)
     if isinstance(queries, (list, tuple)):
         return len(queries)
     ndim = getattr(queries, "ndim", None)
