@@ -313,16 +313,8 @@ void dense_store_t::search(const dense_search_t& a) const {
             e.hamming = binary && a.rerank == 0;
             e.dim = float(dim);
 
-            merge_args_t mg;
-            mg.lists = lists.get();
-            mg.group = int(group);
-            mg.row_blocks = row_blocks;
-            mg.list_cap = int(cap);
-            mg.list_k = int(keep);
-            mg.nq = nb;
-            mg.work = merged.get();
-            mg.k = int(keep);
-            mg.cap = int(merge_cap);
+            merge_args_t mg = merge_lists(lists.get(), int(group), row_blocks, int(cap), int(keep), nb, merged.get(),
+                                          int(merge_cap));
             mg.keys_out = a.rerank != 0 ? shortlist.get() : nullptr;
             mg.emit = e;
             launch_merge(mg, stream);
@@ -398,16 +390,8 @@ void topk(int device, const float* scores, size_t m, size_t n, bool on_device, s
             sa.out.cap = int(cap);
             launch_select(sa, stream);
 
-            merge_args_t mg;
-            mg.lists = lists.get();
-            mg.group = 1;
-            mg.row_blocks = row_blocks;
-            mg.list_cap = int(cap);
-            mg.list_k = int(keep);
-            mg.nq = nb;
-            mg.work = merged.get();
-            mg.k = int(keep);
-            mg.cap = int(merge_cap);
+            merge_args_t mg = merge_lists(lists.get(), 1, row_blocks, int(cap), int(keep), nb, merged.get(),
+                                          int(merge_cap));
             mg.emit.scores = values + b0 * k;
             mg.emit.ids_out = indices + b0 * k;
             mg.emit.k = k;

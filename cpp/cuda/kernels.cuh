@@ -167,6 +167,25 @@ struct merge_args_t {
 };
 void launch_merge(const merge_args_t& a, cudaStream_t stream);
 
+/// The merge of nq queries' block lists (`group` slots per block, `row_blocks`
+/// blocks, lists of `list_cap` keys keeping `keep` each) into each query's best
+/// `keep`, through `work` (nq x topk_capacity(keep, merge_round) = `cap` keys).
+/// The caller then sets keys_out or emit.
+inline merge_args_t merge_lists(const uint64_t* lists, int group, size_t row_blocks, int list_cap, int keep,
+                                size_t nq, uint64_t* work, int cap) {
+    merge_args_t mg;
+    mg.lists = lists;
+    mg.group = group;
+    mg.row_blocks = row_blocks;
+    mg.list_cap = list_cap;
+    mg.list_k = keep;
+    mg.nq = nq;
+    mg.work = work;
+    mg.k = keep;
+    mg.cap = cap;
+    return mg;
+}
+
 constexpr int rerank_threads = 256;
 constexpr int rerank_round = 256;
 

@@ -650,16 +650,8 @@ void maxsim_store_t::search(const maxsim_search_t& a) const {
             m.out.cap = int(cap);
             launch_kernel(s.codec, nt, dim3(unsigned(ceil_div(nb, group)), unsigned(row_blocks)), smem, stream, m);
 
-            merge_args_t mg;
-            mg.lists = lists.get();
-            mg.group = int(group);
-            mg.row_blocks = row_blocks;
-            mg.list_cap = int(cap);
-            mg.list_k = int(keep);
-            mg.nq = nb;
-            mg.work = merged.get();
-            mg.k = int(keep);
-            mg.cap = int(merge_cap);
+            merge_args_t mg = merge_lists(lists.get(), int(group), row_blocks, int(cap), int(keep), nb, merged.get(),
+                                          int(merge_cap));
             mg.emit.scores = out_scores + b0 * k;
             mg.emit.ids_out = out_ids + b0 * k;
             mg.emit.k = k;

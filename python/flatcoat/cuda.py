@@ -257,7 +257,32 @@ def _arrays_side(arrays: dict, reference: str):
 
 # ---------------------------------------------------------------------- dense search
 
-class CudaDenseStore:
+class _DeviceStore:
+    """What every GPU store shows: its dimension, storage, device and the device memory it holds."""
+
+    _dim: int
+    _storage: str
+    _device: int
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def storage(self) -> str:
+        return self._storage
+
+    @property
+    def device(self) -> str:
+        return f"cuda:{self._device}"
+
+    @property
+    def nbytes(self) -> int:
+        """Device bytes held (rows padded to 16 bytes, ids and the storage's side arrays)."""
+        return int(self._store.nbytes)
+
+
+class CudaDenseStore(_DeviceStore):
     """A dense index's arrays in GPU memory, searched by flatcoat's CUDA kernels.
 
     Same results as :class:`flatcoat.DenseIndex` for the same arrays: top-k
@@ -337,25 +362,8 @@ class CudaDenseStore:
     # -------------------------------------------------------------- properties
 
     @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
     def metric(self) -> str:
         return self._metric
-
-    @property
-    def storage(self) -> str:
-        return self._storage
-
-    @property
-    def device(self) -> str:
-        return f"cuda:{self._device}"
-
-    @property
-    def nbytes(self) -> int:
-        """Device bytes held (codes padded to 16-byte rows, ids, norms, float copy)."""
-        return int(self._store.nbytes)
 
     def __len__(self) -> int:
         return self._rows

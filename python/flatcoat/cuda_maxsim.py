@@ -28,7 +28,7 @@ the GPU (``flatcoat.cuda_encoders``) are searched without a host copy.
 from __future__ import annotations
 
 import contextlib
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
@@ -104,7 +104,7 @@ def _device_weights(query_weights, offsets, device: int, cp):
         return cp.ascontiguousarray(cp.asarray(w), dtype=cp.float32)
 
 
-class CudaMaxSimStore:
+class CudaMaxSimStore(_cuda._DeviceStore):
     """A multi-vector index's packed arrays in GPU memory, searched by fused MaxSim.
 
     ``tokens``: (total_tokens, dim) codes of the storage
@@ -181,25 +181,8 @@ class CudaMaxSimStore:
     # -------------------------------------------------------------- properties
 
     @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def storage(self) -> str:
-        return self._storage
-
-    @property
-    def device(self) -> str:
-        return f"cuda:{self._device}"
-
-    @property
     def num_tokens(self) -> int:
         return self._tokens
-
-    @property
-    def nbytes(self) -> int:
-        """Device bytes held (token rows padded to 16 bytes, scales, offsets, ids, ranks)."""
-        return int(self._store.nbytes)
 
     def __len__(self) -> int:
         return self._docs
