@@ -147,14 +147,7 @@ def test_to_numpy_passes_numpy_through():
 
 # ---------------------------------------------------------------------- IO binding on a GPU
 
-def _cuda_encoder_reason():
-    try:
-        import onnxruntime as ort
-    except ImportError as exc:
-        return f"onnxruntime is not installed ({exc})"
-    if CUDA not in ort.get_available_providers():
-        conflict = ox.onnxruntime_conflict()
-        return f"onnxruntime has no CUDA provider ({conflict or 'install onnxruntime-gpu'})"
+def _cupy_reason():
     try:
         import cupy
 
@@ -165,6 +158,18 @@ def _cuda_encoder_reason():
     return None
 
 
+def _cuda_encoder_reason():
+    try:
+        import onnxruntime as ort
+    except ImportError as exc:
+        return f"onnxruntime is not installed ({exc})"
+    if CUDA not in ort.get_available_providers():
+        conflict = ox.onnxruntime_conflict()
+        return f"onnxruntime has no CUDA provider ({conflict or 'install onnxruntime-gpu'})"
+    return CUPY_REASON
+
+
+CUPY_REASON = _cupy_reason()
 ENCODER_REASON = _cuda_encoder_reason()
 needs_cuda_encoder = pytest.mark.skipif(ENCODER_REASON is not None, reason=f"needs a GPU encoder: {ENCODER_REASON}")
 
@@ -209,20 +214,6 @@ def test_gpu_encoder_into_a_gpu_maxsim_store_end_to_end():
     store = cuda_maxsim.CudaMaxSimStore.from_index(index)
     scores, ids = store.search(ce.encode_on_device(enc, ["parse command line options"], "query"), k=1)
     assert isinstance(ids, cp.ndarray) and int(ids[0, 0]) == 1
-
-
-def _cupy_reason():
-    try:
-        import cupy
-
-        if cupy.cuda.runtime.getDeviceCount() == 0:
-            return "no CUDA device"
-    except Exception as exc:  # noqa: BLE001 - any failure means no usable GPU here
-        return f"CuPy with a GPU is needed ({exc})"
-    return None
-
-
-CUPY_REASON = _cupy_reason()
 
 
 @pytest.mark.gpu

@@ -159,15 +159,20 @@ def test_hub_download_is_used_as_a_model_directory(monkeypatch, tmp_path):
     assert seen["repo"] == "someone/some-model" and files.model == local / "model.onnx"
 
 
+def run_python(code: str) -> str:
+    """Runs ``code`` in a fresh interpreter (nothing imported yet); returns its stdout, stripped."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.strip()
+
+
 def test_import_flatcoat_does_not_need_onnxruntime():
     code = (
         "import sys; sys.modules['onnxruntime'] = None; sys.modules['tokenizers'] = None; "
         "import flatcoat.encoders, flatcoat.retriever, flatcoat.eval, flatcoat.cli; print('ok')"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "ok"
+    assert run_python(code) == "ok"
 
 
 # --------------------------------------------------------------------- dense
@@ -454,7 +459,4 @@ def test_encoders_do_not_import_gpu_code():
         "r.search('a', k=1)\n"
         "print(sorted(m for m in sys.modules if m.startswith('flatcoat.cuda')))\n"
     )
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
-    assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "[]"
+    assert run_python(code) == "[]"

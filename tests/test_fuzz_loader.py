@@ -229,12 +229,17 @@ def manifest_field(draw, case: Case):
     case.log.append(f"manifest {'/'.join(path)} {'deleted' if delete else '= ' + repr(value)[:60]}")
 
 
+def _draw_array_name(draw, case: Case):
+    """One of the case's array files, or None when it has none left."""
+    names = case.array_names()
+    return draw(st.sampled_from(sorted(names))) if names else None
+
+
 @st.composite
 def forge_array(draw, case: Case):
-    names = case.array_names()
-    if not names:
+    name = _draw_array_name(draw, case)
+    if name is None:
         return
-    name = draw(st.sampled_from(sorted(names)))
     try:
         original = np.load(io.BytesIO(case.files[name]), allow_pickle=False)
     except Exception:
@@ -305,10 +310,9 @@ SHAPES = st.one_of(
 def forge_header_with(shapes):
     @st.composite
     def forge_header(draw, case: Case):
-        names = case.array_names()
-        if not names:
+        name = _draw_array_name(draw, case)
+        if name is None:
             return
-        name = draw(st.sampled_from(sorted(names)))
         data = case.files[name]
         if len(data) < 10 or data[:6] != b"\x93NUMPY":
             return

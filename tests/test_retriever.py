@@ -342,7 +342,7 @@ def maxsim(q, d):
 
 
 @needs_mv
-def test_multivector_rerank_scores_the_shortlist_by_maxsim(enc, vectors, tmp_path):
+def test_multivector_reranker_scores_the_candidates_by_maxsim(enc, vectors, tmp_path):
     D, Q = vectors
     mv = Encoder.from_pretrained("all-MiniLM-L6-v2", kind="multivector")
     r = Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="int8"), reranker=(mv, MultiVectorIndex(mv.dim)))
