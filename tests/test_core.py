@@ -110,6 +110,17 @@ def test_buffers_are_checked_never_cast():
         _core.search_dense("f32", "ip", 4, x[:2], np.arange(3, dtype=np.int64), None, None, None, None, None, x, 1)
     with pytest.raises(TypeError, match="ids: expected dtype int64"):
         _core.IdMap().find(np.arange(3, dtype=np.int32))
+    # An optional array that is not an array at all is named, never read as one.
+    with pytest.raises(TypeError, match="sq_norms: expected a numpy array of float32, got list"):
+        _core.search_dense("f32", "l2", 4, x, np.arange(3, dtype=np.int64), [1.0, 2.0, 3.0], None, None, None,
+                           None, x, 1)
+    with pytest.raises(ValueError, match="scale: expected 3 entries, got 2"):
+        _core.search_dense("int8", "ip", 4, x.astype(np.uint8), np.arange(3, dtype=np.int64), None,
+                           np.ones(2, np.float32), np.ones(3, np.float32), None, None, x, 1)
+    tokens, offsets = _packed([np.ones((2, 4))])
+    with pytest.raises(TypeError, match="subset: expected a numpy array of int64, got tuple"):
+        _core.search_maxsim("f32", 4, tokens, offsets, None, np.zeros(1, np.int64), tokens, offsets, None, 1,
+                            (0,), np.array([0, 1], np.int64))
 
 
 # ----------------------------------------------------------------------------- the result rule

@@ -13,24 +13,39 @@ namespace bindings {
 
 namespace py = pybind11;
 
+/// The data of `a` after checking its dtype (T exactly), ndim and C-contiguity.
 template <class T>
-const T* checked(const py::array& a, const char* name, py::ssize_t ndim) {
-    if (!py::isinstance<py::array_t<T>>(a) || !a.dtype().is(py::dtype::of<T>()))
-        throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
-                             ", got " + std::string(py::str(a.dtype())));
-    if (a.ndim() != ndim)
+const T* checked(const py::handle& a, const char* name, py::ssize_t ndim) {
+    const std::string expected = std::string(py::str(py::dtype::of<T>()));
+    if (!py::isinstance<py::array>(a))
+        throw py::type_error(std::string(name) + ": expected a numpy array of " + expected + ", got " +
+                             std::string(py::str(py::type::of(a).attr("__name__"))));
+    const auto array = py::reinterpret_borrow<py::array>(a);
+    if (!array.dtype().is(py::dtype::of<T>()))
+        throw py::type_error(std::string(name) + ": expected dtype " + expected + ", got " +
+                             std::string(py::str(array.dtype())));
+    if (array.ndim() != ndim)
         throw py::value_error(std::string(name) + ": expected a " + std::to_string(ndim) + "-d array, got " +
-                              std::to_string(a.ndim()) + "-d");
-    if (!(a.flags() & py::array::c_style))
+                              std::to_string(array.ndim()) + "-d");
+    if (!(array.flags() & py::array::c_style))
         throw py::value_error(std::string(name) + ": array is not C-contiguous; pass numpy.ascontiguousarray(...)");
-    return static_cast<const T*>(a.data());
+    return static_cast<const T*>(array.data());
 }
 
-/// Like checked(), for an optional argument: None gives nullptr.
+/// Checks a.shape(axis) == n; `what` names the unit ("rows", "columns", "entries").
+inline void expect_extent(const py::array& a, const char* name, py::ssize_t axis, size_t n, const char* what) {
+    if (size_t(a.shape(axis)) != n)
+        throw py::value_error(std::string(name) + ": expected " + std::to_string(n) + " " + what + ", got " +
+                              std::to_string(a.shape(axis)));
+}
+
+/// Like checked(), for an optional argument of `length` entries along axis 0: None gives nullptr.
 template <class T>
-const T* checked_or_null(const py::object& o, const char* name, py::ssize_t ndim) {
+const T* checked_or_null(const py::object& o, const char* name, py::ssize_t ndim, size_t length) {
     if (o.is_none()) return nullptr;
-    return checked<T>(py::reinterpret_borrow<py::array>(o), name, ndim);
+    const T* data = checked<T>(o, name, ndim);
+    expect_extent(py::reinterpret_borrow<py::array>(o), name, 0, length, ndim == 1 ? "entries" : "rows");
+    return data;
 }
 
 /// A count argument, taken as int64 so that a negative value gets a message

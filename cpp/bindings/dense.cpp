@@ -15,12 +15,6 @@
 namespace flatcoat {
 namespace bindings {
 
-static void check_rows(const py::array& a, const char* name, size_t rows) {
-    if (size_t(a.shape(0)) != rows)
-        throw py::value_error(std::string(name) + ": expected " + std::to_string(rows) + " rows, got " +
-                              std::to_string(a.shape(0)));
-}
-
 static py::tuple search_dense_py(const std::string& storage, const std::string& metric, int64_t dim_arg,
                                  const py::array& codes, const py::array& ids, const py::object& sq_norms,
                                  const py::object& scale, const py::object& offset, const py::object& float_rows,
@@ -42,28 +36,18 @@ static py::tuple search_dense_py(const std::string& storage, const std::string& 
             row_elements = binary_words(dim);
             break;
     }
-    check_rows(codes, "codes", data.rows);
-    if (size_t(codes.shape(1)) != row_elements)
-        throw py::value_error("codes: expected " + std::to_string(row_elements) + " columns");
-    data.sq_norms = checked_or_null<float>(sq_norms, "sq_norms", 1);
-    if (data.sq_norms) check_rows(py::reinterpret_borrow<py::array>(sq_norms), "sq_norms", data.rows);
-    data.scale = checked_or_null<float>(scale, "scale", 1);
-    data.offset = checked_or_null<float>(offset, "offset", 1);
-    if (data.scale) check_rows(py::reinterpret_borrow<py::array>(scale), "scale", data.rows);
-    if (data.offset) check_rows(py::reinterpret_borrow<py::array>(offset), "offset", data.rows);
-    data.float_rows = checked_or_null<float>(float_rows, "float_rows", 2);
-    if (data.float_rows) {
-        auto a = py::reinterpret_borrow<py::array>(float_rows);
-        check_rows(a, "float_rows", data.rows);
-        if (size_t(a.shape(1)) != dim) throw py::value_error("float_rows: expected dim columns");
-    }
-    data.float_sq_norms = checked_or_null<float>(float_sq_norms, "float_sq_norms", 1);
-    if (data.float_sq_norms)
-        check_rows(py::reinterpret_borrow<py::array>(float_sq_norms), "float_sq_norms", data.rows);
+    expect_extent(codes, "codes", 0, data.rows, "rows");
+    expect_extent(codes, "codes", 1, row_elements, "columns");
+    data.sq_norms = checked_or_null<float>(sq_norms, "sq_norms", 1, data.rows);
+    data.scale = checked_or_null<float>(scale, "scale", 1, data.rows);
+    data.offset = checked_or_null<float>(offset, "offset", 1, data.rows);
+    data.float_rows = checked_or_null<float>(float_rows, "float_rows", 2, data.rows);
+    if (data.float_rows) expect_extent(py::reinterpret_borrow<py::array>(float_rows), "float_rows", 1, dim, "columns");
+    data.float_sq_norms = checked_or_null<float>(float_sq_norms, "float_sq_norms", 1, data.rows);
 
     dense_query_t query;
     query.queries = checked<float>(queries, "queries", 2);
-    if (size_t(queries.shape(1)) != dim) throw py::value_error("queries: expected dim columns");
+    expect_extent(queries, "queries", 1, dim, "columns");
     query.nq = size_t(queries.shape(0));
     if (rerank != 0 && rerank < k)
         throw py::value_error("rerank: must be at least k (" + std::to_string(k) + "), got " + std::to_string(rerank));

@@ -12,19 +12,15 @@ namespace bindings {
 
 namespace {
 
-void expect_length(const py::array& a, const char* name, size_t n) {
-    if (size_t(a.shape(0)) != n)
-        throw py::value_error(std::string(name) + ": expected " + std::to_string(n) + " entries, got " +
-                              std::to_string(a.shape(0)));
-}
-
-/// Checks a packed offsets array (n + 1 entries ending at `rows`); returns its pointer.
-const int64_t* packed_offsets(const py::array& offsets, const char* name, size_t rows) {
-    const int64_t* p = checked<int64_t>(offsets, name, 1);
+/// Checks a packed offsets array (n + 1 entries ending at `rows` of `unit`); returns its pointer.
+const int64_t* packed_offsets(const py::handle& offsets_obj, const char* name, size_t rows,
+                              const char* unit = "token rows") {
+    const int64_t* p = checked<int64_t>(offsets_obj, name, 1);
+    const auto offsets = py::reinterpret_borrow<py::array>(offsets_obj);
     if (offsets.shape(0) < 1) throw py::value_error(std::string(name) + ": needs at least one entry (0)");
     if (p[offsets.shape(0) - 1] != int64_t(rows))
         throw py::value_error(std::string(name) + ": last offset is " + std::to_string(p[offsets.shape(0) - 1]) +
-                              " but there are " + std::to_string(rows) + " token rows");
+                              " but there are " + std::to_string(rows) + " " + unit);
     return p;
 }
 
@@ -39,14 +35,11 @@ maxsim_data_t make_data(const std::string& storage, size_t dim, const py::array&
         case codec_t::int8_k: data.tokens = checked<uint8_t>(tokens, "tokens", 2); break;
         case codec_t::binary_k: break;  // refused by maxsim_codec()
     }
-    if (size_t(tokens.shape(1)) != dim)
-        throw py::value_error("tokens: expected " + std::to_string(dim) + " columns, got " +
-                              std::to_string(tokens.shape(1)));
+    expect_extent(tokens, "tokens", 1, dim, "columns");
     const size_t rows = size_t(tokens.shape(0));
     data.offsets = packed_offsets(offsets, "offsets", rows);
     data.docs = size_t(offsets.shape(0)) - 1;
-    data.token_scales = checked_or_null<float>(token_scales, "token_scales", 1);
-    if (data.token_scales) expect_length(py::reinterpret_borrow<py::array>(token_scales), "token_scales", rows);
+    data.token_scales = checked_or_null<float>(token_scales, "token_scales", 1, rows);
     return data;
 }
 
@@ -54,14 +47,11 @@ maxsim_query_t make_query(size_t dim, const py::array& queries, const py::array&
                           const py::object& weights) {
     maxsim_query_t query;
     query.tokens = checked<float>(queries, "queries", 2);
-    if (size_t(queries.shape(1)) != dim)
-        throw py::value_error("queries: expected " + std::to_string(dim) + " columns, got " +
-                              std::to_string(queries.shape(1)));
+    expect_extent(queries, "queries", 1, dim, "columns");
     const size_t rows = size_t(queries.shape(0));
     query.offsets = packed_offsets(query_offsets, "query_offsets", rows);
     query.nq = size_t(query_offsets.shape(0)) - 1;
-    query.weights = checked_or_null<float>(weights, "weights", 1);
-    if (query.weights) expect_length(py::reinterpret_borrow<py::array>(weights), "weights", rows);
+    query.weights = checked_or_null<float>(weights, "weights", 1, rows);
     return query;
 }
 
@@ -73,18 +63,18 @@ py::tuple search_maxsim_py(const std::string& storage, int64_t dim_arg, const py
     size_t k = count(k_arg, "k", 1);
     maxsim_data_t data = make_data(storage, dim, tokens, offsets, token_scales);
     data.ids = checked<int64_t>(ids, "ids", 1);
-    expect_length(ids, "ids", data.docs);
+    expect_extent(ids, "ids", 0, data.docs, "entries");
     maxsim_query_t query = make_query(dim, queries, query_offsets, weights);
 
     const int64_t* subset_positions = nullptr;
     const int64_t* subset_offsets = nullptr;
     if (!subset.is_none()) {
-        auto s = py::reinterpret_borrow<py::array>(subset);
-        subset_positions = checked<int64_t>(s, "subset", 1);
+        subset_positions = checked<int64_t>(subset, "subset", 1);
         if (subset_offsets_obj.is_none()) throw py::value_error("subset: needs subset_offsets");
-        auto so = py::reinterpret_borrow<py::array>(subset_offsets_obj);
-        subset_offsets = packed_offsets(so, "subset_offsets", size_t(s.shape(0)));
-        expect_length(so, "subset_offsets", query.nq + 1);
+        const size_t n = size_t(py::reinterpret_borrow<py::array>(subset).shape(0));
+        subset_offsets = packed_offsets(subset_offsets_obj, "subset_offsets", n, "subset entries");
+        expect_extent(py::reinterpret_borrow<py::array>(subset_offsets_obj), "subset_offsets", 0, query.nq + 1,
+                      "entries");
     }
 
     // The result rule: never more columns than documents, so memory is bounded by the index.

@@ -18,30 +18,27 @@ void bind_probe(py::module_& m) {
             return probe_read_bandwidth(p, n, t);
         },
         py::arg("x"), py::arg("threads"), "Reads x once on `threads` threads; returns (seconds, bytes).");
-    m.def(
-        "probe_fma",
-        [](int64_t rounds, int64_t threads) {
-            const size_t r = count(rounds, "rounds", 1), t = count(threads, "threads", 1);
-            py::gil_scoped_release release;
-            return probe_fma(r, t);
-        },
-        py::arg("rounds"), py::arg("threads"), "float32 FMA loop; returns (seconds, flops).");
-    m.def(
-        "probe_int8",
-        [](int64_t rounds, int64_t threads) {
-            const size_t r = count(rounds, "rounds", 1), t = count(threads, "threads", 1);
-            py::gil_scoped_release release;
-            return probe_int8(r, t);
-        },
-        py::arg("rounds"), py::arg("threads"), "u8 x s8 dot loop; returns (seconds, integer ops).");
-    m.def(
-        "probe_popcount",
-        [](int64_t rounds, int64_t threads) {
-            const size_t r = count(rounds, "rounds", 1), t = count(threads, "threads", 1);
-            py::gil_scoped_release release;
-            return probe_popcount(r, t);
-        },
-        py::arg("rounds"), py::arg("threads"), "64-bit popcount loop; returns (seconds, popcounts).");
+    // The timed loops: `rounds` per thread on `threads` threads.
+    const struct {
+        const char* name;
+        probe_result_t (*probe)(size_t, size_t);
+        const char* doc;
+    } loops[] = {
+        {"probe_fma", &probe_fma, "float32 FMA loop; returns (seconds, flops)."},
+        {"probe_int8", &probe_int8, "u8 x s8 dot loop; returns (seconds, integer ops)."},
+        {"probe_popcount", &probe_popcount, "64-bit popcount loop; returns (seconds, popcounts)."},
+    };
+    for (const auto& loop : loops) {
+        auto probe = loop.probe;
+        m.def(
+            loop.name,
+            [probe](int64_t rounds, int64_t threads) {
+                const size_t r = count(rounds, "rounds", 1), t = count(threads, "threads", 1);
+                py::gil_scoped_release release;
+                return probe(r, t);
+            },
+            py::arg("rounds"), py::arg("threads"), loop.doc);
+    }
     m.def(
         "topk",
         [](const py::array& scores, int64_t k_arg) {
