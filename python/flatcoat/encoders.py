@@ -208,7 +208,7 @@ def _load_tokenizer(path: Path, max_length: int):
     return tok
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Batch:
     """One padded batch of an encode: row ``i`` is text ``positions[i]`` of the call.
 
@@ -518,8 +518,6 @@ class Encoder:
 
         Dense: ``(n, dim)`` float32. Multivector: list of ``(t_i, dim)`` float32.
         """
-        if instruction is not None and not isinstance(instruction, str):
-            raise TypeError(f"instruction must be a str or None, got {type(instruction).__name__}")
         return self._encode(self._prepare(texts, "query", instruction, "texts"), "query", batch_size, progress)
 
     def encode_documents(
