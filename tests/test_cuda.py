@@ -365,6 +365,11 @@ def test_binding_refuses_wrong_objects_before_any_cuda_call(built_extension):
     for args, error, match in cases:
         with pytest.raises(error, match=match):
             ext.topk(*args)
+    # numpy's dtype equality: longlong is int64 on LP64 systems, so it passes every check.
+    try:
+        ext.topk(0, x, 3, np.empty((2, 3), np.float32), np.empty((2, 3), np.longlong))
+    except ValueError as exc:  # no GPU here: the first CUDA call says so
+        assert "no CUDA device" in str(exc)
     # Well-formed but pointing nowhere: the device check asks the driver and refuses it (no crash).
     with pytest.raises(ValueError, match="scores: "):
         ext.topk(0, _CudaArray((2, 8)), 3, _CudaArray((2, 3)), _CudaArray((2, 3), "<i8"))

@@ -440,3 +440,24 @@ def test_bad_queries_raise_value_errors(rng):
     assert again.shape == (1, 3) and int(again[0, 0]) >= 0
     with pytest.raises(TypeError, match="out_ids: expected dtype int64"):
         store.search(cp.ones((3, dim), cp.float32), 3, out=(cp.empty((1, 3), cp.float32), cp.empty((1, 3), cp.int32)))
+
+
+@gpu
+def test_the_binding_refuses_subset_offsets_that_leave_the_subset():
+    ext = cuda.require()
+    store = ext.MaxSimStore(0, "f32", 4, 2, 3, False)
+    store.upload("tokens", 0, np.ones((3, 4), np.float32))
+    store.upload("offsets", 0, np.array([0, 1, 3], np.int64))
+    store.upload("ids", 0, np.array([0, 1], np.longlong))  # int64 by numpy's equality
+    q, q_offsets = np.ones((2, 4), np.float32), np.array([0, 1, 2], np.int64)
+    out = (np.empty((2, 1), np.float32), np.empty((2, 1), np.int64))
+    positions = np.array([0, 1, 0], np.int64)
+    for bad in ([0, 100, 3], [0, 2, 1], [1, 2, 3], [0, 1, 2]):
+        with pytest.raises(ValueError, match="subset_offsets"):
+            store.search(q, q_offsets, None, 1, positions, np.array(bad, np.int64), *out)
+    with pytest.raises(ValueError, match="subset"):
+        store.search(q, q_offsets, None, 1, positions, None, *out)
+    with pytest.raises(ValueError, match="subset: position 7"):
+        store.search(q, q_offsets, None, 1, np.array([0, 7, 0], np.int64), np.array([0, 1, 3], np.int64), *out)
+    store.search(q, q_offsets, None, 1, positions, np.array([0, 1, 3], np.int64), *out)
+    assert out[1].tolist() == [[0], [0]]

@@ -85,7 +85,8 @@ inline array_arg_t array_arg(const py::handle& obj, const std::string& name, con
     const std::string wanted = detail::dtype_name(dtype);
     if (py::isinstance<py::array>(obj)) {
         const auto a = py::reinterpret_borrow<py::array>(obj);
-        if (!a.dtype().is(dtype))
+        // numpy's equality, not identity: int64 and longlong are one dtype on LP64 systems.
+        if (!a.dtype().attr("__eq__")(dtype).cast<bool>())
             throw py::type_error(name + ": expected dtype " + wanted + ", got " + detail::dtype_name(a.dtype()) +
                                  "; convert it first (e.g. .astype(numpy." + wanted + "))");
         if (size_t(a.ndim()) != ndim)

@@ -271,9 +271,14 @@ PYBIND11_MODULE(_cuda, m, py::mod_gil_not_used()) {
                     throw py::value_error("query_offsets: must start at 0 and end at the " +
                                           std::to_string(q.shape[0]) + " query token rows");
                 const int64_t* so = sub_off.as<const int64_t>();
-                if (so != nullptr && nq > 0 && (so[0] != 0 || so[nq] != int64_t(sub.shape[0])))
-                    throw py::value_error("subset_offsets: must start at 0 and end at the " +
-                                          std::to_string(sub.shape[0]) + " subset entries");
+                if (so != nullptr) {
+                    // All of them before any is used: each query's list must lie inside the subset array.
+                    bool ordered = so[0] == 0 && so[nq] == int64_t(sub.shape[0]);
+                    for (size_t i = 0; ordered && i < nq; ++i) ordered = so[i] <= so[i + 1];
+                    if (!ordered)
+                        throw py::value_error("subset_offsets: must start at 0, never decrease and end at the " +
+                                              std::to_string(sub.shape[0]) + " subset entries");
+                }
                 for (const array_arg_t* arg : {&q, &w, &scores, &ids}) cuda::check_device(*arg, self.device());
                 cuda::maxsim_search_t a;
                 a.tokens = q.as<const float>();
