@@ -6,7 +6,6 @@ import shutil
 import subprocess
 import sys
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
