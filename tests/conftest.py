@@ -93,6 +93,16 @@ def fresh_extension():
 
 
 @pytest.fixture
+def no_extension(monkeypatch, fresh_extension):
+    """flatcoat.cuda as on a CPU-only install: importing flatcoat._cuda fails."""
+
+    def missing():
+        raise ImportError("No module named 'flatcoat._cuda'")
+
+    monkeypatch.setattr(cuda, "_import_extension", missing)
+
+
+@pytest.fixture
 def built_extension():
     """The real flatcoat._cuda where it is built (no GPU needed): its argument checks run before any CUDA call."""
     try:

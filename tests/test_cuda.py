@@ -63,11 +63,7 @@ def test_cpu_import_never_loads_the_cuda_extension():
     assert result.stdout.strip() == "False"
 
 
-def test_module_not_built_message_says_how_to_build(monkeypatch, fresh_extension):
-    def missing():
-        raise ImportError("No module named 'flatcoat._cuda'")
-
-    monkeypatch.setattr(cuda, "_import_extension", missing)
+def test_module_not_built_message_says_how_to_build(no_extension):
     assert not cuda.available() and cuda.device_count() == 0
     for call in (
         lambda: cuda.require(),
@@ -148,11 +144,7 @@ def test_the_real_extension_reports_its_state_cleanly():
 
 # ---------------------------------------------------------------------- everywhere: the Python layer on a fake GPU
 
-def test_arguments_are_checked_before_looking_for_a_gpu(monkeypatch, fresh_extension):
-    def missing():
-        raise ImportError("No module named 'flatcoat._cuda'")
-
-    monkeypatch.setattr(cuda, "_import_extension", missing)
+def test_arguments_are_checked_before_looking_for_a_gpu(no_extension):
     codes = np.zeros((1, 4), np.float32)
     for call, error, match in (
         (lambda: cuda.CudaDenseStore(4, storage="int4", codes=codes, ids=[0]), ValueError, "storage"),
