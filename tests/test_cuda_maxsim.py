@@ -376,6 +376,12 @@ def test_device_queries_give_device_results(rng):
         assert isinstance(scores, cp.ndarray) and isinstance(ids, cp.ndarray)
         np.testing.assert_array_equal(cp.asnumpy(ids), cpu_ids)
         np.testing.assert_array_equal(cp.asnumpy(scores), cpu_scores)
+    weights = rng.integers(0, 3, size=(4, 32)).astype(np.float32)
+    cpu_scores, cpu_ids = index.search(queries, 10, query_weights=weights)
+    for w in (cp.asarray(weights), [cp.asarray(x) for x in weights], weights, cp.asarray(weights).reshape(-1)):
+        scores, ids = store.search(batch, 10, query_weights=w)
+        np.testing.assert_array_equal(cp.asnumpy(ids), cpu_ids)
+        np.testing.assert_array_equal(cp.asnumpy(scores), cpu_scores)
 
 
 @gpu
