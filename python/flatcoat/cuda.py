@@ -327,7 +327,8 @@ class CudaDenseStore(_DeviceStore):
         ids = fields["ids"]
         n = int(ids.shape[0]) if ids.ndim == 1 else -1
         row_shape, code_dtype = dense_code_layout(self._storage, self._dim)
-        layout = {"codes": (row_shape, code_dtype), "ids": ((), np.dtype(np.int64)), "float_rows": ((self._dim,), np.dtype(np.float32))}
+        layout = {"codes": (row_shape, code_dtype), "ids": ((), np.dtype(np.int64)),
+                  "float_rows": ((self._dim,), np.dtype(np.float32))}  # the others: float32 per row
         for name, a in fields.items():
             shape, dtype = layout.get(name, ((), np.dtype(np.float32)))
             if a.dtype != dtype or tuple(a.shape) != (n,) + tuple(shape):
