@@ -110,6 +110,13 @@ def test_buffers_are_checked_never_cast():
         _core.search_dense("f32", "ip", 4, x[:2], np.arange(3, dtype=np.int64), None, None, None, None, None, x, 1)
     with pytest.raises(TypeError, match="ids: expected dtype int64"):
         _core.IdMap().find(np.arange(3, dtype=np.int32))
+    # Nothing is converted on the way in: a list is refused by name, not copied into an array.
+    with pytest.raises(TypeError, match="ids: expected a numpy array, got list"):
+        _core.search_dense("f32", "ip", 4, x, [0, 1, 2], None, None, None, None, None, x, 1)
+    with pytest.raises(TypeError, match="ids: expected a numpy array of int64, got list"):
+        _core.IdMap().insert_new([1, 2], 0)
+    with pytest.raises(TypeError, match="scores: expected a numpy array of float32, got list"):
+        _core.topk([[1.0, 2.0]], 1)
     # An optional array that is not an array at all is named, never read as one.
     with pytest.raises(TypeError, match="sq_norms: expected a numpy array of float32, got list"):
         _core.search_dense("f32", "l2", 4, x, np.arange(3, dtype=np.int64), [1.0, 2.0, 3.0], None, None, None,

@@ -13,14 +13,20 @@ namespace bindings {
 
 namespace py = pybind11;
 
+/// An array argument. Bindings take arrays as plain objects so that nothing
+/// converts them on the way in: a list stays a list and is refused by name.
+inline py::array array_arg(const py::handle& a, const char* name, const char* expected = "") {
+    if (!py::isinstance<py::array>(a))
+        throw py::type_error(std::string(name) + ": expected a numpy array" + expected + ", got " +
+                             std::string(py::str(py::type::of(a).attr("__name__"))));
+    return py::reinterpret_borrow<py::array>(a);
+}
+
 /// The data of `a` after checking its dtype (T exactly), ndim and C-contiguity.
 template <class T>
 const T* checked(const py::handle& a, const char* name, py::ssize_t ndim) {
     const std::string expected = std::string(py::str(py::dtype::of<T>()));
-    if (!py::isinstance<py::array>(a))
-        throw py::type_error(std::string(name) + ": expected a numpy array of " + expected + ", got " +
-                             std::string(py::str(py::type::of(a).attr("__name__"))));
-    const auto array = py::reinterpret_borrow<py::array>(a);
+    const py::array array = array_arg(a, name, (" of " + expected).c_str());
     if (!array.dtype().is(py::dtype::of<T>()))
         throw py::type_error(std::string(name) + ": expected dtype " + expected + ", got " +
                              std::string(py::str(array.dtype())));
@@ -31,6 +37,9 @@ const T* checked(const py::handle& a, const char* name, py::ssize_t ndim) {
         throw py::value_error(std::string(name) + ": array is not C-contiguous; pass numpy.ascontiguousarray(...)");
     return static_cast<const T*>(array.data());
 }
+
+/// Entries along axis 0 of an array argument that checked() accepted.
+inline size_t length(const py::handle& a) { return size_t(py::reinterpret_borrow<py::array>(a).shape(0)); }
 
 /// Checks a.shape(axis) == n; `what` names the unit ("rows", "columns", "entries").
 inline void expect_extent(const py::array& a, const char* name, py::ssize_t axis, size_t n, const char* what) {

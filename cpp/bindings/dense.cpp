@@ -16,10 +16,12 @@ namespace flatcoat {
 namespace bindings {
 
 static py::tuple search_dense_py(const std::string& storage, const std::string& metric, int64_t dim_arg,
-                                 const py::array& codes, const py::array& ids, const py::object& sq_norms,
+                                 const py::object& codes_obj, const py::object& ids_obj, const py::object& sq_norms,
                                  const py::object& scale, const py::object& offset, const py::object& float_rows,
-                                 const py::object& float_sq_norms, const py::array& queries, int64_t k_arg,
+                                 const py::object& float_sq_norms, const py::object& queries_obj, int64_t k_arg,
                                  int64_t rerank_arg) {
+    const py::array codes = array_arg(codes_obj, "codes"), ids = array_arg(ids_obj, "ids"),
+                    queries = array_arg(queries_obj, "queries");
     const size_t dim = count(dim_arg, "dim", 1), k = count(k_arg, "k", 1), rerank = count(rerank_arg, "rerank", 0);
     dense_data_t data;
     data.codec = codec_from_name(storage);
@@ -68,8 +70,9 @@ static py::tuple search_dense_py(const std::string& storage, const std::string& 
     return py::make_tuple(out_scores, out_ids);
 }
 
-static py::array_t<uint64_t> binarize_py(const py::array& x) {
-    const float* data = checked<float>(x, "x", 2);
+static py::array_t<uint64_t> binarize_py(const py::object& x_obj) {
+    const float* data = checked<float>(x_obj, "x", 2);
+    const py::array x = array_arg(x_obj, "x");
     size_t n = size_t(x.shape(0)), dim = size_t(x.shape(1));
     py::array_t<uint64_t> out({n, binary_words(dim)});
     uint64_t* out_ptr = out.mutable_data();
@@ -82,7 +85,8 @@ static py::array_t<uint64_t> binarize_py(const py::array& x) {
 
 /// Asks the kernel to back an array's pages with transparent huge pages (where
 /// THP is in "madvise" mode): fewer TLB misses when a scan streams gigabytes.
-static bool advise_hugepages(const py::array& a) {
+static bool advise_hugepages(const py::object& array) {
+    const py::array a = array_arg(array, "array");
 #if defined(__linux__) && defined(MADV_HUGEPAGE)
     const uintptr_t page = uintptr_t(sysconf(_SC_PAGESIZE));
     const uintptr_t begin = (reinterpret_cast<uintptr_t>(a.data()) + page - 1) & ~(page - 1);
@@ -111,34 +115,34 @@ void bind_dense(py::module_& m) {
         .def("reserve", [](id_map_t& self, int64_t n) { self.reserve(count(n, "n", 0)); }, py::arg("n"))
         .def(
             "insert_new",
-            [](id_map_t& self, const py::array& ids, int64_t first_position) {
+            [](id_map_t& self, const py::object& ids, int64_t first_position) {
                 const int64_t* p = checked<int64_t>(ids, "ids", 1);
-                return self.insert_new(p, size_t(ids.shape(0)), first_position);
+                return self.insert_new(p, length(ids), first_position);
             },
             py::arg("ids"), py::arg("first_position"),
             "Inserts ids -> first_position + i, all or nothing; returns the index of the first duplicate or -1.")
         .def(
             "find",
-            [](const id_map_t& self, const py::array& ids) {
+            [](const id_map_t& self, const py::object& ids) {
                 const int64_t* p = checked<int64_t>(ids, "ids", 1);
-                py::array_t<int64_t> out(ids.shape(0));
-                self.find(p, size_t(ids.shape(0)), out.mutable_data());
+                py::array_t<int64_t> out(length(ids));
+                self.find(p, length(ids), out.mutable_data());
                 return out;
             },
             py::arg("ids"), "Positions of ids, -1 where absent.")
         .def(
             "assign",
-            [](id_map_t& self, const py::array& ids, const py::array& positions) {
+            [](id_map_t& self, const py::object& ids, const py::object& positions) {
                 const int64_t* i = checked<int64_t>(ids, "ids", 1);
                 const int64_t* p = checked<int64_t>(positions, "positions", 1);
-                if (ids.shape(0) != positions.shape(0)) throw py::value_error("positions: not as long as ids");
-                self.assign(i, p, size_t(ids.shape(0)));
+                if (length(ids) != length(positions)) throw py::value_error("positions: not as long as ids");
+                self.assign(i, p, length(ids));
             },
             py::arg("ids"), py::arg("positions"), "Sets the positions of the ids that are present.")
         .def(
             "erase",
-            [](id_map_t& self, const py::array& ids) {
-                self.erase(checked<int64_t>(ids, "ids", 1), size_t(ids.shape(0)));
+            [](id_map_t& self, const py::object& ids) {
+                self.erase(checked<int64_t>(ids, "ids", 1), length(ids));
             },
             py::arg("ids"), "Removes the ids that are present.");
 }

@@ -16,7 +16,7 @@ namespace {
 const int64_t* packed_offsets(const py::handle& offsets_obj, const char* name, size_t rows,
                               const char* unit = "token rows") {
     const int64_t* p = checked<int64_t>(offsets_obj, name, 1);
-    const auto offsets = py::reinterpret_borrow<py::array>(offsets_obj);
+    const py::array offsets = array_arg(offsets_obj, name);
     if (offsets.shape(0) < 1) throw py::value_error(std::string(name) + ": needs at least one entry (0)");
     if (p[offsets.shape(0) - 1] != int64_t(rows))
         throw py::value_error(std::string(name) + ": last offset is " + std::to_string(p[offsets.shape(0) - 1]) +
@@ -24,8 +24,9 @@ const int64_t* packed_offsets(const py::handle& offsets_obj, const char* name, s
     return p;
 }
 
-maxsim_data_t make_data(const std::string& storage, size_t dim, const py::array& tokens, const py::array& offsets,
-                        const py::object& token_scales) {
+maxsim_data_t make_data(const std::string& storage, size_t dim, const py::object& tokens_obj,
+                        const py::object& offsets, const py::object& token_scales) {
+    const py::array tokens = array_arg(tokens_obj, "tokens");
     maxsim_data_t data;
     data.codec = maxsim_codec(codec_from_name(storage));
     data.dim = dim;
@@ -38,32 +39,33 @@ maxsim_data_t make_data(const std::string& storage, size_t dim, const py::array&
     expect_extent(tokens, "tokens", 1, dim, "columns");
     const size_t rows = size_t(tokens.shape(0));
     data.offsets = packed_offsets(offsets, "offsets", rows);
-    data.docs = size_t(offsets.shape(0)) - 1;
+    data.docs = length(offsets) - 1;
     data.token_scales = checked_or_null<float>(token_scales, "token_scales", 1, rows);
     return data;
 }
 
-maxsim_query_t make_query(size_t dim, const py::array& queries, const py::array& query_offsets,
+maxsim_query_t make_query(size_t dim, const py::object& queries_obj, const py::object& query_offsets,
                           const py::object& weights) {
+    const py::array queries = array_arg(queries_obj, "queries");
     maxsim_query_t query;
     query.tokens = checked<float>(queries, "queries", 2);
     expect_extent(queries, "queries", 1, dim, "columns");
     const size_t rows = size_t(queries.shape(0));
     query.offsets = packed_offsets(query_offsets, "query_offsets", rows);
-    query.nq = size_t(query_offsets.shape(0)) - 1;
+    query.nq = length(query_offsets) - 1;
     query.weights = checked_or_null<float>(weights, "weights", 1, rows);
     return query;
 }
 
-py::tuple search_maxsim_py(const std::string& storage, int64_t dim_arg, const py::array& tokens,
-                           const py::array& offsets, const py::object& token_scales, const py::array& ids,
-                           const py::array& queries, const py::array& query_offsets, const py::object& weights,
+py::tuple search_maxsim_py(const std::string& storage, int64_t dim_arg, const py::object& tokens,
+                           const py::object& offsets, const py::object& token_scales, const py::object& ids,
+                           const py::object& queries, const py::object& query_offsets, const py::object& weights,
                            int64_t k_arg, const py::object& subset, const py::object& subset_offsets_obj) {
     const size_t dim = count(dim_arg, "dim", 1);
     size_t k = count(k_arg, "k", 1);
     maxsim_data_t data = make_data(storage, dim, tokens, offsets, token_scales);
     data.ids = checked<int64_t>(ids, "ids", 1);
-    expect_extent(ids, "ids", 0, data.docs, "entries");
+    expect_extent(array_arg(ids, "ids"), "ids", 0, data.docs, "entries");
     maxsim_query_t query = make_query(dim, queries, query_offsets, weights);
 
     const int64_t* subset_positions = nullptr;
@@ -71,10 +73,8 @@ py::tuple search_maxsim_py(const std::string& storage, int64_t dim_arg, const py
     if (!subset.is_none()) {
         subset_positions = checked<int64_t>(subset, "subset", 1);
         if (subset_offsets_obj.is_none()) throw py::value_error("subset: needs subset_offsets");
-        const size_t n = size_t(py::reinterpret_borrow<py::array>(subset).shape(0));
-        subset_offsets = packed_offsets(subset_offsets_obj, "subset_offsets", n, "subset entries");
-        expect_extent(py::reinterpret_borrow<py::array>(subset_offsets_obj), "subset_offsets", 0, query.nq + 1,
-                      "entries");
+        subset_offsets = packed_offsets(subset_offsets_obj, "subset_offsets", length(subset), "subset entries");
+        expect_extent(array_arg(subset_offsets_obj, "subset_offsets"), "subset_offsets", 0, query.nq + 1, "entries");
     }
 
     // The result rule: never more columns than documents, so memory is bounded by the index.
@@ -94,9 +94,9 @@ py::tuple search_maxsim_py(const std::string& storage, int64_t dim_arg, const py
     return py::make_tuple(out_scores, out_ids);
 }
 
-py::array_t<float> maxsim_scores_py(const std::string& storage, int64_t dim_arg, const py::array& tokens,
-                                    const py::array& offsets, const py::object& token_scales,
-                                    const py::array& queries, const py::array& query_offsets,
+py::array_t<float> maxsim_scores_py(const std::string& storage, int64_t dim_arg, const py::object& tokens,
+                                    const py::object& offsets, const py::object& token_scales,
+                                    const py::object& queries, const py::object& query_offsets,
                                     const py::object& weights) {
     const size_t dim = count(dim_arg, "dim", 1);
     maxsim_data_t data = make_data(storage, dim, tokens, offsets, token_scales);

@@ -11,9 +11,9 @@ void bind_probe(py::module_& m) {
     auto as_tuple = [](probe_result_t r) { return py::make_tuple(r.seconds, r.work); };
     m.def(
         "probe_read_bandwidth",
-        [](const py::array& x, int64_t threads) {
+        [](const py::object& x, int64_t threads) {
             const float* p = checked<float>(x, "x", 1);
-            const size_t n = size_t(x.shape(0)), t = count(threads, "threads", 1);
+            const size_t n = length(x), t = count(threads, "threads", 1);
             py::gil_scoped_release release;
             return probe_read_bandwidth(p, n, t);
         },
@@ -41,8 +41,9 @@ void bind_probe(py::module_& m) {
     }
     m.def(
         "topk",
-        [](const py::array& scores, int64_t k_arg) {
-            const float* p = checked<float>(scores, "scores", 2);
+        [](const py::object& scores_obj, int64_t k_arg) {
+            const float* p = checked<float>(scores_obj, "scores", 2);
+            const py::array scores = array_arg(scores_obj, "scores");
             size_t rows = size_t(scores.shape(0)), n = size_t(scores.shape(1));
             const size_t k = std::min(count(k_arg, "k", 1), n);  // never more columns than scores
             py::array_t<float> values({rows, k});
