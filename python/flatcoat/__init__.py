@@ -13,12 +13,13 @@ from . import _validate
 from .dense import DenseIndex
 from . import eval
 from .encoders import Encoder
+from .ivf import IVFIndex
 from .multivector import MultiVectorIndex, maxsim
 from .retriever import Hit, Retriever
 
 __version__ = _core.__version__
 
-__all__ = ["DenseIndex", "MultiVectorIndex", "maxsim", "Encoder", "Retriever", "Hit", "IndexFormatError", "load", "info", "set_num_threads", "get_num_threads", "__version__"]
+__all__ = ["DenseIndex", "IVFIndex", "MultiVectorIndex", "maxsim", "Encoder", "Retriever", "Hit", "IndexFormatError", "load", "info", "set_num_threads", "get_num_threads", "__version__"]
 
 
 def info() -> dict:

@@ -24,6 +24,8 @@ METRICS = ("ip", "cosine", "l2")
 DENSE_STORAGES = ("f32", "f16", "int8", "binary")
 #: MultiVectorIndex storages (see ``multivector_token_dtype``).
 MULTIVECTOR_STORAGES = ("f32", "f16", "int8")
+#: IVFIndex list storages: 4-bit PQ fast-scan codes, or the dense codecs (see ``flatcoat.ivf``).
+IVF_STORAGES = ("pq4", "f32", "f16", "int8", "binary")
 
 
 def dense_code_layout(storage: str, dim: int) -> Tuple[Tuple[int, ...], np.dtype]:
