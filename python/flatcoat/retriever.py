@@ -26,6 +26,7 @@ from ._persist import IndexFormatError, SavedDirectory, read_directory, register
 from ._validate import as_k
 from .dense import DenseIndex
 from .encoders import Encoder, EncoderConfig, KINDS, check_texts
+from .ivf import IVFIndex
 from .multivector import MultiVectorIndex
 
 __all__ = ["Retriever", "Hit"]
@@ -76,8 +77,9 @@ def _check_stages(encoder: Any, index: Any, reranker: Any) -> Tuple[Optional[str
     """Validates a Retriever's stages; returns (reranker kind, its encoder, its index)."""
     if not isinstance(encoder, Encoder):
         raise TypeError(f"encoder must be a flatcoat.Encoder, got {type(encoder).__name__}")
-    if not isinstance(index, (DenseIndex, MultiVectorIndex)):
-        raise TypeError(f"index must be a flatcoat index (DenseIndex or MultiVectorIndex), got {type(index).__name__}")
+    if not isinstance(index, (DenseIndex, IVFIndex, MultiVectorIndex)):
+        raise TypeError(
+            f"index must be a flatcoat index (DenseIndex, IVFIndex or MultiVectorIndex), got {type(index).__name__}")
     mv_index = isinstance(index, MultiVectorIndex)
     if encoder.kind == "multivector" and not mv_index:
         raise ValueError("a multivector encoder needs a MultiVectorIndex; use a dense encoder with a DenseIndex")
@@ -118,8 +120,9 @@ def _on_device(encoder: Encoder, index: Any) -> bool:
 class Retriever:
     """Texts in, ranked hits out.
 
-    ``encoder``: a dense :class:`Encoder` with a ``DenseIndex`` of the same
-    dimension, or a multivector encoder with a ``MultiVectorIndex`` (exact
+    ``encoder``: a dense :class:`Encoder` with a ``DenseIndex`` (or an
+    ``IVFIndex``: trained with ``train()`` first, or on a first ``add`` of at
+    least 256 texts) of the same dimension, or a multivector encoder with a ``MultiVectorIndex`` (exact
     MaxSim, single stage). ``reranker``: ``None``; ``"exact"`` (the dense
     index must be built with ``keep_float=True``; its quantized scan is
     re-ranked with float vectors); or ``(multivector_encoder,
