@@ -19,6 +19,7 @@ from flatcoat import eval as fe  # noqa: E402
 from flatcoat.corpus import doc_text  # noqa: E402
 from flatcoat.demo import stdlib_documents  # noqa: E402
 from flatcoat.encoders import Encoder  # noqa: E402
+from test_ivf import core_or_reference as ivf_core  # noqa: E402,F401 - the IVF core or its numpy reference
 
 CORPUS = [
     {"_id": "csv", "title": "csv.reader", "text": "Read rows from a comma-separated values file."},
@@ -151,6 +152,34 @@ def test_old_argument_names_are_gone(argv, capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(argv)
     assert e.value.code == 2 and "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_index_storage_pq4_builds_an_ivf_index(tmp_path, capsys, ivf_core):
+    """--storage pq4: an IVFIndex trained on the corpus; --rerank passes through to its search."""
+    words = ["csv", "json", "gzip", "http", "thread", "socket", "regex", "sqlite", "hash", "date"]
+    rows = [{"_id": f"d{i}", "title": f"{words[i % 10]} {i}", "text": f"{words[i % 10]} tool number {i} "
+             f"for {words[(i * 7) % 10]} work"} for i in range(300)]
+    corpus = write_jsonl(tmp_path / "c.jsonl", rows)
+    code, out, err = run(capsys, "index", str(corpus), "--out", str(tmp_path / "idx"), "--storage", "pq4",
+                         "--reranker", "exact")
+    assert code == 0, err
+    assert "indexed 300 documents" in out
+    r = flatcoat.load(tmp_path / "idx")
+    assert isinstance(r.index, flatcoat.IVFIndex) and r.index.storage == "pq4" and len(r.index) == 300
+    code, out, err = run(capsys, "search", str(tmp_path / "idx"), "gzip tool number 2", "-k", "3", "--rerank",
+                         "300", "--json")
+    assert code == 0, err
+    hits = json.loads(out)
+    enc = Encoder.from_pretrained("all-MiniLM-L6-v2")
+    d = enc.encode_documents([doc_text(c) for c in rows])
+    q = enc.encode_queries(["gzip tool number 2"])[0]
+    best = np.argsort(-(d @ q), kind="stable")[:3]
+    assert r.index.nlist <= 32  # the default nprobe probes every list here: re-ranking all 300 is exact
+    assert [h["id"] for h in hits] == [rows[j]["_id"] for j in best]
+    np.testing.assert_allclose([h["score"] for h in hits], (d @ q)[best], atol=1e-5)
+    code, _, err = run(capsys, "index", str(write_jsonl(tmp_path / "s.jsonl", CORPUS)), "--out", str(tmp_path / "o"),
+                       "--storage", "pq4")
+    assert code != 0 and "at least 256 documents" in err and not (tmp_path / "o").exists()
 
 
 def test_search_rerank_without_a_reranker_is_said(tmp_path, capsys):

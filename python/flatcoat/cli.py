@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-from ._storage import DENSE_STORAGES
+from ._storage import DENSE_STORAGES, IVF_STORAGES
 
 __all__ = ["main", "build_parser", "CLIError"]
 
@@ -94,7 +94,15 @@ def _cmd_index(args) -> int:
         r = Retriever(enc, MultiVectorIndex(enc.dim))
     else:
         enc = Encoder.from_pretrained(args.model, kind="dense")
-        index = DenseIndex(enc.dim, metric="ip", storage=args.storage, keep_float=args.reranker == "exact")
+        if args.storage == "pq4":  # a partitioned index (IVFIndex), trained on the corpus itself
+            from .ivf import MIN_TRAIN, IVFIndex
+
+            if len(corpus) < MIN_TRAIN:
+                raise CLIError(f"--storage pq4 partitions the collection and trains on it: it needs at least "
+                               f"{MIN_TRAIN} documents, got {len(corpus)}; use --storage f32, f16, int8 or binary")
+            index: Any = IVFIndex(enc.dim, metric="ip", storage="pq4", keep_float=args.reranker == "exact")
+        else:
+            index = DenseIndex(enc.dim, metric="ip", storage=args.storage, keep_float=args.reranker == "exact")
         reranker: Any = args.reranker
         if args.reranker == "multivector":
             mv = Encoder.from_pretrained(args.model, kind="multivector")
@@ -226,7 +234,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory to write (refused if it exists, unless --overwrite)")
     p.add_argument("--overwrite", action="store_true", help="replace --out if it is a flatcoat retriever")
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="model directory or name (default: the bundled MiniLM)")
-    p.add_argument("--storage", default="f32", choices=DENSE_STORAGES)
+    p.add_argument("--storage", default="f32", choices=tuple(dict.fromkeys(DENSE_STORAGES + IVF_STORAGES)),
+                   help="codes of the dense index; pq4: a partitioned IVFIndex with 4-bit PQ codes "
+                        "(trained on the corpus: at least 256 documents)")
     p.add_argument("--reranker", choices=("exact", "multivector"), default=None,
                    help="second stage: exact float re-ranking of a quantized scan, or MaxSim over the first "
                         "stage's best candidates")
