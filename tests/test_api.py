@@ -21,6 +21,8 @@ from flatcoat import _core, _device, _storage
 from flatcoat._validate import as_bool, as_int, as_k
 from flatcoat.multivector import parse_queries, parse_query_weights
 
+from test_ivf import core_or_reference  # noqa: F401 - the IVF core, or its numpy reference where not built
+
 DIM = 6
 N = 9
 
@@ -40,23 +42,33 @@ def _multivector(storage="f32", n=N, **kw):
     return index
 
 
+def _ivf(storage="pq4", n=N, **kw):
+    """An IVFIndex trained on its own sample (N vectors are too few for the train rule), 2 lists."""
+    index = flatcoat.IVFIndex(DIM, storage=storage, nlist=2, **kw)
+    index.train(np.random.default_rng(5).standard_normal((300, DIM)).astype(np.float32))
+    if n:
+        index.add(np.random.default_rng(0).standard_normal((n, DIM)).astype(np.float32), ids=np.arange(n) * 3)
+    return index
+
+
 def _one_query(kind):
     rng = np.random.default_rng(1)
-    return rng.standard_normal(DIM).astype(np.float32) if kind == "dense" else rng.standard_normal((3, DIM)).astype(np.float32)
+    return rng.standard_normal(DIM).astype(np.float32) if kind != "multivector" else rng.standard_normal((3, DIM)).astype(np.float32)
 
 
 def _batch(kind, q):
     rng = np.random.default_rng(2)
-    if kind == "dense":
+    if kind != "multivector":
         return rng.standard_normal((q, DIM)).astype(np.float32)
     return [rng.standard_normal((1 + i, DIM)).astype(np.float32) for i in range(q)]
 
 
-INDEXES = [("dense", s) for s in _storage.DENSE_STORAGES] + [("multivector", s) for s in _storage.MULTIVECTOR_STORAGES]
+INDEXES = [("dense", s) for s in _storage.DENSE_STORAGES] + [("multivector", s) for s in _storage.MULTIVECTOR_STORAGES] \
+    + [("ivf", s) for s in _storage.IVF_STORAGES]
 
 
 def _make(kind, storage, n=N):
-    return _dense(storage, n=n) if kind == "dense" else _multivector(storage, n=n)
+    return {"dense": _dense, "multivector": _multivector, "ivf": _ivf}[kind](storage, n=n)
 
 
 # ----------------------------------------------------------------------------- one result rule
@@ -85,7 +97,7 @@ def test_empty_index_gives_q_by_0(kind, storage):
         assert scores.shape == ids.shape == (q, 0) and scores.dtype == np.float32 and ids.dtype == np.int64
 
 
-@pytest.mark.parametrize("kind, storage", INDEXES)
+@pytest.mark.parametrize("kind, storage", [i for i in INDEXES if i[0] != "ivf"])  # IVF: tests/test_ivf.py
 def test_rows_are_best_first_ties_by_smaller_id(kind, storage):
     index = flatcoat.DenseIndex(DIM, storage=storage) if kind == "dense" else flatcoat.MultiVectorIndex(DIM, storage=storage)
     doc = np.eye(DIM, dtype=np.float32)[:1]
@@ -146,13 +158,14 @@ def test_rerank_is_clamped_like_k():
     lambda: flatcoat.DenseIndex(4, "ip"),
     lambda: flatcoat.DenseIndex(4, "ip", "int8"),
     lambda: flatcoat.MultiVectorIndex(4, "int8"),
+    lambda: flatcoat.IVFIndex(4, "ip"),
 ])
 def test_everything_after_dim_is_keyword_only(make):
     with pytest.raises(TypeError, match="positional"):
         make()
 
 
-@pytest.mark.parametrize("cls", [flatcoat.DenseIndex, flatcoat.MultiVectorIndex])
+@pytest.mark.parametrize("cls", [flatcoat.DenseIndex, flatcoat.MultiVectorIndex, flatcoat.IVFIndex])
 def test_dim_rule(cls):
     assert cls(np.int64(5)).dim == 5 and cls(np.uint8(3)).dim == 3
     for bad in (4.0, True, np.bool_(True), "4", None, np.float32(4)):
@@ -177,7 +190,7 @@ def test_boolean_rule():
         as_bool("no", "verify")
 
 
-@pytest.mark.parametrize("kind, storage", [("dense", "f32"), ("multivector", "f32")])
+@pytest.mark.parametrize("kind, storage", [("dense", "f32"), ("multivector", "f32"), ("ivf", "pq4")])
 @pytest.mark.parametrize("k, error, match", [
     (0, ValueError, "^k: must be at least 1"),
     (-3, ValueError, "^k: must be at least 1"),
@@ -226,7 +239,7 @@ def test_set_num_threads_follows_the_integer_rule_and_is_capped(restore_threads)
 # ----------------------------------------------------------------------------- ids and exceptions
 
 
-@pytest.mark.parametrize("kind, storage", [("dense", "f32"), ("multivector", "f32")])
+@pytest.mark.parametrize("kind, storage", [("dense", "f32"), ("multivector", "f32"), ("ivf", "pq4")])
 def test_membership(kind, storage):
     index = _make(kind, storage)  # ids 0, 3, ..., 24
     assert 3 in index and np.int64(3) in index and np.uint16(24) in index
@@ -234,10 +247,10 @@ def test_membership(kind, storage):
         assert (other in index) is False, other
 
 
-@pytest.mark.parametrize("kind, storage", [("dense", "f32"), ("multivector", "f32")])
+@pytest.mark.parametrize("kind, storage", [("dense", "f32"), ("multivector", "f32"), ("ivf", "pq4")])
 def test_automatic_ids_never_collide_and_run_out_clearly(kind, storage):
     index = _make(kind, storage, n=0)
-    one = lambda: np.ones((1, DIM), np.float32) if kind == "dense" else [np.ones((1, DIM), np.float32)]  # noqa: E731
+    one = lambda: np.ones((1, DIM), np.float32) if kind != "multivector" else [np.ones((1, DIM), np.float32)]  # noqa: E731
     index.add(one(), ids=[100])
     assert index.add(one()).tolist() == [101]
     index.add(one(), ids=[2**63 - 1])
@@ -246,7 +259,7 @@ def test_automatic_ids_never_collide_and_run_out_clearly(kind, storage):
     assert len(index) == 3
 
 
-@pytest.mark.parametrize("kind, storage", [("dense", "f32"), ("multivector", "f32")])
+@pytest.mark.parametrize("kind, storage", [("dense", "f32"), ("multivector", "f32"), ("ivf", "pq4")])
 def test_unknown_ids_are_key_errors(kind, storage):
     index = _make(kind, storage)
     with pytest.raises(KeyError, match="ids: 1 id"):
@@ -316,6 +329,13 @@ def test_arrays_are_copies_with_the_documented_layout(kind, storage):
         shape, dtype = _storage.dense_code_layout(storage, DIM)
         assert arrays["codes"].shape == (N, *shape) and arrays["codes"].dtype == dtype
         assert ("scale" in arrays) == ("offset" in arrays) == (storage == "int8")
+    elif kind == "ivf":  # slots in lists (flatcoat/ivf.py): pq4 in blocks of 32, the others in dense rows
+        slots = int(arrays["list_offsets"][-1])
+        shape, dtype = ((16 * index.m,), np.dtype(np.uint8)) if storage == "pq4" else _storage.dense_code_layout(storage, DIM)
+        assert arrays["codes"].shape == ((slots // 32 if storage == "pq4" else slots), *shape)
+        assert arrays["codes"].dtype == dtype and arrays["slot_ids"].shape == (slots,)
+        assert ("scale" in arrays) == ("offset" in arrays) == (storage == "int8")
+        arrays["ids"] = arrays["slot_ids"][arrays["slot_ids"] >= 0]
     else:
         assert arrays["tokens"].dtype == _storage.multivector_token_dtype(storage)
         assert arrays["tokens"].shape == (index.num_tokens, DIM)

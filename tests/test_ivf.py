@@ -86,25 +86,33 @@ def _ref_pq_encode(x, codebooks, *, originals=None, eta=0.0):
 
 
 def _ref_pack(codes):
-    """A plain layout: block b, pair p, byte i = code[32 b + i, 2 p] | code[32 b + i, 2 p + 1] << 4."""
+    """A plain layout: in block b, pair p's byte i = code[32 b + i, 2 p] | code[32 b + i, 2 p + 1] << 4;
+    an odd last sub-quantizer takes 16 bytes: byte i = code[32 b + i, m - 1] | code[32 b + 16 + i, m - 1] << 4."""
     n, m = codes.shape
     blocks = -(-n // 32)
-    c = np.zeros((blocks * 32, m + (m % 2)), np.uint8)
-    c[:n, :m] = codes
-    c = c.reshape(blocks, 32, -1, 2)
-    packed = (c[..., 0] | (c[..., 1] << 4)).transpose(0, 2, 1).reshape(blocks, -1)
+    c = np.zeros((blocks * 32, m), np.uint8)
+    c[:n] = codes
+    c = c.reshape(blocks, 32, m)
+    pairs = m // 2
     out = np.zeros((blocks, 16 * m), np.uint8)
-    out[:, : packed.shape[1]] = packed
+    p = c[:, :, : 2 * pairs].reshape(blocks, 32, pairs, 2)
+    out[:, : 32 * pairs] = (p[..., 0] | (p[..., 1] << 4)).transpose(0, 2, 1).reshape(blocks, -1)
+    if m % 2:
+        out[:, 32 * pairs:] = c[:, :16, m - 1] | (c[:, 16:, m - 1] << 4)
     return out
 
 
 def _ref_unpack(packed, n):
     blocks, width = packed.shape
     m = width // 16
-    pairs = -(-m // 2)
-    p = packed[:, : pairs * 32].reshape(blocks, pairs, 32).transpose(0, 2, 1)
-    codes = np.stack([p & 15, p >> 4], axis=-1).reshape(blocks * 32, pairs * 2)
-    return np.ascontiguousarray(codes[:n, :m])
+    pairs = m // 2
+    codes = np.zeros((blocks, 32, m), np.uint8)
+    p = packed[:, : 32 * pairs].reshape(blocks, pairs, 32).transpose(0, 2, 1)
+    codes[:, :, : 2 * pairs] = np.stack([p & 15, p >> 4], axis=-1).reshape(blocks, 32, 2 * pairs)
+    if m % 2:
+        last = packed[:, 32 * pairs:]
+        codes[:, :16, m - 1], codes[:, 16:, m - 1] = last & 15, last >> 4
+    return np.ascontiguousarray(codes.reshape(blocks * 32, m)[:n])
 
 
 def decoded_slots(storage, dim, centroids, list_offsets, codes, codebooks, scale, offset, unpack):
@@ -214,6 +222,17 @@ def built(storage="pq4", metric="ip", n=2000, dim=32, nlist=16, **kw):
     index = IVFIndex(dim, metric=metric, storage=storage, nlist=nlist, **kw)
     index.add(x)
     return index, x, q
+
+
+def test_reference_packing_round_trips():
+    rng = np.random.default_rng(0)
+    for n, m in ((1, 1), (31, 3), (32, 4), (77, 5), (100, 16)):
+        codes = rng.integers(0, 16, (n, m)).astype(np.uint8)
+        packed = _ref_pack(codes)
+        assert packed.shape == (-(-n // 32), 16 * m)
+        np.testing.assert_array_equal(_ref_unpack(packed, n), codes)
+        if HAVE_CORE:
+            np.testing.assert_array_equal(_core.pq4_unpack(_core.pq4_pack(codes), n), codes)
 
 
 # ----------------------------------------------------------------------------- defaults and the train rule
