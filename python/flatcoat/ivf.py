@@ -176,6 +176,7 @@ class IVFIndex:
         self._codebooks: Optional[np.ndarray] = None
         self._lists = self._empty_lists(0)
         self._floats = RowStore(self._float_fields()) if self._keep_float else None
+        self._args: Optional[tuple] = None  # search_ivf's array arguments, rebuilt after each change
         self._codec = None
         if self._storage != "pq4":
             # The exhaustive codecs are DenseIndex's own encoders (one implementation).
@@ -349,6 +350,7 @@ class IVFIndex:
             assign = _core.assign(sample, centroids, self._core_metric())
             residuals = np.ascontiguousarray(sample - centroids[assign])
             codebooks = _core.pq_train(residuals, self._m, iterations=_KMEANS_ITERATIONS, seed=_SEED)
+        self._args = None
         self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         self._codebooks = codebooks
         self._lists = self._empty_lists(nlist)
@@ -378,22 +380,12 @@ class IVFIndex:
         residuals = x - self._centroids[lists]
         if self._threshold is None:
             return {"codes": _core.pq_encode(np.ascontiguousarray(residuals), self._codebooks)}
-        # ScaNN: eta = (dim - 1) * t / (1 - t), t = T^2 / |x|^2; a vector no longer than T is encoded plainly.
+        # ScaNN: eta = (dim - 1) * t / (1 - t), t = T^2 / |x|^2, one per vector; a vector no longer
+        # than T gets eta 0 (plain codes).
         sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
-        t = np.where(sq > 0, self._threshold ** 2 / np.maximum(sq, 1e-300), 1.0)
-        eta = np.where(t < 1, (self._dim - 1) * t / np.maximum(1 - t, 1e-300), 0.0)
-        codes = np.empty((x.shape[0], self._m), dtype=np.uint8)
-        # The core takes one eta per call: vectors of (nearly) one norm share it.
-        keys = np.round(eta, 6)
-        for value in np.unique(keys):
-            rows = np.flatnonzero(keys == value)
-            r = np.ascontiguousarray(residuals[rows])
-            if value > 0:
-                codes[rows] = _core.pq_encode(r, self._codebooks, originals=np.ascontiguousarray(x[rows]),
-                                              eta=float(value))
-            else:
-                codes[rows] = _core.pq_encode(r, self._codebooks)
-        return {"codes": codes}
+        t = self._threshold ** 2 / np.maximum(sq, 1e-300)
+        eta = np.where(t < 1, (self._dim - 1) * t / np.maximum(1 - t, 1e-300), 0.0).astype(np.float32)
+        return {"codes": _core.pq_encode(np.ascontiguousarray(residuals), self._codebooks, originals=x, eta=eta)}
 
     def _rebuild(self, new: Optional[dict] = None) -> dict:
         """New list arrays holding the live entries plus ``new`` (``list``, ``slot_ids``, ... per entry).
@@ -444,6 +436,7 @@ class IVFIndex:
 
     def _install(self, rebuilt: dict) -> None:
         dest, ids = rebuilt.pop("_dest"), rebuilt.pop("_ids")
+        self._args = None
         self._lists = rebuilt
         if ids.size:
             self._ids.assign(np.ascontiguousarray(ids), np.ascontiguousarray(dest))
@@ -502,6 +495,7 @@ class IVFIndex:
                     new["slot_rows"] = rows_before + np.arange(n, dtype=_INT64)
                 self._install(self._rebuild(new))
             except BaseException:
+                self._args = None
                 self._ids.erase(ids)  # all or nothing
                 if self._floats is not None:
                     self._floats.count = rows_before
@@ -534,6 +528,7 @@ class IVFIndex:
             if not (slot_ids.flags.writeable and slot_ids.flags.owndata):
                 slot_ids = self._lists["slot_ids"] = np.array(slot_ids, copy=True)
             slot_ids[slots] = -1
+            self._args = None
             self._ids.erase(ids)
             self._count -= int(ids.size)
             self._tombstones += int(ids.size)
@@ -552,6 +547,7 @@ class IVFIndex:
             rebuilt = self._rebuild()
             rows = rebuilt["slot_rows"]
             rebuilt["slot_rows"] = np.where(rows >= 0, new_row[np.maximum(rows, 0)], -1)
+            self._args = None
             self._floats.keep_rows(0, keep)
             self._install(rebuilt)
         elif self._tombstones:
@@ -595,12 +591,14 @@ class IVFIndex:
                 return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
             nlist = int(self._centroids.shape[0])
             nprobe = min(nlist, DEFAULT_NPROBE) if nprobe is None else min(nprobe, nlist)
-            a = self._arrays()
-            return _core.search_ivf(
-                self._storage, self._core_metric(), self._dim, self._centroids, a["list_offsets"], a["codes"],
-                a["slot_ids"], a.get("codebooks"), a.get("scale"), a.get("offset"), a.get("sq_norms"),
-                a.get("float_rows"), a.get("slot_rows"), a.get("float_sq_norms"), q, k, nprobe, rerank or 0,
-            )
+            args = self._args
+            if args is None:  # the first search after a change (any reader may do it: same result)
+                a = self._arrays()
+                args = self._args = (
+                    self._storage, self._core_metric(), self._dim, self._centroids, a["list_offsets"], a["codes"],
+                    a["slot_ids"], a.get("codebooks"), a.get("scale"), a.get("offset"), a.get("sq_norms"),
+                    a.get("float_rows"), a.get("slot_rows"), a.get("float_sq_norms"))
+            return _core.search_ivf(*args, q, k, nprobe, rerank or 0)
 
     # ------------------------------------------------------------------ persistence
 
