@@ -45,6 +45,12 @@ cp -r python/flatcoat "$PKG/"
 rm -f "$PKG"/flatcoat/_core*.so
 cp "$BUILD"/_core*.so "$PKG/flatcoat/"
 
+# An editable install (pip install -e .) imports flatcoat through a finder on
+# sys.meta_path that outranks PYTHONPATH: drop it, here and in subprocesses.
+cat > "$PKG/sitecustomize.py" <<'EOF_SITE'
+import sys
+sys.meta_path[:] = [f for f in sys.meta_path if not type(f).__module__.startswith("_editable_")]
+EOF_SITE
 export PYTHONPATH="$PKG${PYTHONPATH:+:$PYTHONPATH}"
 export LD_PRELOAD="$(gcc -print-file-name=libasan.so):$(gcc -print-file-name=libubsan.so)"
 # Python's own allocations are not instrumented and it never frees some of them
