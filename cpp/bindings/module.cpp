@@ -11,6 +11,12 @@
 namespace py = pybind11;
 using namespace flatcoat;
 
+namespace flatcoat {
+namespace bindings {
+void bind_ivf(py::module_& m);  // cpp/bindings/ivf.cpp
+}  // namespace bindings
+}  // namespace flatcoat
+
 PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.doc() = "flatcoat native core";
     py::register_exception_translator([](std::exception_ptr p) {
@@ -45,4 +51,5 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     bindings::bind_dense(m);
     bindings::bind_maxsim(m);
     bindings::bind_probe(m);
+    bindings::bind_ivf(m);
 }

@@ -116,3 +116,52 @@ def probe_popcount(rounds: int, threads: int) -> ProbeResult:
 def topk(scores: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k of each row of (rows, n) float32: (values float32 (rows, k'), indices int64 (rows, k')),
     k' = min(k, n), largest first, ties by smaller index."""
+
+# ----------------------------------------------------------------------------- IVF: k-means, 4-bit PQ, search
+# (The bindings also accept these optional arguments by keyword; callers should name them.)
+
+def kmeans(
+    x: np.ndarray,  # (n, d) float32, n >= k
+    k: int,
+    iterations: int = 10,
+    seed: int = 0,
+    spherical: bool = False,  # ip/cosine: max inner product assignment, unit centroids
+    max_points_per_centroid: int = 256,  # sample of at most k * this many points (0: all)
+) -> np.ndarray:
+    """(k, d) float32 centroids; deterministic in seed for any thread count; empty clusters split."""
+def assign(x: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
+    """(n,) int64 nearest centroid ("ip": max inner product, "l2": min squared distance; ties: smaller index)."""
+def pq_train(x: np.ndarray, m: int, iterations: int = 10, seed: int = 0) -> np.ndarray:
+    """(m, 16, d // m) float32 codebooks of (n, d) float32 rows, n >= 16, m dividing d."""
+def pq_encode(
+    x: np.ndarray,  # (n, d) float32 residuals
+    codebooks: np.ndarray,  # (m, 16, d // m) float32
+    originals: Optional[np.ndarray] = None,  # (n, d) float32: the direction of the anisotropic loss
+    eta: "float | np.ndarray" = 0.0,  # parallel-error weight, one float or (n,) float32; 0: plain
+) -> np.ndarray:
+    """(n, m) uint8 codes 0..15: nearest codeword, or anisotropic coordinate descent from it."""
+def pq4_pack(codes: np.ndarray) -> np.ndarray:
+    """(n, m) uint8 codes 0..15 -> (ceil(n / 32), 16 * m) uint8 fast-scan blocks (see flatcoat/pq.hpp)."""
+def pq4_unpack(packed: np.ndarray, n: int) -> np.ndarray:
+    """(blocks, 16 * m) uint8 fast-scan blocks -> the first n vectors' (n, m) uint8 codes."""
+def search_ivf(
+    storage: str,  # "pq4" | "f32" | "f16" | "int8" | "binary"
+    metric: str,  # "ip" | "l2"
+    dim: int,
+    centroids: np.ndarray,  # (nlist, dim) float32
+    list_offsets: np.ndarray,  # (nlist + 1,) int64, slots; pq4 lists are multiples of 32
+    codes: np.ndarray,  # pq4: (total_slots / 32, 16 * m) uint8; else dense rows (total_slots, ...)
+    slot_ids: np.ndarray,  # (total_slots,) int64, -1 for padding and removed entries
+    codebooks: Optional[np.ndarray],  # (m, 16, dim // m) float32, pq4 only
+    scale: Optional[np.ndarray],  # (total_slots,) float32, int8 only
+    offset: Optional[np.ndarray],  # (total_slots,) float32, int8 only
+    sq_norms: Optional[np.ndarray],  # (total_slots,) float32, l2 over f32/f16/int8 lists
+    float_rows: Optional[np.ndarray],  # (n_rows, dim) float32 copy, for rerank (may be a memory map)
+    slot_rows: Optional[np.ndarray],  # (total_slots,) int64 row of each slot in float_rows (-1: padding)
+    float_sq_norms: Optional[np.ndarray],  # (n_rows,) float32, for l2 rerank
+    queries: np.ndarray,  # (q, dim) float32, normalised for cosine
+    k: int,
+    nprobe: int,  # >= 1, clamped to nlist
+    rerank: int,  # 0: approximate scores; R >= k: exact re-ranking of the R best from float_rows
+) -> Tuple[np.ndarray, np.ndarray]:
+    """(scores float32 (q, k'), ids int64 (q, k')), k' = min(k, live slots); -1/-inf(+inf for l2) padding."""

@@ -56,6 +56,32 @@ struct haswell_t {
     }
     static vf to_float(vi a) { return _mm256_cvtepi32_ps(a); }
     static vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }
+
+    // Byte path (4-bit fast-scan): 32 bytes in two 16-byte lanes that vpshufb
+    // indexes separately, so one register serves two 16-entry tables; u16 sums
+    // with vpaddw (wrapping: callers keep every true sum below 65536).
+    using vb = __m256i;
+    static constexpr size_t byte_lanes = 2;
+    static vb zero_b() { return _mm256_setzero_si256(); }
+    static vb load_b(const uint8_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+    /// The first `bytes` (< 32) bytes at p, zero above.
+    static vb load_b_partial(const uint8_t* p, size_t bytes) {
+        alignas(32) uint8_t buffer[32] = {};
+        std::memcpy(buffer, p, bytes);
+        return load_b(buffer);
+    }
+    static vb lookup16(vb table, vb index) { return _mm256_shuffle_epi8(table, index); }
+    static vb low_nibbles(vb v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0f)); }
+    static vb high_nibbles(vb v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0f)); }
+    static vb add_u16(vb a, vb b) { return _mm256_add_epi16(a, b); }
+    static vb sub_u16(vb a, vb b) { return _mm256_sub_epi16(a, b); }
+    static vb shr8_u16(vb a) { return _mm256_srli_epi16(a, 8); }
+    static vb shl8_u16(vb a) { return _mm256_slli_epi16(a, 8); }
+    /// out[i] = sum over the lanes of u16 word i (8 words, wrapping).
+    static void sum_lanes_u16(vb a, uint16_t* out) {
+        __m128i s = _mm_add_epi16(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), s);
+    }
 };
 
 }  // namespace simd

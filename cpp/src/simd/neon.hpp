@@ -58,6 +58,31 @@ struct neon_t {
     }
     static vf to_float(vi a) { return vcvtq_f32_s32(a); }
     static vf mul(vf a, vf b) { return vmulq_f32(a, b); }
+
+    // Byte path (4-bit fast-scan): one 16-byte register, one 16-entry table
+    // looked up with vqtbl1q_u8; u16 sums with vaddq_u16 (wrapping: callers keep
+    // every true sum below 65536).
+    using vb = uint8x16_t;
+    static constexpr size_t byte_lanes = 1;
+    static vb zero_b() { return vdupq_n_u8(0); }
+    static vb load_b(const uint8_t* p) { return vld1q_u8(p); }
+    static vb load_b_partial(const uint8_t* p, size_t bytes) {
+        uint8_t buffer[16] = {};
+        std::memcpy(buffer, p, bytes);
+        return vld1q_u8(buffer);
+    }
+    static vb lookup16(vb table, vb index) { return vqtbl1q_u8(table, index); }
+    static vb low_nibbles(vb v) { return vandq_u8(v, vdupq_n_u8(0x0f)); }
+    static vb high_nibbles(vb v) { return vshrq_n_u8(v, 4); }
+    static vb add_u16(vb a, vb b) {
+        return vreinterpretq_u8_u16(vaddq_u16(vreinterpretq_u16_u8(a), vreinterpretq_u16_u8(b)));
+    }
+    static vb sub_u16(vb a, vb b) {
+        return vreinterpretq_u8_u16(vsubq_u16(vreinterpretq_u16_u8(a), vreinterpretq_u16_u8(b)));
+    }
+    static vb shr8_u16(vb a) { return vreinterpretq_u8_u16(vshrq_n_u16(vreinterpretq_u16_u8(a), 8)); }
+    static vb shl8_u16(vb a) { return vreinterpretq_u8_u16(vshlq_n_u16(vreinterpretq_u16_u8(a), 8)); }
+    static void sum_lanes_u16(vb a, uint16_t* out) { vst1q_u16(out, vreinterpretq_u16_u8(a)); }
 };
 
 }  // namespace simd

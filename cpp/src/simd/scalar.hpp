@@ -124,6 +124,61 @@ struct scalar_t {
         for (size_t i = 0; i < width; ++i) a.v[i] *= b.v[i];
         return a;
     }
+
+    // Byte path (4-bit fast-scan): one 16-byte "register" of plain bytes, one
+    // 16-entry table; u16 words are pairs of bytes, little-endian, wrapping.
+    struct vb {
+        uint8_t v[16];
+    };
+    static constexpr size_t byte_lanes = 1;
+    static vb zero_b() { return vb{}; }
+    static vb load_b(const uint8_t* p) {
+        vb r;
+        std::memcpy(r.v, p, 16);
+        return r;
+    }
+    static vb load_b_partial(const uint8_t* p, size_t bytes) {
+        vb r{};
+        std::memcpy(r.v, p, bytes);
+        return r;
+    }
+    static vb lookup16(vb table, vb index) {
+        vb r;
+        for (size_t i = 0; i < 16; ++i) r.v[i] = (index.v[i] & 0x80) ? 0 : table.v[index.v[i] & 0x0f];
+        return r;
+    }
+    static vb low_nibbles(vb a) {
+        for (size_t i = 0; i < 16; ++i) a.v[i] &= 0x0f;
+        return a;
+    }
+    static vb high_nibbles(vb a) {
+        for (size_t i = 0; i < 16; ++i) a.v[i] = uint8_t(a.v[i] >> 4);
+        return a;
+    }
+    static uint16_t word(const vb& a, size_t i) { return uint16_t(a.v[2 * i] | (a.v[2 * i + 1] << 8)); }
+    static void set_word(vb& a, size_t i, uint16_t w) {
+        a.v[2 * i] = uint8_t(w & 0xff);
+        a.v[2 * i + 1] = uint8_t(w >> 8);
+    }
+    static vb add_u16(vb a, vb b) {
+        for (size_t i = 0; i < 8; ++i) set_word(a, i, uint16_t(word(a, i) + word(b, i)));
+        return a;
+    }
+    static vb sub_u16(vb a, vb b) {
+        for (size_t i = 0; i < 8; ++i) set_word(a, i, uint16_t(word(a, i) - word(b, i)));
+        return a;
+    }
+    static vb shr8_u16(vb a) {
+        for (size_t i = 0; i < 8; ++i) set_word(a, i, uint16_t(word(a, i) >> 8));
+        return a;
+    }
+    static vb shl8_u16(vb a) {
+        for (size_t i = 0; i < 8; ++i) set_word(a, i, uint16_t(word(a, i) << 8));
+        return a;
+    }
+    static void sum_lanes_u16(vb a, uint16_t* out) {
+        for (size_t i = 0; i < 8; ++i) out[i] = word(a, i);
+    }
 };
 
 }  // namespace simd

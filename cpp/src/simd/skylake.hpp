@@ -56,6 +56,32 @@ struct skylake_t {
     }
     static vf to_float(vi a) { return _mm512_cvtepi32_ps(a); }
     static vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
+
+    // Byte path (4-bit fast-scan, AVX-512BW): 64 bytes in four 16-byte lanes
+    // that vpshufb indexes separately (four 16-entry tables per register); tails
+    // with a zero-masked vmovdqu8; u16 sums with vpaddw (wrapping: callers keep
+    // every true sum below 65536).
+    using vb = __m512i;
+    static constexpr size_t byte_lanes = 4;
+    static vb zero_b() { return _mm512_setzero_si512(); }
+    static vb load_b(const uint8_t* p) { return _mm512_loadu_si512(p); }
+    /// The first `bytes` (< 64) bytes at p, zero above.
+    static vb load_b_partial(const uint8_t* p, size_t bytes) {
+        return _mm512_maskz_loadu_epi8(__mmask64((uint64_t(1) << bytes) - 1), p);
+    }
+    static vb lookup16(vb table, vb index) { return _mm512_shuffle_epi8(table, index); }
+    static vb low_nibbles(vb v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0f)); }
+    static vb high_nibbles(vb v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0f)); }
+    static vb add_u16(vb a, vb b) { return _mm512_add_epi16(a, b); }
+    static vb sub_u16(vb a, vb b) { return _mm512_sub_epi16(a, b); }
+    static vb shr8_u16(vb a) { return _mm512_srli_epi16(a, 8); }
+    static vb shl8_u16(vb a) { return _mm512_slli_epi16(a, 8); }
+    /// out[i] = sum over the lanes of u16 word i (8 words, wrapping).
+    static void sum_lanes_u16(vb a, uint16_t* out) {
+        __m256i h = _mm256_add_epi16(_mm512_castsi512_si256(a), _mm512_extracti64x4_epi64(a, 1));
+        __m128i s = _mm_add_epi16(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out), s);
+    }
 };
 
 }  // namespace simd

@@ -1,0 +1,51 @@
+// k-means, the one clustering routine of the core: it trains the IVF coarse
+// centroids and the product quantizer's codebooks, and any other index that
+// needs centroids (the multi-vector index) reuses it.
+#pragma once
+
+#include <cstddef>  // size_t
+#include <cstdint>  // int64_t, uint64_t
+
+#include "flatcoat/common.hpp"
+
+namespace flatcoat {
+
+struct kmeans_params_t {
+    size_t iterations = 10;  ///< Lloyd iterations after the initialisation (0: the initial centroids)
+    uint64_t seed = 0;       ///< seeds the sample, the initialisation and the empty-cluster splits
+    /// Spherical k-means (for ip/cosine): assignment by the largest inner
+    /// product and centroids normalised to unit length after each update.
+    /// Otherwise assignment by the smallest squared distance, plain means.
+    bool spherical = false;
+    /// The training set is a random sample of at most k * this many points
+    /// (0: every point). FAISS's default; beyond it extra points barely move
+    /// the centroids and cost linear time.
+    size_t max_points_per_centroid = 256;
+};
+
+/// Lloyd's k-means over `x` (n x d float32, row-major), n >= k >= 1; writes
+/// the k x d centroids to `centroids`.
+///
+/// - Sample: when n > k * max_points_per_centroid, that many distinct points
+///   drawn with std::mt19937_64(seed), kept in their original order.
+/// - Initialisation: k distinct sample points drawn with the same generator.
+/// - Each iteration: assignment (assign(), below, through the dense kernels on
+///   the thread pool), then each centroid is the float64 mean of its points,
+///   summed in point order (one task per centroid), so the result is the same
+///   for every thread count.
+/// - Empty clusters are re-seeded by splitting a donor, as FAISS does: donor j
+///   drawn with probability proportional to size_j - 1, its centroid copied and
+///   the pair pushed apart symmetrically (coordinates scaled by 1 +- 1/1024,
+///   alternating signs); the donor's points are shared between the two.
+/// Throws flatcoat::error for k == 0, d == 0 or n < k.
+void kmeans(const float* x, size_t n, size_t d, size_t k, const kmeans_params_t& params, float* centroids);
+
+/// The nearest centroid of each of the n points: metric ip, the largest inner
+/// product; l2, the smallest squared distance (ranked as 2<x, c> - |c|^2);
+/// ties go to the smaller centroid index. `labels` gets n entries; `values`,
+/// when not null, each point's best ranking value (ip: <x, c>; l2: 2<x, c> - |c|^2).
+/// Scores come from the active ISA's dense f32 kernel, on the thread pool.
+void assign(const float* x, size_t n, size_t d, const float* centroids, size_t k, metric_t metric, int64_t* labels,
+            float* values = nullptr);
+
+}  // namespace flatcoat

@@ -1,0 +1,452 @@
+// IVF search (see flatcoat/ivf_search.hpp): coarse step, probes grouped by
+// list, one task per probed list on the thread pool, per-thread per-query
+// top-k selectors merged at the end, then the optional exact re-ranking.
+#include "flatcoat/ivf_search.hpp"
+
+#include <algorithm>  // std::min, std::max, std::nth_element, std::sort
+#include <cmath>      // std::floor
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "flatcoat/dense_kernels.hpp"
+#include "flatcoat/dense_search.hpp"  // binarize
+#include "flatcoat/isa.hpp"
+#include "flatcoat/pq.hpp"
+#include "flatcoat/thread_pool.hpp"
+#include "flatcoat/topk.hpp"
+
+namespace flatcoat {
+
+namespace {
+
+constexpr size_t query_block_k = 4096;  // queries per pass (bounds the selectors' memory)
+constexpr size_t coarse_queries_k = 16;  // queries per coarse-step task
+constexpr size_t lut_queries_k = 64;     // queries per table-building task
+constexpr size_t scan_blocks_k = 32;     // pq4 blocks summed before their candidates are looked at
+constexpr size_t row_tile_k = 512;       // rows of a dense list scored at once
+
+size_t row_bytes(codec_t codec, size_t dim) {
+    switch (codec) {
+        case codec_t::f32_k: return dim * sizeof(float);
+        case codec_t::f16_k: return dim * sizeof(uint16_t);
+        case codec_t::int8_k: return dim;
+        case codec_t::binary_k: return binary_words(dim) * sizeof(uint64_t);
+    }
+    return 0;
+}
+
+void check(const ivf_data_t& data, const ivf_query_t& query) {
+    if (data.dim == 0) throw error("dim must be positive");
+    if (data.nlist == 0 || data.centroids == nullptr) throw error("centroids: the index has no lists (train it first)");
+    if (data.list_offsets == nullptr) throw error("list_offsets are missing");
+    if (query.k == 0) throw error("k: must be positive");
+    if (query.nprobe == 0) throw error("nprobe: must be positive");
+    if (query.nq > 0 && query.queries == nullptr) throw error("queries are missing");
+    if (data.list_offsets[0] != 0) throw error("list_offsets: must start at 0");
+    for (size_t l = 0; l < data.nlist; ++l) {
+        const int64_t size = data.list_offsets[l + 1] - data.list_offsets[l];
+        if (size < 0) throw error("list_offsets: must not decrease (list " + std::to_string(l) + ")");
+        if (data.pq4 && size % int64_t(pq4_block_k) != 0)
+            throw error("list_offsets: pq4 list " + std::to_string(l) + " holds " + std::to_string(size) +
+                        " slots, not a multiple of 32");
+    }
+    if (size_t(data.list_offsets[data.nlist]) != data.total_slots)
+        throw error("list_offsets: must end at the number of slots (" + std::to_string(data.total_slots) + "), got " +
+                    std::to_string(data.list_offsets[data.nlist]));
+    if (data.total_slots > 0 && (data.codes == nullptr || data.slot_ids == nullptr))
+        throw error("codes and slot_ids are missing");
+    if (data.pq4) {
+        if (data.m == 0 || data.dim % data.m != 0) throw error("codebooks: m must divide dim");
+        if (data.codebooks == nullptr) throw error("codebooks are missing");
+    } else {
+        if (data.codec == codec_t::int8_k && data.total_slots > 0 && (data.scale == nullptr || data.offset == nullptr))
+            throw error("int8 lists need the slots' scales and offsets");
+        if (query.metric == metric_t::l2_k && data.codec != codec_t::binary_k && data.total_slots > 0 &&
+            data.sq_norms == nullptr)
+            throw error("l2 search needs the slots' squared norms");
+    }
+    if (query.rerank != 0) {
+        if (query.rerank < query.k) throw error("rerank: must be at least k");
+        if (data.float_rows == nullptr || data.slot_rows == nullptr)
+            throw error("rerank: needs the float32 copy and slot_rows (build the index with keep_float=True)");
+        if (query.metric == metric_t::l2_k && data.float_sq_norms == nullptr)
+            throw error("rerank: l2 re-ranking needs the float copy's squared norms");
+    }
+}
+
+/// Quantizes an m x 16 float table (higher is better) to u8 (see search_ivf in
+/// the header). Returns the table's base (sum of the minima) and writes 1 / a.
+float quantize_table(const float* table, size_t m, uint8_t* lut, float* scale_out, float* inv_scale_out) {
+    float max_span = 0.0f;
+    double sum_span = 0.0, sum_min = 0.0;
+    for (size_t s = 0; s < m; ++s) {
+        const float* row = table + s * pq4_centroids_k;
+        float lo = row[0], hi = row[0];
+        for (size_t c = 1; c < pq4_centroids_k; ++c) {
+            lo = std::min(lo, row[c]);
+            hi = std::max(hi, row[c]);
+        }
+        max_span = std::max(max_span, hi - lo);
+        sum_span += double(hi - lo);
+        sum_min += double(lo);
+    }
+    // Rounding adds at most 1/2 per sub-space: keep the rounded sum <= 65535.
+    float a = 1.0f;
+    if (max_span > 0.0f) a = float(std::min(255.0 / double(max_span), (65535.0 - 0.5 * double(m)) / sum_span));
+    for (size_t s = 0; s < m; ++s) {
+        const float* row = table + s * pq4_centroids_k;
+        float lo = row[0];
+        for (size_t c = 1; c < pq4_centroids_k; ++c) lo = std::min(lo, row[c]);
+        for (size_t c = 0; c < pq4_centroids_k; ++c) {
+            const float v = std::floor((row[c] - lo) * a + 0.5f);
+            lut[s * pq4_centroids_k + c] = uint8_t(std::min(255.0f, std::max(0.0f, v)));
+        }
+    }
+    *scale_out = a;
+    *inv_scale_out = 1.0f / a;
+    return float(sum_min);
+}
+
+/// ip table of one query: T[s][c] = <q_s, codebook[s][c]>.
+void ip_table(const float* q, const float* books, size_t dim, size_t m, float* table) {
+    const size_t ds = dim / m;
+    for (size_t s = 0; s < m; ++s)
+        for (size_t c = 0; c < pq4_centroids_k; ++c) {
+            const float* w = books + (s * pq4_centroids_k + c) * ds;
+            float dot = 0.0f;
+            for (size_t t = 0; t < ds; ++t) dot += q[s * ds + t] * w[t];
+            table[s * pq4_centroids_k + c] = dot;
+        }
+}
+
+/// l2 table of one query for one list: T[s][c] = -|r_s - codebook[s][c]|^2 with r = q - centroid.
+void l2_table(const float* r, const float* books, size_t dim, size_t m, float* table) {
+    const size_t ds = dim / m;
+    for (size_t s = 0; s < m; ++s)
+        for (size_t c = 0; c < pq4_centroids_k; ++c) {
+            const float* w = books + (s * pq4_centroids_k + c) * ds;
+            float sum = 0.0f;
+            for (size_t t = 0; t < ds; ++t) {
+                const float diff = r[s * ds + t] - w[t];
+                sum += diff * diff;
+            }
+            table[s * pq4_centroids_k + c] = -sum;
+        }
+}
+
+struct scratch_t {
+    std::vector<uint16_t> sums;
+    std::vector<float> table, residual, queries, scores;
+    std::vector<uint8_t> lut;
+    std::vector<uint64_t> bits;
+    std::vector<uint32_t> distances;
+};
+
+}  // namespace
+
+void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_scores, int64_t* out_ids) {
+    check(data, query);
+    const size_t dim = data.dim, k = query.k, nlist = data.nlist, m = data.m;
+    const bool l2 = query.metric == metric_t::l2_k;
+    const bool binary = !data.pq4 && data.codec == codec_t::binary_k;
+    const float missing = l2 ? std::numeric_limits<float>::infinity() : -std::numeric_limits<float>::infinity();
+    for (size_t i = 0; i < query.nq * k; ++i) {
+        out_scores[i] = missing;
+        out_ids[i] = -1;
+    }
+    if (data.total_slots == 0 || query.nq == 0) return;
+
+    const isa_t isa = active_isa();
+    const dense_kernels_t& dense = kernels_for<dense_kernels_t>(isa);
+    const pq4_kernels_t& fast_scan = kernels_for<pq4_kernels_t>(isa);
+    const size_t nprobe = std::min(query.nprobe, nlist);
+    const size_t keep = query.rerank != 0 ? query.rerank : k;
+    const size_t threads = num_threads();
+    const size_t block_bytes = data.pq4 ? pq4_block_bytes(m) : row_bytes(data.codec, dim);
+    const size_t words = binary_words(dim);
+
+    std::vector<float> centroid_norms(l2 ? nlist : 0);
+    if (l2)
+        for (size_t l = 0; l < nlist; ++l) {
+            double sq = 0.0;
+            for (size_t t = 0; t < dim; ++t) sq += double(data.centroids[l * dim + t]) * data.centroids[l * dim + t];
+            centroid_norms[l] = float(sq);
+        }
+
+    for (size_t q0 = 0; q0 < query.nq; q0 += query_block_k) {
+        const size_t nq = std::min(query_block_k, query.nq - q0);
+        const float* queries = query.queries + q0 * dim;
+
+        // Coarse step: each query's nprobe best lists and their ranking values.
+        std::vector<int64_t> probe_lists(nq * nprobe);
+        std::vector<float> probe_values(nq * nprobe);
+        {
+            const size_t tasks = (nq + coarse_queries_k - 1) / coarse_queries_k;
+            std::vector<std::vector<float>> buffers(std::min(threads, tasks));
+            parallel_for(tasks, buffers.size(), [&](size_t t, size_t slot) {
+                const size_t i0 = t * coarse_queries_k, rows = std::min(coarse_queries_k, nq - i0);
+                std::vector<float>& scores = buffers[slot];
+                scores.resize(rows * nlist);
+                dense.dot_f32(queries + i0 * dim, rows, data.centroids, nlist, dim, scores.data(), nlist);
+                std::vector<uint32_t> order(nlist);
+                for (size_t i = 0; i < rows; ++i) {
+                    float* row = scores.data() + i * nlist;
+                    if (l2)
+                        for (size_t l = 0; l < nlist; ++l) row[l] = 2.0f * row[l] - centroid_norms[l];
+                    for (size_t l = 0; l < nlist; ++l) order[l] = uint32_t(l);
+                    auto better = [row](uint32_t a, uint32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
+                    if (nprobe < nlist) std::nth_element(order.begin(), order.begin() + std::ptrdiff_t(nprobe), order.end(), better);
+                    std::sort(order.begin(), order.begin() + std::ptrdiff_t(nprobe), better);
+                    for (size_t r = 0; r < nprobe; ++r) {
+                        probe_lists[(i0 + i) * nprobe + r] = order[r];
+                        probe_values[(i0 + i) * nprobe + r] = row[order[r]];
+                    }
+                }
+            });
+        }
+
+        // Probes grouped by list, in query order within a list.
+        std::vector<size_t> group_start(nlist + 1, 0);
+        for (size_t p = 0; p < nq * nprobe; ++p) ++group_start[size_t(probe_lists[p]) + 1];
+        for (size_t l = 0; l < nlist; ++l) group_start[l + 1] += group_start[l];
+        std::vector<uint32_t> group_query(nq * nprobe);
+        std::vector<float> group_value(nq * nprobe);
+        {
+            std::vector<size_t> fill(group_start.begin(), group_start.end() - 1);
+            for (size_t p = 0; p < nq * nprobe; ++p) {
+                const size_t at = fill[size_t(probe_lists[p])]++;
+                group_query[at] = uint32_t(p / nprobe);
+                group_value[at] = probe_values[p];
+            }
+        }
+        std::vector<uint32_t> tasks;
+        for (size_t l = 0; l < nlist; ++l)
+            if (group_start[l + 1] > group_start[l] && data.list_offsets[l + 1] > data.list_offsets[l])
+                tasks.push_back(uint32_t(l));
+        // Largest work first, for balance (the order does not change results).
+        auto work = [&](uint32_t l) {
+            return uint64_t(group_start[l + 1] - group_start[l]) * uint64_t(data.list_offsets[l + 1] - data.list_offsets[l]);
+        };
+        std::sort(tasks.begin(), tasks.end(), [&](uint32_t a, uint32_t b) { return work(a) > work(b) || (work(a) == work(b) && a < b); });
+
+        // ip pq4: one table per query, shared by every list it probes.
+        std::vector<uint8_t> luts;
+        std::vector<float> lut_scale, lut_inv, lut_base;
+        if (data.pq4 && !l2) {
+            luts.resize(nq * m * pq4_centroids_k);
+            lut_scale.resize(nq);
+            lut_inv.resize(nq);
+            lut_base.resize(nq);
+            const size_t lut_tasks = (nq + lut_queries_k - 1) / lut_queries_k;
+            parallel_for(lut_tasks, threads, [&](size_t t, size_t) {
+                std::vector<float> table(m * pq4_centroids_k);
+                for (size_t i = t * lut_queries_k; i < std::min(nq, (t + 1) * lut_queries_k); ++i) {
+                    ip_table(queries + i * dim, data.codebooks, dim, m, table.data());
+                    lut_base[i] = quantize_table(table.data(), m, luts.data() + i * m * pq4_centroids_k, &lut_scale[i],
+                                                 &lut_inv[i]);
+                }
+            });
+        }
+        // Per-query values needed by the dense codecs.
+        std::vector<float> query_sums;
+        std::vector<uint64_t> query_bits;
+        if (!data.pq4 && data.codec == codec_t::int8_k) {
+            query_sums.assign(nq, 0.0f);
+            for (size_t i = 0; i < nq; ++i) {
+                double sum = 0.0;
+                for (size_t j = 0; j < dim; ++j) sum += queries[i * dim + j];
+                query_sums[i] = float(sum);
+            }
+        } else if (binary) {
+            query_bits.resize(nq * words);
+            binarize(queries, nq, dim, query_bits.data());
+        }
+
+        const size_t slots = std::max<size_t>(1, std::min(threads, tasks.size()));
+        std::vector<std::vector<topk_t>> selectors(slots, std::vector<topk_t>(nq, topk_t(keep, data.slot_ids)));
+        std::vector<scratch_t> scratch(slots);
+
+        parallel_for(tasks.size(), slots, [&](size_t task, size_t slot) {
+            const size_t l = tasks[task];
+            const size_t begin = size_t(data.list_offsets[l]), end = size_t(data.list_offsets[l + 1]);
+            std::vector<topk_t>& mine = selectors[slot];
+            scratch_t& s = scratch[slot];
+            if (data.pq4) {
+                const size_t n_blocks = (end - begin) / pq4_block_k;
+                const uint8_t* codes = static_cast<const uint8_t*>(data.codes) + (begin / pq4_block_k) * block_bytes;
+                s.sums.resize(std::min(n_blocks, scan_blocks_k) * pq4_block_k);
+                if (l2) {
+                    s.table.resize(m * pq4_centroids_k);
+                    s.lut.resize(m * pq4_centroids_k);
+                    s.residual.resize(dim);
+                }
+                for (size_t g = group_start[l]; g < group_start[l + 1]; ++g) {
+                    const size_t i = group_query[g];
+                    const uint8_t* lut;
+                    float a, inv_a, base;
+                    if (l2) {
+                        const float* q = queries + i * dim;
+                        const float* c = data.centroids + l * dim;
+                        for (size_t t = 0; t < dim; ++t) s.residual[t] = q[t] - c[t];
+                        l2_table(s.residual.data(), data.codebooks, dim, m, s.table.data());
+                        base = quantize_table(s.table.data(), m, s.lut.data(), &a, &inv_a);
+                        lut = s.lut.data();
+                    } else {
+                        lut = luts.data() + i * m * pq4_centroids_k;
+                        a = lut_scale[i];
+                        inv_a = lut_inv[i];
+                        base = lut_base[i] + group_value[g];  // + <q, centroid>
+                    }
+                    topk_t& top = mine[i];
+                    // The smallest u16 sum that may still enter, one unit low for rounding.
+                    auto limit = [&]() -> uint32_t {
+                        const float threshold = top.threshold();
+                        if (!(threshold > -std::numeric_limits<float>::infinity())) return 0;
+                        const float t = (threshold - base) * a;
+                        if (!(t > 1.0f)) return 0;
+                        if (t >= 65537.0f) return 65536;
+                        return uint32_t(t) - 1;
+                    };
+                    uint32_t bar = limit();
+                    for (size_t b0 = 0; b0 < n_blocks && bar <= 65535; b0 += scan_blocks_k) {
+                        const size_t nb = std::min(scan_blocks_k, n_blocks - b0);
+                        fast_scan.accumulate(codes + b0 * block_bytes, nb, m, lut, s.sums.data());
+                        for (size_t b = 0; b < nb; ++b) {
+                            const uint16_t* sums = s.sums.data() + b * pq4_block_k;
+                            uint32_t mask = 0;
+                            for (size_t v = 0; v < pq4_block_k; ++v) mask |= uint32_t(sums[v] >= bar) << v;
+                            while (mask != 0) {
+                                const unsigned v = unsigned(__builtin_ctz(mask));
+                                mask &= mask - 1;
+                                const size_t slot_index = begin + (b0 + b) * pq4_block_k + v;
+                                if (data.slot_ids[slot_index] < 0) continue;
+                                const float value = base + float(sums[v]) * inv_a;
+                                if (value >= top.threshold()) {
+                                    top.push(value, int64_t(slot_index));
+                                    bar = limit();
+                                }
+                            }
+                        }
+                    }
+                }
+                return;
+            }
+
+            // Dense list storage: the list's queries gathered, scored tile by tile.
+            const size_t nql = group_start[l + 1] - group_start[l];
+            if (binary) {
+                s.bits.resize(nql * words);
+                for (size_t g = 0; g < nql; ++g)
+                    std::copy(query_bits.begin() + std::ptrdiff_t(group_query[group_start[l] + g] * words),
+                              query_bits.begin() + std::ptrdiff_t((group_query[group_start[l] + g] + 1) * words),
+                              s.bits.begin() + std::ptrdiff_t(g * words));
+            } else {
+                s.queries.resize(nql * dim);
+                for (size_t g = 0; g < nql; ++g)
+                    std::copy(queries + group_query[group_start[l] + g] * dim,
+                              queries + (group_query[group_start[l] + g] + 1) * dim, s.queries.begin() + std::ptrdiff_t(g * dim));
+            }
+            for (size_t r0 = begin; r0 < end; r0 += row_tile_k) {
+                const size_t rows = std::min(row_tile_k, end - r0);
+                if (binary) {
+                    s.distances.resize(nql * rows);
+                    dense.hamming(s.bits.data(), nql, static_cast<const uint64_t*>(data.codes) + r0 * words, rows, words,
+                                  s.distances.data(), rows);
+                } else {
+                    s.scores.resize(nql * rows);
+                    switch (data.codec) {
+                        case codec_t::f32_k:
+                            dense.dot_f32(s.queries.data(), nql, static_cast<const float*>(data.codes) + r0 * dim, rows,
+                                          dim, s.scores.data(), rows);
+                            break;
+                        case codec_t::f16_k:
+                            dense.dot_f16(s.queries.data(), nql, static_cast<const uint16_t*>(data.codes) + r0 * dim,
+                                          rows, dim, s.scores.data(), rows);
+                            break;
+                        default:
+                            dense.dot_u8(s.queries.data(), nql, static_cast<const uint8_t*>(data.codes) + r0 * dim, rows,
+                                         dim, s.scores.data(), rows);
+                            break;
+                    }
+                }
+                for (size_t g = 0; g < nql; ++g) {
+                    const size_t i = group_query[group_start[l] + g];
+                    topk_t& top = mine[i];
+                    for (size_t j = 0; j < rows; ++j) {
+                        const size_t slot_index = r0 + j;
+                        float value;
+                        if (binary) {
+                            value = -float(s.distances[g * rows + j]);
+                        } else {
+                            value = s.scores[g * rows + j];
+                            if (data.codec == codec_t::int8_k)
+                                value = data.scale[slot_index] * value + data.offset[slot_index] * query_sums[i];
+                            if (l2) value = 2.0f * value - data.sq_norms[slot_index];
+                        }
+                        if (value >= top.threshold() && data.slot_ids[slot_index] >= 0)
+                            top.push(value, int64_t(slot_index));
+                    }
+                }
+            }
+        });
+
+        std::vector<topk_t>& found = selectors[0];
+        for (size_t t = 1; t < slots; ++t)
+            for (size_t i = 0; i < nq; ++i) found[i].merge(selectors[t][i]);
+
+        if (query.rerank != 0) {
+            std::vector<topk_t> exact(nq, topk_t(k, data.slot_ids));
+            const size_t row_size = dim * sizeof(float);
+            parallel_for(nq, threads, [&](size_t i, size_t) {
+                const std::vector<topk_t::entry_t> shortlist = found[i].sorted();
+                const float* qi = queries + i * dim;
+                for (size_t c = 0; c < shortlist.size(); ++c) {
+                    constexpr size_t ahead = 4;  // the shortlist's rows are scattered: fetch ahead
+                    if (c + ahead < shortlist.size()) {
+                        const int64_t next = data.slot_rows[shortlist[c + ahead].row];
+                        if (next >= 0 && size_t(next) < data.n_rows) {
+                            const char* p = reinterpret_cast<const char*>(data.float_rows + size_t(next) * dim);
+                            for (size_t b = 0; b < row_size; b += 64) __builtin_prefetch(p + b);
+                        }
+                    }
+                    const int64_t row = data.slot_rows[shortlist[c].row];
+                    if (row < 0 || size_t(row) >= data.n_rows)
+                        throw error("slot_rows: slot " + std::to_string(shortlist[c].row) + " names row " +
+                                    std::to_string(row) + ", outside the float copy's " + std::to_string(data.n_rows));
+                    float dot;
+                    dense.dot_f32(qi, 1, data.float_rows + size_t(row) * dim, 1, dim, &dot, 1);
+                    exact[i].push(l2 ? 2.0f * dot - data.float_sq_norms[row] : dot, shortlist[c].row);
+                }
+            });
+            for (size_t i = 0; i < nq; ++i) found[i] = std::move(exact[i]);
+        }
+
+        for (size_t i = 0; i < nq; ++i) {
+            double q_sq_norm = 0.0;
+            if (l2)
+                for (size_t j = 0; j < dim; ++j) q_sq_norm += double(queries[i * dim + j]) * queries[i * dim + j];
+            const size_t at = (q0 + i) * k;
+            size_t r = 0;
+            for (const topk_t::entry_t& e : found[i].sorted()) {
+                if (r == k) break;
+                float score;
+                if (query.rerank == 0 && binary) {
+                    const float hamming = -e.value;
+                    score = l2 ? hamming : float(dim) - 2.0f * hamming;
+                } else if (query.rerank == 0 && data.pq4) {
+                    score = l2 ? std::max(0.0f, -e.value) : e.value;  // the approximate score itself
+                } else if (l2) {
+                    score = std::max(0.0f, float(q_sq_norm - double(e.value)));
+                } else {
+                    score = e.value;
+                }
+                out_scores[at + r] = score;
+                out_ids[at + r] = data.slot_ids[e.row];
+                ++r;
+            }
+        }
+    }
+}
+
+}  // namespace flatcoat

@@ -1,0 +1,70 @@
+// The 4-bit fast-scan kernel, written once over the SIMD byte type and
+// instantiated per ISA by the files beside this one.
+//
+// One register holds S::byte_lanes consecutive sub-quantizers of a block
+// (16 bytes each: vectors 0..15 in the low nibbles, 16..31 in the high ones)
+// and, loaded from the same offset of the u8 table, their 16-entry look-up
+// tables. The in-lane byte shuffle (pshufb / vpshufb / tbl) looks up all of
+// them at once. The looked-up bytes are summed as u16 words (FAISS's trick):
+// a word holds vector 2i's byte plus 256 x vector 2i+1's, so adding whole
+// words accumulates the even vectors (mod 2^16) while a second accumulator
+// adds the words shifted right by 8 (the odd vectors); at the end
+// even = words - (odd << 8). Four accumulators (even/odd x low/high nibbles),
+// no widening in the loop, no saturation: the caller's table scale keeps every
+// true sum below 65536, so every ISA produces the same exact integers.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "flatcoat/pq.hpp"
+
+namespace flatcoat {
+namespace kernels {
+
+template <class S>
+void pq4_accumulate(const uint8_t* codes, size_t n_blocks, size_t m, const uint8_t* lut, uint16_t* out) {
+    using vb = typename S::vb;
+    constexpr size_t L = S::byte_lanes;
+    const size_t block_bytes = pq4_block_bytes(m);
+    const size_t full = m - m % L;
+    for (size_t b = 0; b < n_blocks; ++b) {
+        const uint8_t* c = codes + b * block_bytes;
+        vb even_lo = S::zero_b(), odd_lo = S::zero_b(), even_hi = S::zero_b(), odd_hi = S::zero_b();
+        auto step = [&](vb code, vb table) {
+            const vb lo = S::lookup16(table, S::low_nibbles(code));
+            const vb hi = S::lookup16(table, S::high_nibbles(code));
+            even_lo = S::add_u16(even_lo, lo);
+            odd_lo = S::add_u16(odd_lo, S::shr8_u16(lo));
+            even_hi = S::add_u16(even_hi, hi);
+            odd_hi = S::add_u16(odd_hi, S::shr8_u16(hi));
+        };
+        size_t s = 0;
+        for (; s < full; s += L) step(S::load_b(c + 16 * s), S::load_b(lut + 16 * s));
+        if (s < m) step(S::load_b_partial(c + 16 * s, 16 * (m - s)), S::load_b_partial(lut + 16 * s, 16 * (m - s)));
+        even_lo = S::sub_u16(even_lo, S::shl8_u16(odd_lo));
+        even_hi = S::sub_u16(even_hi, S::shl8_u16(odd_hi));
+        uint16_t el[8], ol[8], eh[8], oh[8];
+        S::sum_lanes_u16(even_lo, el);
+        S::sum_lanes_u16(odd_lo, ol);
+        S::sum_lanes_u16(even_hi, eh);
+        S::sum_lanes_u16(odd_hi, oh);
+        uint16_t* o = out + b * pq4_block_k;
+        for (size_t i = 0; i < 8; ++i) {
+            o[2 * i] = el[i];
+            o[2 * i + 1] = ol[i];
+            o[16 + 2 * i] = eh[i];
+            o[17 + 2 * i] = oh[i];
+        }
+    }
+}
+
+template <class S>
+pq4_kernels_t make_pq4_kernels() {
+    pq4_kernels_t table;
+    table.accumulate = &pq4_accumulate<S>;
+    return table;
+}
+
+}  // namespace kernels
+}  // namespace flatcoat

@@ -1,0 +1,221 @@
+// k-means (see flatcoat/kmeans.hpp): seeded sampling and initialisation,
+// assignment through the dense kernels, per-centroid float64 means, FAISS-style
+// splitting of empty clusters.
+#include "flatcoat/kmeans.hpp"
+
+#include <algorithm>  // std::min, std::sort
+#include <cmath>      // std::sqrt
+#include <cstring>    // std::memcpy
+#include <limits>
+#include <random>  // std::mt19937_64
+#include <vector>
+
+#include "flatcoat/dense_kernels.hpp"
+#include "flatcoat/isa.hpp"
+#include "flatcoat/thread_pool.hpp"
+
+namespace flatcoat {
+
+namespace {
+
+constexpr size_t assign_points_k = 64;       // points scored together against a centroid tile
+constexpr size_t assign_centroids_k = 1024;  // centroids per tile (64 x 1024 scores: 256 KiB)
+
+/// A uniform integer in [0, n) from the generator; the same on every platform
+/// (std::uniform_int_distribution is not specified bit for bit).
+uint64_t draw(std::mt19937_64& rng, uint64_t n) {
+    // Rejection sampling removes the modulo bias.
+    const uint64_t limit = std::numeric_limits<uint64_t>::max() - std::numeric_limits<uint64_t>::max() % n;
+    uint64_t r;
+    do r = rng();
+    while (r >= limit);
+    return r % n;
+}
+
+/// `count` distinct indices of [0, n) by a partial Fisher-Yates shuffle.
+std::vector<size_t> distinct_indices(std::mt19937_64& rng, size_t n, size_t count) {
+    std::vector<size_t> order(n);
+    for (size_t i = 0; i < n; ++i) order[i] = i;
+    for (size_t i = 0; i < count; ++i) std::swap(order[i], order[i + size_t(draw(rng, n - i))]);
+    order.resize(count);
+    return order;
+}
+
+void normalise(float* v, size_t d) {
+    double sq = 0.0;
+    for (size_t j = 0; j < d; ++j) sq += double(v[j]) * v[j];
+    if (sq == 0.0) return;
+    const float inv = float(1.0 / std::sqrt(sq));
+    for (size_t j = 0; j < d; ++j) v[j] *= inv;
+}
+
+// Few dimensions (PQ sub-spaces): a direct loop beats padding each row to a vector.
+void assign_small(const float* x, size_t n, size_t d, const float* c, size_t k, metric_t metric, int64_t* labels,
+                  float* values) {
+    const bool l2 = metric == metric_t::l2_k;
+    std::vector<float> norms(k, 0.0f);
+    if (l2)
+        for (size_t j = 0; j < k; ++j)
+            for (size_t t = 0; t < d; ++t) norms[j] += c[j * d + t] * c[j * d + t];
+    for (size_t i = 0; i < n; ++i) {
+        const float* xi = x + i * d;
+        float best = -std::numeric_limits<float>::infinity();
+        int64_t label = 0;
+        for (size_t j = 0; j < k; ++j) {
+            float dot = 0.0f;
+            for (size_t t = 0; t < d; ++t) dot += xi[t] * c[j * d + t];
+            const float value = l2 ? 2.0f * dot - norms[j] : dot;
+            if (value > best) {
+                best = value;
+                label = int64_t(j);
+            }
+        }
+        labels[i] = label;
+        if (values) values[i] = best;
+    }
+}
+
+}  // namespace
+
+void assign(const float* x, size_t n, size_t d, const float* centroids, size_t k, metric_t metric, int64_t* labels,
+            float* values) {
+    if (d == 0) throw error("dim must be positive");
+    if (k == 0) throw error("assign: needs at least one centroid");
+    if (n == 0) return;
+    const size_t tasks = (n + assign_points_k - 1) / assign_points_k;
+    if (d < 8) {
+        parallel_for(tasks, num_threads(), [&](size_t t, size_t) {
+            const size_t begin = t * assign_points_k, rows = std::min(assign_points_k, n - begin);
+            assign_small(x + begin * d, rows, d, centroids, k, metric, labels + begin, values ? values + begin : nullptr);
+        });
+        return;
+    }
+    const dense_kernels_t& kernels = kernels_for<dense_kernels_t>(active_isa());
+    const bool l2 = metric == metric_t::l2_k;
+    std::vector<float> norms(l2 ? k : 0);
+    if (l2)
+        for (size_t j = 0; j < k; ++j) {
+            double sq = 0.0;
+            for (size_t t = 0; t < d; ++t) sq += double(centroids[j * d + t]) * centroids[j * d + t];
+            norms[j] = float(sq);
+        }
+    const size_t slots = std::max<size_t>(1, std::min(num_threads(), tasks));
+    std::vector<std::vector<float>> buffers(slots);
+    parallel_for(tasks, slots, [&](size_t t, size_t slot) {
+        const size_t begin = t * assign_points_k, rows = std::min(assign_points_k, n - begin);
+        std::vector<float>& scores = buffers[slot];
+        scores.resize(assign_points_k * assign_centroids_k);
+        float best[assign_points_k];
+        int64_t label[assign_points_k];
+        for (size_t i = 0; i < rows; ++i) {
+            best[i] = -std::numeric_limits<float>::infinity();
+            label[i] = 0;
+        }
+        for (size_t c0 = 0; c0 < k; c0 += assign_centroids_k) {
+            const size_t nc = std::min(assign_centroids_k, k - c0);
+            kernels.dot_f32(x + begin * d, rows, centroids + c0 * d, nc, d, scores.data(), nc);
+            for (size_t i = 0; i < rows; ++i) {
+                const float* row = scores.data() + i * nc;
+                for (size_t j = 0; j < nc; ++j) {
+                    const float value = l2 ? 2.0f * row[j] - norms[c0 + j] : row[j];
+                    if (value > best[i]) {  // strict: ties keep the smaller index
+                        best[i] = value;
+                        label[i] = int64_t(c0 + j);
+                    }
+                }
+            }
+        }
+        for (size_t i = 0; i < rows; ++i) {
+            labels[begin + i] = label[i];
+            if (values) values[begin + i] = best[i];
+        }
+    });
+}
+
+void kmeans(const float* x, size_t n, size_t d, size_t k, const kmeans_params_t& params, float* centroids) {
+    if (d == 0) throw error("kmeans: dim must be positive");
+    if (k == 0) throw error("kmeans: k must be positive");
+    if (n < k)
+        throw error("kmeans: needs at least k (" + std::to_string(k) + ") points, got " + std::to_string(n));
+    std::mt19937_64 rng(params.seed);
+
+    // The training sample, in the points' original order.
+    const float* sample = x;
+    size_t ns = n;
+    std::vector<float> sampled;
+    if (params.max_points_per_centroid != 0 && n / params.max_points_per_centroid >= k &&
+        n > k * params.max_points_per_centroid) {
+        ns = k * params.max_points_per_centroid;
+        std::vector<size_t> chosen = distinct_indices(rng, n, ns);
+        std::sort(chosen.begin(), chosen.end());
+        sampled.resize(ns * d);
+        for (size_t i = 0; i < ns; ++i) std::memcpy(&sampled[i * d], x + chosen[i] * d, d * sizeof(float));
+        sample = sampled.data();
+    }
+
+    const std::vector<size_t> init = distinct_indices(rng, ns, k);
+    for (size_t j = 0; j < k; ++j) {
+        std::memcpy(centroids + j * d, sample + init[j] * d, d * sizeof(float));
+        if (params.spherical) normalise(centroids + j * d, d);
+    }
+
+    const metric_t metric = params.spherical ? metric_t::ip_k : metric_t::l2_k;
+    std::vector<int64_t> labels(ns);
+    std::vector<size_t> sizes(k), starts(k + 1), members(ns);
+    for (size_t it = 0; it < params.iterations; ++it) {
+        assign(sample, ns, d, centroids, k, metric, labels.data());
+
+        // Members of each cluster in point order (a counting sort).
+        std::fill(sizes.begin(), sizes.end(), 0);
+        for (size_t i = 0; i < ns; ++i) ++sizes[size_t(labels[i])];
+        starts[0] = 0;
+        for (size_t j = 0; j < k; ++j) starts[j + 1] = starts[j] + sizes[j];
+        {
+            std::vector<size_t> fill(starts.begin(), starts.end() - 1);
+            for (size_t i = 0; i < ns; ++i) members[fill[size_t(labels[i])]++] = i;
+        }
+        const size_t tasks = std::min<size_t>(k, 4 * num_threads());
+        parallel_for(tasks, num_threads(), [&](size_t t, size_t) {
+            std::vector<double> sum(d);
+            for (size_t j = t; j < k; j += tasks) {
+                if (sizes[j] == 0) continue;
+                std::fill(sum.begin(), sum.end(), 0.0);
+                for (size_t p = starts[j]; p < starts[j + 1]; ++p) {
+                    const float* xi = sample + members[p] * d;
+                    for (size_t c = 0; c < d; ++c) sum[c] += xi[c];
+                }
+                const double inv = 1.0 / double(sizes[j]);
+                for (size_t c = 0; c < d; ++c) centroids[j * d + c] = float(sum[c] * inv);
+            }
+        });
+
+        // Empty clusters: split a donor drawn in proportion to size - 1.
+        for (size_t j = 0; j < k; ++j) {
+            if (sizes[j] != 0) continue;
+            uint64_t total = 0;
+            for (size_t c = 0; c < k; ++c) total += sizes[c] > 1 ? sizes[c] - 1 : 0;
+            if (total == 0) break;  // every cluster holds one point: nothing to split
+            uint64_t r = draw(rng, total);
+            size_t donor = 0;
+            for (;; ++donor) {
+                const uint64_t weight = sizes[donor] > 1 ? sizes[donor] - 1 : 0;
+                if (r < weight) break;
+                r -= weight;
+            }
+            float* a = centroids + j * d;
+            float* b = centroids + donor * d;
+            constexpr float eps = 1.0f / 1024.0f;
+            for (size_t c = 0; c < d; ++c) {
+                const float v = b[c];
+                a[c] = c % 2 == 0 ? v * (1.0f + eps) : v * (1.0f - eps);
+                b[c] = c % 2 == 0 ? v * (1.0f - eps) : v * (1.0f + eps);
+            }
+            sizes[j] = sizes[donor] / 2;
+            sizes[donor] -= sizes[j];
+        }
+        if (params.spherical)
+            for (size_t j = 0; j < k; ++j) normalise(centroids + j * d, d);
+    }
+}
+
+}  // namespace flatcoat
