@@ -356,6 +356,21 @@ def test_nprobe_nlist_is_the_exhaustive_search_over_the_same_codes(storage, metr
     assert recall(i, ref_i) >= (0.8 if storage == "pq4" else 0.95)
 
 
+@pytest.mark.parametrize("dim, m", [(7, None), (15, None), (15, 3), (12, 12), (3, 1)])
+def test_odd_dims_and_sub_quantizer_counts(dim, m):
+    """pq4 for odd dims (m = 1 and 5 sub-quantizers by default: an odd m fills half a 32-byte pair)
+    and one dimension per sub-quantizer: probing every list and re-ranking everything is exact."""
+    x, q = data(600, dim)
+    index = IVFIndex(dim, nlist=5, m=m)
+    index.add(x)
+    assert index.m == (m or default_m(dim)) and index.arrays()["codes"].shape[1] == 16 * index.m
+    s, i = index.search(q, k=10, nprobe=5, rerank=600)
+    np.testing.assert_array_equal(i, exact_ids(x, q, "ip", 10))
+    ref_s, ref_i = reference(index, q, 10, 5)
+    got_s, got_i = index.search(q, k=10, nprobe=5)
+    np.testing.assert_allclose(got_s, ref_s, atol=0.05)
+
+
 @pytest.mark.parametrize("storage", STORAGES)
 def test_recall_against_exact_float64(storage):
     """recall@10 against exact float64 search, 4000 clustered 32-d vectors, 32 lists, nprobe 8:
