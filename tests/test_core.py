@@ -207,6 +207,16 @@ def test_subset_errors_name_subset():
                             np.array([0], np.int64), np.array([0, 0, 1], np.int64))
 
 
+
+def test_subset_offsets_are_all_checked_before_any_position_is_read():
+    """[0, 100, 3] ends at the positions' length, but its first row would read 97 entries past it."""
+    tokens, offsets = _packed([np.ones((2, 4)), np.ones((1, 4))])
+    ids = np.arange(2, dtype=np.int64)
+    q, qo = tokens[:2], np.array([0, 1, 2], np.int64)
+    with pytest.raises(ValueError, match="subset: offsets must be non-decreasing"):
+        _core.search_maxsim("f32", 4, tokens, offsets, None, ids, q, qo, None, 1,
+                            np.array([0, 1, 0], np.int64), np.array([0, 100, 3], np.int64))
+
 # ----------------------------------------------------------------------------- every ISA, every family
 
 

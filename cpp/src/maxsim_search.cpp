@@ -183,10 +183,13 @@ codec_t maxsim_codec(codec_t codec) {
 subset_t normalize_subset(const int64_t* positions, const int64_t* offsets, size_t nq, size_t docs) {
     if (offsets == nullptr || offsets[0] != 0) throw error("subset: offsets must start at 0");
     if (positions == nullptr) throw error("subset: positions are missing");
+    // Every offset is checked before any position is read: the last offset is the only bound the
+    // caller verified against the positions' length, so a decreasing one could point past it.
+    for (size_t i = 0; i < nq; ++i)
+        if (offsets[i + 1] < offsets[i]) throw error("subset: offsets must be non-decreasing");
     subset_t subset;
     subset.offsets.assign(1, 0);
     for (size_t i = 0; i < nq; ++i) {
-        if (offsets[i + 1] < offsets[i]) throw error("subset: offsets must be non-decreasing");
         const size_t begin = subset.positions.size();
         subset.positions.insert(subset.positions.end(), positions + offsets[i], positions + offsets[i + 1]);
         for (size_t c = begin; c < subset.positions.size(); ++c) {
