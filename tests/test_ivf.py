@@ -513,6 +513,21 @@ def test_remove_tombstones_and_compaction(storage):
     assert index.remove([]) == 0
 
 
+def test_removed_rows_do_not_pile_up_over_remove_add_cycles():
+    index, x, q = built("pq4", n=400, dim=16, nlist=4)
+    for cycle in range(6):
+        gone = index.ids[:60]
+        index.remove(gone)  # 60 of >= 400 slots: below a quarter, tombstones stay
+        index.add(x[:60], ids=10_000 + cycle * 100 + np.arange(60))  # the add drops the tombstones
+        rows = index.arrays()["float_rows"].shape[0]
+        assert rows - len(index) <= 0.25 * rows and len(index) == 400  # removed rows: at most a quarter
+    a = index.arrays()
+    live = a["slot_ids"] >= 0
+    np.testing.assert_array_equal(a["float_rows"][a["slot_rows"][live]],
+                                  x[np.where(a["slot_ids"][live] >= 10_000, (a["slot_ids"][live] - 10_000) % 100,
+                                             a["slot_ids"][live])])
+
+
 def test_remove_everything():
     index, x, q = built("pq4", n=300, dim=8, nlist=4)
     index.remove(index.ids)

@@ -410,7 +410,10 @@ class IVFIndex:
                     np.zeros((0, self._m), np.uint8)
             else:
                 src = old[name][live]
-            sources[name] = src if new is None else np.concatenate([src, new[name]])
+            if new is None:
+                sources[name] = src
+            else:  # no copy of the new entries when there are no old ones (the first, large add)
+                sources[name] = np.concatenate([src, new[name]]) if src.shape[0] else new[name]
         if new is not None:
             lists = np.concatenate([lists, new["list"]])
         order = np.argsort(lists, kind="stable")
@@ -505,6 +508,8 @@ class IVFIndex:
                 raise
             self._count += n
             self._next_id = max(self._next_id, int(ids.max()) + 1)
+            if self._floats is not None and self._floats.count - self._count > _COMPACT_FRACTION * self._floats.count:
+                self._compact()  # rows of removed vectors: the lists dropped their slots, drop the rows too
             return ids
 
     def remove(self, ids) -> int:
