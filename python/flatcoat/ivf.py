@@ -54,10 +54,11 @@ MIN_TRAIN = 256
 BLOCK = 32
 _SEED = 0
 _KMEANS_ITERATIONS = 10
-#: At most this many residuals train the PQ codebooks (16 centroids x 256 points per sub-space is
-#: k-means' own cap; more gives the same codebooks at a higher cost).
-_PQ_TRAIN_SAMPLE = 65536
-_ENCODE_CHUNK = 65536
+#: At most this many residuals go to pq_train, which samples 16 x 256 of them itself (k-means' cap
+#: of 256 points per centroid): a few times that, so the temporaries stay small.
+_PQ_TRAIN_SAMPLE = 16384
+#: Vectors assigned and encoded at a time: the float temporaries (residuals) stay near 24 MiB at 384-d.
+_ENCODE_CHUNK = 16384
 #: Removed entries are compacted away when they exceed this fraction of the slots.
 _COMPACT_FRACTION = 0.25
 
@@ -348,7 +349,8 @@ class IVFIndex:
                 rows = np.sort(np.random.default_rng(_SEED).choice(n, _PQ_TRAIN_SAMPLE, replace=False))
                 sample = x[rows]
             assign = _core.assign(sample, centroids, self._core_metric())
-            residuals = np.ascontiguousarray(sample - centroids[assign])
+            residuals = centroids[assign]
+            np.subtract(sample, residuals, out=residuals)
             codebooks = _core.pq_train(residuals, self._m, iterations=_KMEANS_ITERATIONS, seed=_SEED)
         self._args = None
         self._centroids = np.ascontiguousarray(centroids, dtype=np.float32)
@@ -377,15 +379,16 @@ class IVFIndex:
         if self._storage != "pq4":
             rows = self._codec._encode(x)
             return {name: rows[name] for name in self._slot_fields() if name in rows}
-        residuals = x - self._centroids[lists]
+        residuals = self._centroids[lists]  # one temporary: x - centroid, computed in place
+        np.subtract(x, residuals, out=residuals)
         if self._threshold is None:
-            return {"codes": _core.pq_encode(np.ascontiguousarray(residuals), self._codebooks)}
+            return {"codes": _core.pq_encode(residuals, self._codebooks)}
         # ScaNN: eta = (dim - 1) * t / (1 - t), t = T^2 / |x|^2, one per vector; a vector no longer
         # than T gets eta 0 (plain codes).
         sq = np.einsum("ij,ij->i", x, x, dtype=np.float64)
         t = self._threshold ** 2 / np.maximum(sq, 1e-300)
         eta = np.where(t < 1, (self._dim - 1) * t / np.maximum(1 - t, 1e-300), 0.0).astype(np.float32)
-        return {"codes": _core.pq_encode(np.ascontiguousarray(residuals), self._codebooks, originals=x, eta=eta)}
+        return {"codes": _core.pq_encode(residuals, self._codebooks, originals=x, eta=eta)}
 
     def _rebuild(self, new: Optional[dict] = None) -> dict:
         """New list arrays holding the live entries plus ``new`` (``list``, ``slot_ids``, ... per entry).
@@ -425,16 +428,18 @@ class IVFIndex:
         starts = np.cumsum(counts) - counts
         dest = new_offsets[sorted_lists] + (np.arange(order.size, dtype=_INT64) - starts[sorted_lists])
         total = int(new_offsets[-1])
+        where = np.empty_like(dest)  # each source entry's slot: scattered straight from the sources
+        where[order] = dest
         out = {"list_offsets": new_offsets}
         for name, (shape, dtype) in fields.items():
             fill = -1 if name in ("slot_ids", "slot_rows") else 0
             a = np.full((total,) + shape, fill, dtype=dtype)
-            a[dest] = sources[name][order]
+            a[where] = sources[name]
             out[name] = a
         if pq4:
             out["codes"] = _core.pq4_pack(out["codes"]) if total else np.zeros((0, 16 * self._m), np.uint8)
-        out["_dest"] = dest
-        out["_ids"] = sources["slot_ids"][order]
+        out["_dest"] = where
+        out["_ids"] = sources["slot_ids"]
         return out
 
     def _install(self, rebuilt: dict) -> None:
@@ -482,14 +487,15 @@ class IVFIndex:
                 if not trained_before:
                     self._train(x, "vectors")
                 new = {"list": np.empty(n, dtype=_INT64), "slot_ids": ids}
-                parts = []
-                for start in range(0, n, _ENCODE_CHUNK):
+                for start in range(0, n, _ENCODE_CHUNK):  # in chunks: the float temporaries stay small
                     chunk = x[start : start + _ENCODE_CHUNK]
+                    end = start + chunk.shape[0]
                     lists = _core.assign(chunk, self._centroids, self._core_metric())
-                    new["list"][start : start + chunk.shape[0]] = lists
-                    parts.append(self._encode(chunk, lists))
-                for name in parts[0]:
-                    new[name] = np.concatenate([p[name] for p in parts]) if len(parts) > 1 else parts[0][name]
+                    new["list"][start:end] = lists
+                    for name, rows in self._encode(chunk, lists).items():
+                        if name not in new:
+                            new[name] = np.empty((n,) + rows.shape[1:], dtype=rows.dtype)
+                        new[name][start:end] = rows
                 if self._floats is not None:
                     float_rows = {"float_rows": x}
                     if self._metric == "l2":
