@@ -350,10 +350,15 @@ def test_nprobe_nlist_is_the_exhaustive_search_over_the_same_codes(storage, metr
     assert recall(i, ref_i) >= 0.99
     s, i = index.search(q, k=10, nprobe=1000)  # clamped to nlist: the same
     ref_s, ref_i = reference(index, q, 10, index.nlist)
-    # pq4 scores come from 8-bit lookup tables: about m * scale / 2 of error at most
-    tol = 0.05 if storage == "pq4" else 1e-3 * max(1.0, float(np.abs(ref_s).max()))
+    # pq4 scores come from 8-bit lookup tables (measured: within 0.009 of the decoded codes' float64
+    # scores here, for scores of magnitude <= 1); the other codecs score their codes in float32
+    tol = 0.02 if storage == "pq4" else 1e-3 * max(1.0, float(np.abs(ref_s).max()))
     np.testing.assert_allclose(s, ref_s, atol=tol)
-    assert recall(i, ref_i) >= (0.8 if storage == "pq4" else 0.95)
+    assert recall(i, ref_i) >= (0.9 if storage == "pq4" else 0.95)
+    all_s, all_i = reference(index, q, len(index), index.nlist)  # every id's score from its codes
+    for row in range(q.shape[0]):
+        of = dict(zip(all_i[row].tolist(), all_s[row].tolist()))
+        np.testing.assert_allclose(s[row], [of[j] for j in i[row]], atol=tol)
 
 
 @pytest.mark.parametrize("dim, m", [(7, None), (15, None), (15, 3), (12, 12), (3, 1)])
@@ -449,6 +454,21 @@ def test_results_identical_for_every_thread_count():
     for a, b in zip(out[0][1:], out[1][1:]):
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
+
+
+@pytest.mark.skipif(not HAVE_CORE, reason="ISAs are the core's")
+@pytest.mark.parametrize("storage", STORAGES)
+def test_every_isa_gives_the_same_results(storage, restore_isa):
+    index, x, q = built(storage, "ip", n=1500, dim=24, nlist=8)
+    isas = [isa for isa in _core.compiled_isas() if _core.cpu_supports(isa)]
+    results = []
+    for isa in isas:
+        _core.set_active_isa(isa)
+        results.append((isa, index.search(q, k=10, nprobe=3), index.search(q, k=10, nprobe=3, rerank=40)))
+    for isa, plain, reranked in results[1:]:
+        np.testing.assert_array_equal(plain[1], results[0][1][1], err_msg=isa)
+        np.testing.assert_array_equal(reranked[1], results[0][2][1], err_msg=isa)
+        np.testing.assert_allclose(plain[0], results[0][1][0], rtol=1e-5, atol=1e-5, err_msg=isa)
 
 
 @pytest.mark.skipif(not HAVE_CORE, reason="anisotropic encoding is the core's")
