@@ -141,12 +141,12 @@ class IVFIndex:
 
     >>> import numpy as np, flatcoat
     >>> x = np.random.default_rng(0).standard_normal((1000, 16)).astype(np.float32)
-    >>> index = flatcoat.IVFIndex(16, nlist=8)
+    >>> index = flatcoat.IVFIndex(16, metric="cosine", nlist=8)   # the first add of >= 256 trains
     >>> index.add(x)[:3].tolist()
     [0, 1, 2]
-    >>> scores, ids = index.search(x[:2], k=3, nprobe=8, rerank=50)
-    >>> ids[:, 0].tolist()
-    [0, 1]
+    >>> scores, ids = index.search(x[:2], k=3, nprobe=8, rerank=50)  # every list, exact re-ranking
+    >>> ids[:, 0].tolist(), scores[:, 0].round(4).tolist()
+    ([0, 1], [1.0, 1.0])
     """
 
     def __init__(self, dim: int, *, metric: str = "ip", storage: str = "pq4", nlist: Optional[int] = None,
