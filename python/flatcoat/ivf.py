@@ -54,6 +54,10 @@ MIN_TRAIN = 256
 BLOCK = 32
 _SEED = 0
 _KMEANS_ITERATIONS = 10
+#: The coarse k-means trains on at most this many sampled vectors per centroid (FAISS's default).
+#: Training costs about 2 * dim * nlist * iterations flops per sampled vector: at 1.24M vectors and
+#: 4458 lists, 256 samples 1.14M of them; fewer trains faster at some recall (docs/ivf.md).
+TRAIN_POINTS_PER_CENTROID = 256
 #: At most this many residuals go to pq_train, which samples 16 x 256 of them itself (k-means' cap
 #: of 256 points per centroid): a few times that, so the temporaries stay small.
 _PQ_TRAIN_SAMPLE = 16384
@@ -340,8 +344,8 @@ class IVFIndex:
                              "(pass more, or a smaller nlist)")
         if self._storage == "pq4" and n < 16:
             raise ValueError(f"{name}: {n} training vectors; pq4 codebooks need at least 16")
-        centroids = _core.kmeans(x, nlist, iterations=_KMEANS_ITERATIONS, seed=_SEED,
-                                 spherical=self._metric != "l2")
+        centroids = _core.kmeans(x, nlist, iterations=_KMEANS_ITERATIONS, seed=_SEED, spherical=self._metric != "l2",
+                                 max_points_per_centroid=TRAIN_POINTS_PER_CENTROID)
         codebooks = None
         if self._storage == "pq4":
             sample = x
