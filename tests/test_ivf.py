@@ -605,6 +605,16 @@ def test_mmap_keeps_the_float_copy_on_disk_and_the_codes_resident(tmp_path):
     flatcoat.load(tmp_path / "ivf").search(q, k=3)  # the saved directory is unchanged
 
 
+def test_cpu_only_for_now(tmp_path):
+    index, _, _ = built("f16", n=300, dim=8, nlist=2)
+    assert index.to("cpu") is index and index.device == "cpu"
+    with pytest.raises(ValueError, match="CPU only"):
+        index.to("cuda:0")
+    index.save(tmp_path / "i")
+    with pytest.raises(ValueError, match="CPU only"):
+        flatcoat.load(tmp_path / "i", device="cuda")
+
+
 def test_untrained_index_round_trips(tmp_path):
     IVFIndex(8, storage="f16", nlist=4, keep_float=False).save(tmp_path / "u")
     loaded = flatcoat.load(tmp_path / "u")

@@ -308,6 +308,11 @@ class IVFIndex:
             return int(sum(a.nbytes for name, a in self._arrays().items()
                            if not (name in _RERANK_SIDE and _is_mapped(a))))
 
+    def to(self, device: str) -> "IVFIndex":
+        """Searches on ``device`` from now on; returns self. Only ``"cpu"`` for now (else a ValueError)."""
+        self._device = _device(device)
+        return self
+
     def __len__(self) -> int:
         return self._count
 
