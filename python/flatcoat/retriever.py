@@ -122,8 +122,8 @@ class Retriever:
 
     ``encoder``: a dense :class:`Encoder` with a ``DenseIndex`` (or an
     ``IVFIndex``: trained with ``train()`` first, or on a first ``add`` of at
-    least 256 texts) of the same dimension, or a multivector encoder with a ``MultiVectorIndex`` (exact
-    MaxSim, single stage). ``reranker``: ``None``; ``"exact"`` (the dense
+    least 256 texts) of the same dimension, or a multivector encoder with a
+    ``MultiVectorIndex`` (exact MaxSim, single stage). ``reranker``: ``None``; ``"exact"`` (the dense
     index must be built with ``keep_float=True``; its quantized scan is
     re-ranked with float vectors); or ``(multivector_encoder,
     MultiVectorIndex)``. Indexes must be empty: :meth:`add` fills them.
