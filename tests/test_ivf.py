@@ -744,6 +744,30 @@ def test_concurrent_searches_with_an_add():
     assert not np.isin(truth_after, np.arange(50)).any()
 
 
+def test_concurrent_searches_with_their_own_nprobe_and_rerank():
+    """nprobe and rerank are per call: threads searching with different ones get what each would alone."""
+    index, x, q = built("pq4", n=2000, dim=32, nlist=16)
+    settings = [(1, None), (4, 20), (16, 100), (8, None)]
+    alone = {st: index.search(q, k=10, nprobe=st[0], rerank=st[1]) for st in settings}
+    errors = []
+
+    def searcher(st):
+        try:
+            for _ in range(10):
+                s, i = index.search(q, k=10, nprobe=st[0], rerank=st[1])
+                np.testing.assert_array_equal(i, alone[st][1])
+                np.testing.assert_array_equal(s, alone[st][0])
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=searcher, args=(st,)) for st in settings]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
 def test_repr_and_nbytes():
     index, _, _ = built("pq4", n=500, dim=16, nlist=4)
     assert repr(index) == "IVFIndex(dim=16, metric='ip', storage='pq4', nlist=4, m=8, keep_float=True, count=500)"
