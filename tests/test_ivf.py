@@ -645,6 +645,39 @@ def test_inconsistent_directories_are_index_format_errors(tmp_path):
     flatcoat.load(tmp_path / "ivf")
 
 
+def _rewrite_array(path, name, array):
+    """Replaces ``name``.npy and makes the manifest agree (size, CRC, dtype, shape): the index's own checks run."""
+    import json
+    import zlib
+    file = path / f"{name}.npy"
+    np.save(file, array)
+    data = file.read_bytes()
+    m = json.loads((path / "manifest.json").read_text())
+    m["files"][name].update(size=len(data), crc32=zlib.crc32(data), dtype=array.dtype.str, shape=list(array.shape))
+    (path / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("name, change, match", [
+    ("slot_rows", lambda a: np.where(a == 3, 10_000, a), "rows beyond"),
+    ("slot_rows", lambda a: np.where(a == 3, 4, a), "used twice"),
+    ("slot_rows", lambda a: np.where(a == 3, -1, a), "a row for every live slot"),
+    ("slot_ids", lambda a: np.where(a == 3, 4, a), "appears twice"),
+    ("slot_ids", lambda a: np.where(a == 3, -5, a), "non-negative"),
+    ("list_offsets", lambda a: a[::-1].copy(), "start at 0"),
+    ("list_offsets", lambda a: np.where(np.arange(a.size) == 1, a[1] + 1, a), "multiples of 32"),
+    ("codes", lambda a: a[:-1].copy(), "codes.npy: expected"),
+    ("centroids", lambda a: a[:, :-1].copy(), "centroids.npy: expected"),
+    ("codebooks", lambda a: np.full_like(a, np.nan), "not finite"),
+    ("slot_ids", lambda a: a.astype(np.int32), "slot_ids.npy: expected"),
+])
+def test_inconsistent_arrays_are_index_format_errors(tmp_path, name, change, match):
+    index, _, _ = built("pq4", n=500, dim=8, nlist=4)
+    index.save(tmp_path / "ivf")
+    _rewrite_array(tmp_path / "ivf", name, change(np.load(tmp_path / "ivf" / f"{name}.npy")))
+    with pytest.raises(flatcoat.IndexFormatError, match=match):
+        flatcoat.load(tmp_path / "ivf")
+
+
 # ----------------------------------------------------------------------------- bad input
 
 
