@@ -21,7 +21,8 @@ namespace flatcoat {
 namespace {
 
 constexpr size_t query_block_k = 4096;  // queries per pass (bounds the selectors' memory)
-constexpr size_t coarse_queries_k = 16;  // queries per coarse-step task
+constexpr size_t coarse_queries_k = 256;    // queries scored together in the coarse step
+constexpr size_t coarse_centroids_k = 128;  // centroids per coarse task (192 KiB at 384 dims: stays in L2)
 constexpr size_t lut_queries_k = 64;     // queries per table-building task
 constexpr size_t scan_blocks_k = 32;     // pq4 blocks summed before their candidates are looked at
 constexpr size_t row_tile_k = 512;       // rows of a dense list scored at once
@@ -137,6 +138,7 @@ void l2_table(const float* r, const float* books, size_t dim, size_t m, float* t
 
 struct scratch_t {
     std::vector<uint16_t> sums;
+    std::vector<uint32_t> masks;
     std::vector<float> table, residual, queries, scores;
     std::vector<uint8_t> lut;
     std::vector<uint64_t> bits;
@@ -179,31 +181,42 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
         const float* queries = query.queries + q0 * dim;
 
         // Coarse step: each query's nprobe best lists and their ranking values.
+        // Scores are computed in (query block x centroid tile) tasks, so a
+        // tile stays in L2 while a whole block of queries is scored against it
+        // (and a single query's scan of the centroids is shared by the threads);
+        // then each query's best lists are selected.
         std::vector<int64_t> probe_lists(nq * nprobe);
         std::vector<float> probe_values(nq * nprobe);
         {
-            const size_t tasks = (nq + coarse_queries_k - 1) / coarse_queries_k;
-            std::vector<std::vector<float>> buffers(std::min(threads, tasks));
-            parallel_for(tasks, buffers.size(), [&](size_t t, size_t slot) {
-                const size_t i0 = t * coarse_queries_k, rows = std::min(coarse_queries_k, nq - i0);
-                std::vector<float>& scores = buffers[slot];
-                scores.resize(rows * nlist);
-                dense.dot_f32(queries + i0 * dim, rows, data.centroids, nlist, dim, scores.data(), nlist);
-                std::vector<uint32_t> order(nlist);
-                for (size_t i = 0; i < rows; ++i) {
-                    float* row = scores.data() + i * nlist;
+            const size_t q_blocks = (nq + coarse_queries_k - 1) / coarse_queries_k;
+            const size_t c_tiles = (nlist + coarse_centroids_k - 1) / coarse_centroids_k;
+            std::vector<float> scores(std::min(nq, coarse_queries_k) * nlist);
+            for (size_t qb = 0; qb < q_blocks; ++qb) {
+                const size_t i0 = qb * coarse_queries_k, rows = std::min(coarse_queries_k, nq - i0);
+                parallel_for(c_tiles, threads, [&](size_t t, size_t) {
+                    const size_t c0 = t * coarse_centroids_k, nc = std::min(coarse_centroids_k, nlist - c0);
+                    dense.dot_f32(queries + i0 * dim, rows, data.centroids + c0 * dim, nc, dim, scores.data() + c0,
+                                  nlist);
                     if (l2)
-                        for (size_t l = 0; l < nlist; ++l) row[l] = 2.0f * row[l] - centroid_norms[l];
-                    for (size_t l = 0; l < nlist; ++l) order[l] = uint32_t(l);
-                    auto better = [row](uint32_t a, uint32_t b) { return row[a] > row[b] || (row[a] == row[b] && a < b); };
-                    if (nprobe < nlist) std::nth_element(order.begin(), order.begin() + std::ptrdiff_t(nprobe), order.end(), better);
-                    std::sort(order.begin(), order.begin() + std::ptrdiff_t(nprobe), better);
-                    for (size_t r = 0; r < nprobe; ++r) {
-                        probe_lists[(i0 + i) * nprobe + r] = order[r];
-                        probe_values[(i0 + i) * nprobe + r] = row[order[r]];
+                        for (size_t i = 0; i < rows; ++i)
+                            for (size_t l = c0; l < c0 + nc; ++l)
+                                scores[i * nlist + l] = 2.0f * scores[i * nlist + l] - centroid_norms[l];
+                });
+                // Each query's nprobe best lists: a running threshold rejects most
+                // centroids with one compare; ties go to the smaller list.
+                parallel_for(rows, threads, [&](size_t i, size_t) {
+                    const float* row = scores.data() + i * nlist;
+                    topk_t best(nprobe, nullptr);
+                    for (size_t l = 0; l < nlist; ++l)
+                        if (row[l] >= best.threshold()) best.push(row[l], int64_t(l));
+                    size_t r = 0;
+                    for (const topk_t::entry_t& e : best.sorted()) {
+                        probe_lists[(i0 + i) * nprobe + r] = e.row;
+                        probe_values[(i0 + i) * nprobe + r] = e.value;
+                        ++r;
                     }
-                }
-            });
+                });
+            }
         }
 
         // Probes grouped by list, in query order within a list.
@@ -276,6 +289,7 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
                 const size_t n_blocks = (end - begin) / pq4_block_k;
                 const uint8_t* codes = static_cast<const uint8_t*>(data.codes) + (begin / pq4_block_k) * block_bytes;
                 s.sums.resize(std::min(n_blocks, scan_blocks_k) * pq4_block_k);
+                s.masks.resize(scan_blocks_k);
                 if (l2) {
                     s.table.resize(m * pq4_centroids_k);
                     s.lut.resize(m * pq4_centroids_k);
@@ -311,17 +325,18 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
                     uint32_t bar = limit();
                     for (size_t b0 = 0; b0 < n_blocks && bar <= 65535; b0 += scan_blocks_k) {
                         const size_t nb = std::min(scan_blocks_k, n_blocks - b0);
-                        fast_scan.accumulate(codes + b0 * block_bytes, nb, m, lut, s.sums.data());
+                        fast_scan.accumulate(codes + b0 * block_bytes, nb, m, lut, uint16_t(bar), s.sums.data(),
+                                             s.masks.data());
                         for (size_t b = 0; b < nb; ++b) {
                             const uint16_t* sums = s.sums.data() + b * pq4_block_k;
-                            uint32_t mask = 0;
-                            for (size_t v = 0; v < pq4_block_k; ++v) mask |= uint32_t(sums[v] >= bar) << v;
+                            uint32_t mask = s.masks[b];
                             while (mask != 0) {
-                                const unsigned v = unsigned(__builtin_ctz(mask));
+                                const unsigned p = unsigned(__builtin_ctz(mask));
                                 mask &= mask - 1;
-                                const size_t slot_index = begin + (b0 + b) * pq4_block_k + v;
+                                if (sums[p] < bar) continue;  // the bar rose within this chunk
+                                const size_t slot_index = begin + (b0 + b) * pq4_block_k + pq4_position_vector(p);
                                 if (data.slot_ids[slot_index] < 0) continue;
-                                const float value = base + float(sums[v]) * inv_a;
+                                const float value = base + float(sums[p]) * inv_a;
                                 if (value >= top.threshold()) {
                                     top.push(value, int64_t(slot_index));
                                     bar = limit();

@@ -57,14 +57,23 @@ void pq4_pack(const uint8_t* codes, size_t n, size_t m, uint8_t* packed);
 /// The inverse of pq4_pack for the first n vectors: `codes` gets n x m bytes.
 void pq4_unpack(const uint8_t* packed, size_t n, size_t m, uint8_t* codes);
 
+/// The vector (0..31) of a block whose sum the kernel writes at position p:
+/// positions 0..7 hold vectors 0, 2, .., 14; 8..15 vectors 1, 3, .., 15; 16..23
+/// vectors 16, 18, .., 30; 24..31 vectors 17, 19, .., 31 (the order in which
+/// the u16 accumulators come out, so no shuffle is spent restoring it).
+inline size_t pq4_position_vector(size_t p) { return (p & 16) | ((p & 7) << 1) | ((p >> 3) & 1); }
+
 /// The fast-scan kernel, one per ISA (cpp/src/kernels/pq4/<isa>.cpp):
-///   out[b * 32 + v] = sum over s < m of lut[s * 16 + code(block b, vector v, s)]
-/// for the n_blocks consecutive blocks at `codes`; `lut` is m x 16 u8 entries.
+///   out[b * 32 + p] = sum over s < m of lut[s * 16 + code(block b, vector v, s)]
+/// with v = pq4_position_vector(p), for the n_blocks consecutive blocks at
+/// `codes`; `lut` is m x 16 u8 entries; masks[b] has bit p set where
+/// out[b * 32 + p] >= bar (the caller's threshold in the u16 domain).
 /// Sums are exact as long as every one is below 65536 (the caller scales the
 /// table so that sum over s of max_c lut[s][c] <= 65535); every ISA returns the
 /// same integers.
 struct pq4_kernels_t {
-    void (*accumulate)(const uint8_t* codes, size_t n_blocks, size_t m, const uint8_t* lut, uint16_t* out);
+    void (*accumulate)(const uint8_t* codes, size_t n_blocks, size_t m, const uint8_t* lut, uint16_t bar,
+                       uint16_t* out, uint32_t* masks);
 };
 
 FLATCOAT_KERNEL_FAMILY(pq4_kernels_t)

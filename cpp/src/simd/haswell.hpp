@@ -82,6 +82,12 @@ struct haswell_t {
         __m128i s = _mm_add_epi16(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out), s);
     }
+    /// Bit i set where word i of the 8 u16 at p is >= bar (vpmaxuw + vpcmpeqw + vpmovmskb).
+    static uint32_t ge_mask8_u16(const uint16_t* p, uint16_t bar) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        const __m128i ge = _mm_cmpeq_epi16(_mm_max_epu16(v, _mm_set1_epi16(short(bar))), v);
+        return uint32_t(_mm_movemask_epi8(_mm_packs_epi16(ge, _mm_setzero_si128()))) & 0xffu;
+    }
 };
 
 }  // namespace simd

@@ -83,6 +83,12 @@ struct neon_t {
     static vb shr8_u16(vb a) { return vreinterpretq_u8_u16(vshrq_n_u16(vreinterpretq_u16_u8(a), 8)); }
     static vb shl8_u16(vb a) { return vreinterpretq_u8_u16(vshlq_n_u16(vreinterpretq_u16_u8(a), 8)); }
     static void sum_lanes_u16(vb a, uint16_t* out) { vst1q_u16(out, vreinterpretq_u16_u8(a)); }
+    /// Bit i set where word i of the 8 u16 at p is >= bar.
+    static uint32_t ge_mask8_u16(const uint16_t* p, uint16_t bar) {
+        uint32_t mask = 0;
+        for (size_t i = 0; i < 8; ++i) mask |= uint32_t(p[i] >= bar) << i;
+        return mask;
+    }
 };
 
 }  // namespace simd

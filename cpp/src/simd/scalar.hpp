@@ -179,6 +179,12 @@ struct scalar_t {
     static void sum_lanes_u16(vb a, uint16_t* out) {
         for (size_t i = 0; i < 8; ++i) out[i] = word(a, i);
     }
+    /// Bit i set where word i of the 8 u16 at p is >= bar.
+    static uint32_t ge_mask8_u16(const uint16_t* p, uint16_t bar) {
+        uint32_t mask = 0;
+        for (size_t i = 0; i < 8; ++i) mask |= uint32_t(p[i] >= bar) << i;
+        return mask;
+    }
 };
 
 }  // namespace simd

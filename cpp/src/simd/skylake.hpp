@@ -82,6 +82,11 @@ struct skylake_t {
         __m128i s = _mm_add_epi16(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
         _mm_storeu_si128(reinterpret_cast<__m128i*>(out), s);
     }
+    /// Bit i set where word i of the 8 u16 at p is >= bar (vpcmpuw into a mask register).
+    static uint32_t ge_mask8_u16(const uint16_t* p, uint16_t bar) {
+        const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+        return uint32_t(_mm_cmpge_epu16_mask(v, _mm_set1_epi16(short(bar))));
+    }
 };
 
 }  // namespace simd

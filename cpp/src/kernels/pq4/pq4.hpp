@@ -11,7 +11,9 @@
 // adds the words shifted right by 8 (the odd vectors); at the end
 // even = words - (odd << 8). Four accumulators (even/odd x low/high nibbles),
 // no widening in the loop, no saturation: the caller's table scale keeps every
-// true sum below 65536, so every ISA produces the same exact integers.
+// true sum below 65536, so every ISA produces the same exact integers. The
+// sums are stored in position order, without the interleave back to vector
+// order, and compared with the caller's bar in the same pass.
 #pragma once
 
 #include <cstddef>
@@ -23,7 +25,8 @@ namespace flatcoat {
 namespace kernels {
 
 template <class S>
-void pq4_accumulate(const uint8_t* codes, size_t n_blocks, size_t m, const uint8_t* lut, uint16_t* out) {
+void pq4_accumulate(const uint8_t* codes, size_t n_blocks, size_t m, const uint8_t* lut, uint16_t bar,
+                    uint16_t* out, uint32_t* masks) {
     using vb = typename S::vb;
     constexpr size_t L = S::byte_lanes;
     const size_t block_bytes = pq4_block_bytes(m);
@@ -44,18 +47,14 @@ void pq4_accumulate(const uint8_t* codes, size_t n_blocks, size_t m, const uint8
         if (s < m) step(S::load_b_partial(c + 16 * s, 16 * (m - s)), S::load_b_partial(lut + 16 * s, 16 * (m - s)));
         even_lo = S::sub_u16(even_lo, S::shl8_u16(odd_lo));
         even_hi = S::sub_u16(even_hi, S::shl8_u16(odd_hi));
-        uint16_t el[8], ol[8], eh[8], oh[8];
-        S::sum_lanes_u16(even_lo, el);
-        S::sum_lanes_u16(odd_lo, ol);
-        S::sum_lanes_u16(even_hi, eh);
-        S::sum_lanes_u16(odd_hi, oh);
+        // Position order (pq4_position_vector): even then odd vectors of each half.
         uint16_t* o = out + b * pq4_block_k;
-        for (size_t i = 0; i < 8; ++i) {
-            o[2 * i] = el[i];
-            o[2 * i + 1] = ol[i];
-            o[16 + 2 * i] = eh[i];
-            o[17 + 2 * i] = oh[i];
-        }
+        S::sum_lanes_u16(even_lo, o);
+        S::sum_lanes_u16(odd_lo, o + 8);
+        S::sum_lanes_u16(even_hi, o + 16);
+        S::sum_lanes_u16(odd_hi, o + 24);
+        masks[b] = S::ge_mask8_u16(o, bar) | S::ge_mask8_u16(o + 8, bar) << 8 | S::ge_mask8_u16(o + 16, bar) << 16 |
+                   S::ge_mask8_u16(o + 24, bar) << 24;
     }
 }
 
