@@ -108,6 +108,22 @@ def test_index_refuses_to_replace_a_retriever_without_overwrite(tmp_path, capsys
     assert len(flatcoat.Retriever.load(out)) == 2
 
 
+def test_overwrite_refuses_a_non_flatcoat_path_before_encoding(tmp_path, capsys, monkeypatch):
+    def no_encoding(*args, **kwargs):
+        raise AssertionError("encoded before refusing --out")
+
+    monkeypatch.setattr(Encoder, "encode_documents", no_encoding)
+    corpus = str(write_jsonl(tmp_path / "c.jsonl", CORPUS))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("keep me")
+    (tmp_path / "file").write_text("keep me too")
+    for target in ("notes", "file"):
+        code, stdout, err = run(capsys, "index", corpus, "--out", str(tmp_path / target), "--overwrite")
+        assert code == 2 and stdout == "" and "not a flatcoat directory" in err, err
+    assert (tmp_path / "notes" / "mine.txt").read_text() == "keep me"
+    assert (tmp_path / "file").read_text() == "keep me too"
+
+
 def test_non_utf8_corpus_names_file_line_and_offset(tmp_path, capsys):
     bad = tmp_path / "latin1.jsonl"
     first = (json.dumps(CORPUS[0]) + "\n").encode()
@@ -115,7 +131,7 @@ def test_non_utf8_corpus_names_file_line_and_offset(tmp_path, capsys):
     code, _, err = run(capsys, "index", str(bad), "--out", str(tmp_path / "o"))
     assert code == 2 and "Traceback" not in err
     offset = len(first) + len('{"_id": "x", "text": "caf')
-    assert f"latin1.jsonl:2: not valid UTF-8 (byte 0xe9" in err and f"byte offset {offset}" in err
+    assert "latin1.jsonl:2: not valid UTF-8 (byte 0xe9" in err and f"byte offset {offset}" in err
     assert not (tmp_path / "o").exists()
 
 
@@ -188,6 +204,9 @@ def test_search_rerank_without_a_reranker_is_said(tmp_path, capsys):
     code, stdout, err = run(capsys, "search", out, "compress", "-k", "1", "--rerank", "5")
     assert code == 0, err
     assert "--rerank" in err and "no reranker" in err and "gzip" in stdout
+    # A --rerank below -k is an error (as in Retriever.search), not said to be ignored first.
+    code, stdout, err = run(capsys, "search", out, "compress", "-k", "3", "--rerank", "2")
+    assert code == 2 and stdout == "" and "rerank: must be at least k (3)" in err and "ignored" not in err, err
 
 
 def _beir(root, corpus_rows):

@@ -175,6 +175,16 @@ class DirectoryWriter:
         return manifest
 
 
+def check_replaceable(path) -> None:
+    """A FileExistsError unless ``path`` is free or a flatcoat directory (which a save may replace)."""
+    target = Path(path)
+    if target.exists() and (not target.is_dir() or not (target / MANIFEST).is_file()):
+        raise FileExistsError(
+            f"{target} exists and is not a flatcoat directory (it has no {MANIFEST}); refusing to replace it: "
+            "remove it or choose another path"
+        )
+
+
 def write_directory(path, kind: str, meta: Mapping, fill: Callable[[DirectoryWriter], None]) -> None:
     """Writes a flatcoat directory atomically.
 
@@ -185,11 +195,7 @@ def write_directory(path, kind: str, meta: Mapping, fill: Callable[[DirectoryWri
     point leaves either the old or the new directory at ``path``.
     """
     target = Path(path)
-    if target.exists() and (not target.is_dir() or not (target / MANIFEST).is_file()):
-        raise FileExistsError(
-            f"{target} exists and is not a flatcoat directory (it has no {MANIFEST}); refusing to replace it: "
-            "remove it or choose another path"
-        )
+    check_replaceable(target)
     parent = target.parent if str(target.parent) else Path(".")
     parent.mkdir(parents=True, exist_ok=True)
     staging = parent / f".{target.name}.tmp-{uuid.uuid4().hex[:12]}"

@@ -81,9 +81,12 @@ def _cmd_index(args) -> int:
     if args.multivector and (args.reranker or args.storage != "f32"):
         raise CLIError("--multivector builds a single-stage MaxSim index; drop --storage/--reranker, "
                        "or keep a dense first stage with --reranker multivector")
+    from ._persist import check_replaceable
+
     out = Path(args.out)
     if out.exists() and not args.overwrite:  # refused before any encoding: nothing is written
         raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it, or choose a new directory")
+    check_replaceable(out)  # --overwrite replaces only a flatcoat directory: said before encoding too
     corpus = read_corpus(args.corpus)
     if corpus.skipped:
         _note("index", f"skipped {len(corpus.skipped)} empty documents (blank title and text), "
@@ -124,10 +127,10 @@ def _cmd_search(args) -> int:
     t0 = time.perf_counter()
     r = Retriever.load(args.dir)
     t1 = time.perf_counter()
-    if args.rerank is not None and r.reranker is None:
-        _note("search", f"--rerank: {args.dir} has no reranker (built without --reranker); ignored")
     hits = r.search(args.query, k=args.k, instruction=args.instruction, rerank=args.rerank)
     t2 = time.perf_counter()
+    if args.rerank is not None and r.reranker is None:  # after the search: a bad --rerank is an error, not ignored
+        _note("search", f"--rerank: {args.dir} has no reranker (built without --reranker); ignored")
     if args.json:
         print(json.dumps([{"id": h.id, "score": h.score, "text": h.text} for h in hits], ensure_ascii=False))
         return 0
@@ -232,7 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
                                    "and text) are skipped and counted on stderr.")
     p.add_argument("corpus", help="JSONL file, one {\"_id\", \"title\", \"text\"} object a line (or a BEIR directory)")
     p.add_argument("--out", required=True, help="directory to write (refused if it exists, unless --overwrite)")
-    p.add_argument("--overwrite", action="store_true", help="replace --out if it is a flatcoat retriever")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace --out if it is a flatcoat directory (a retriever or an index)")
     p.add_argument("--model", default="all-MiniLM-L6-v2", help="model directory or name (default: the bundled MiniLM)")
     p.add_argument("--storage", default="f32", choices=tuple(dict.fromkeys(DENSE_STORAGES + IVF_STORAGES)),
                    help="codes of the dense index; pq4: a partitioned IVFIndex with 4-bit PQ codes "
