@@ -1,7 +1,7 @@
 """Coverage-guided fuzzing of the loader with atheris (run by hand, not by pytest).
 
     pip install atheris
-    PYTHONPATH=python python tests/fuzz_atheris.py -atheris_runs=20000 [corpus_dir]
+    python tests/fuzz_atheris.py -atheris_runs=20000 [corpus_dir]
 
 The input bytes pick a seed index from ``tests/fuzz_seeds/`` and a list of
 edits (overwrite bytes at an offset, truncate, append, replace the manifest by
