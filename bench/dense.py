@@ -438,7 +438,7 @@ def main(argv=None) -> int:
           f"Q=1 over {args.q1} queries, Q={nq} median of up to {args.repeats} repeats, seed {args.seed}")
     print(f"- versions: flatcoat {out['flatcoat']['version']} (isa {out['flatcoat']['isa']}), faiss {out['faiss']}, "
           f"usearch {out['usearch']}, numpy {out['numpy']}; repo at {git_state()}")
-    print(f"- ceilings: read bandwidth "
+    print("- ceilings: read bandwidth "
           + ", ".join(f"{t} thr {g:.1f} GB/s" for t, g in mem["gbps"].items())
           + f" ({mem['method']}; numpy int64 sum {mem['numpy_sum_int64_gbps']:.1f}); float32 matmul "
           + ", ".join(f"{s} {g:.0f} GFLOP/s" for s, g in mm["gflops"].items())

@@ -89,21 +89,21 @@ def test_int8_recall_is_at_least_faiss_sq8(metric):
     assert recall >= faiss_recall, (recall, faiss_recall)
     assert recall >= 0.96
 
-    _, rescored = index.search(q, k=k, rerank=50)
-    recall_rescored = np.mean([len(set(a) & set(b)) / k for a, b in zip(rescored, truth)])
-    assert recall_rescored >= 0.99, recall_rescored
+    _, reranked = index.search(q, k=k, rerank=50)
+    recall_reranked = np.mean([len(set(a) & set(b)) / k for a, b in zip(reranked, truth)])
+    assert recall_reranked >= 0.99, recall_reranked
 
 
-def numpy_binary_rescore(x, q, metric, k, depth):
+def numpy_binary_rerank(x, q, metric, k, depth):
     """Sign-bit Hamming scan, the `depth` best (ties by smaller id), exact float re-ranking."""
     xs, qs = stored_values(x, "f32", metric), stored_values(q, "f32", metric)
     xb, qb = xs > 0, qs > 0
     hamming = (qb[:, None, :] != xb[None, :, :]).sum(-1)
     ids = np.arange(len(x))
-    shortlist = np.lexsort((np.broadcast_to(ids, hamming.shape), hamming), axis=1)[:, :depth]
+    first_stage = np.lexsort((np.broadcast_to(ids, hamming.shape), hamming), axis=1)[:, :depth]
     exact = reference_scores(x, q, metric)
     out = []
-    for row, cand in enumerate(shortlist):
+    for row, cand in enumerate(first_stage):
         s = exact[row, cand]
         order = np.lexsort((cand, -s))[:k]
         out.append(cand[order])
@@ -112,19 +112,19 @@ def numpy_binary_rescore(x, q, metric, k, depth):
 
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("dim", [7, 97, 384])
-def test_binary_rescore_matches_numpy_sign_scan(metric, dim):
+def test_binary_rerank_matches_numpy_sign_scan(metric, dim):
     n, k, depth = 3000, 10, 100
     x = clustered(n, dim, n_clusters=30, seed=3)
     q = clustered(32, dim, n_clusters=30, seed=4)
     index = flatcoat.DenseIndex(dim, metric=metric, storage="binary", keep_float=True)
     index.add(x)
     _, found = index.search(q, k=k, rerank=depth)
-    expected = numpy_binary_rescore(x, q, metric, k, depth)
+    expected = numpy_binary_rerank(x, q, metric, k, depth)
     agreement = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, expected)])
     assert agreement >= 0.99, agreement  # differences only from float32 vs float64 near-ties
 
 
-def test_binary_scores_without_rescoring_are_hamming_based():
+def test_binary_scores_without_rerank_are_hamming_based():
     dim = 70
     x = random_data(50, dim, 5)
     q = random_data(3, dim, 6)

@@ -60,7 +60,7 @@ def ref_tokens(text: str, max_length: int, special: bool = True) -> list:
 
 
 def ref_dense(texts, max_length=256) -> np.ndarray:
-    """The plain pipeline of the issue: batch tokenize (pad to longest), onnxruntime, masked mean, L2."""
+    """The plain pipeline: batch tokenize (pad to longest), onnxruntime, masked mean, L2."""
     tok = tokenizers.Tokenizer.from_file(str(TOKENIZER))
     tok.enable_truncation(max_length)
     tok.enable_padding()

