@@ -11,7 +11,7 @@ from . import _core
 from ._persist import IndexFormatError, load
 from . import _validate
 from .dense import DenseIndex
-from . import eval
+from . import eval  # noqa: F401 - flatcoat.eval; not in __all__, so `import *` keeps the builtin eval
 from .encoders import Encoder
 from .ivf import IVFIndex
 from .multivector import MultiVectorIndex, maxsim
