@@ -149,6 +149,23 @@ def test_empty_documents_are_skipped_and_counted_by_index_and_eval(tmp_path, cap
     assert "skipped 2 empty documents" in err and "4 documents" in out
 
 
+@pytest.mark.parametrize("line, accepted", [
+    ({"_id": "t", "title": None, "text": "Copy files and directories."}, True),  # a null title is no title
+    ({"_id": "t", "title": "shutil.copy"}, False),  # no "text" field: an error in both, not an empty document
+    ({"_id": "t", "title": "shutil.copy", "text": None}, False),
+    ({"_id": "t", "title": 3, "text": "x"}, False),
+    ({"_id": "t", "text": "bad \ud800"}, False),  # a lone surrogate
+])
+def test_index_and_eval_read_a_corpus_line_by_one_rule(tmp_path, capsys, line, accepted):
+    root = _beir(tmp_path / "beir", CORPUS + [line])
+    code, _, index_err = run(capsys, "index", str(root), "--out", str(tmp_path / "idx"))
+    code_eval, _, eval_err = run(capsys, "eval", str(root))
+    assert (code == 0, code_eval == 0) == (accepted, accepted), (index_err, eval_err)
+    if not accepted:
+        for err in (index_err, eval_err):
+            assert "corpus.jsonl:5:" in err and "Traceback" not in err, err
+
+
 def test_usage_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         cli.main(["search"])

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, List, Mapping, Tuple, Union
 
-__all__ = ["Corpus", "read_corpus", "read_jsonl", "doc_text"]
+__all__ = ["Corpus", "read_corpus", "read_jsonl", "document_fields", "doc_text"]
 
 UserId = Union[str, int]
 
@@ -58,6 +58,26 @@ def read_jsonl(path: "str | os.PathLike[str]", what: str = "file") -> Iterator[T
             if not isinstance(obj, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(obj).__name__}")
             yield lineno, obj
+
+
+def document_fields(obj: Mapping[str, Any], path: Path, lineno: int) -> Tuple[str, str]:
+    """``(title, text)`` of one corpus line, the rule of :func:`read_corpus` and ``flatcoat eval`` alike.
+
+    ``text`` must be a string, ``title`` a string, absent or null (read as "");
+    neither may hold a lone surrogate. Failures are ValueErrors naming the file
+    and line. Blank strings are allowed: they make an empty document.
+    """
+    title, text = obj.get("title"), obj.get("text")
+    title = "" if title is None else title
+    if not isinstance(text, str) or not isinstance(title, str):
+        raise ValueError(f"{path}:{lineno}: each line needs a string field \"text\" (and optionally \"title\")")
+    for value in (title, text):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(f"{path}:{lineno}: the document contains a lone surrogate {value[exc.start]!r} "
+                             "(an unpaired \\ud800-\\udfff escape); fix or remove it") from None
+    return title, text
 
 
 def doc_text(doc: Mapping[str, str]) -> str:
@@ -105,15 +125,8 @@ def read_corpus(path: "str | os.PathLike[str]") -> Corpus:
         if did in seen:
             raise ValueError(f"{p}:{lineno}: duplicate id {did!r}")
         seen.add(did)
-        title, text = obj.get("title") or "", obj.get("text")
-        if not isinstance(text, str) or not isinstance(title, str):
-            raise ValueError(f"{p}:{lineno}: each line needs a string field \"text\" (and optionally \"title\")")
+        title, text = document_fields(obj, p, lineno)
         body = doc_text({"title": title, "text": text})
-        try:
-            body.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise ValueError(f"{p}:{lineno}: the document contains a lone surrogate {body[exc.start]!r} "
-                             "(an unpaired \\ud800-\\udfff escape); fix or remove it") from None
         if body:
             out.ids.append(did)
             out.texts.append(body)

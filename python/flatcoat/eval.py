@@ -30,7 +30,7 @@ import numpy as np
 from ._cache import EmbeddingCache
 from ._storage import DENSE_STORAGES
 from ._validate import as_bool, as_int
-from .corpus import doc_text, non_empty, read_jsonl
+from .corpus import doc_text, document_fields, non_empty, read_jsonl
 
 __all__ = ["load_beir", "evaluate", "per_query", "run_from_results", "evaluate_dataset", "evaluation_depth",
            "Evaluation", "DEFAULT_METRICS", "MIN_DEPTH"]
@@ -62,7 +62,8 @@ def load_corpus(path: "str | os.PathLike[str]") -> Dict[str, Dict[str, str]]:
         did = _field(obj, "_id", path, lineno)
         if did in corpus:
             raise ValueError(f"{path}:{lineno}: duplicate document id {did!r}")
-        corpus[did] = {"title": _field(obj, "title", path, lineno, False), "text": _field(obj, "text", path, lineno, False)}
+        title, text = document_fields(obj, path, lineno)  # the rule of flatcoat index (read_corpus)
+        corpus[did] = {"title": title, "text": text}
     if not corpus:
         raise ValueError(f"{path}: the corpus is empty")
     return corpus
