@@ -4,7 +4,6 @@
 #include "flatcoat/ivf_search.hpp"
 
 #include <algorithm>  // std::min, std::max, std::nth_element, std::sort
-#include <cmath>      // std::floor
 #include <limits>
 #include <string>
 #include <vector>
@@ -25,6 +24,7 @@ constexpr size_t coarse_queries_k = 256;    // queries scored together in the co
 constexpr size_t coarse_centroids_k = 128;  // centroids per coarse task (192 KiB at 384 dims: stays in L2)
 constexpr size_t lut_queries_k = 64;     // queries per table-building task
 constexpr size_t scan_blocks_k = 32;     // pq4 blocks summed before their candidates are looked at
+constexpr size_t scan_chunk_bytes_k = 24 * 1024;  // codes scanned by every query of a list in turn (L1)
 constexpr size_t row_tile_k = 512;       // rows of a dense list scored at once
 
 size_t row_bytes(codec_t codec, size_t dim) {
@@ -100,8 +100,9 @@ float quantize_table(const float* table, size_t m, uint8_t* lut, float* scale_ou
         float lo = row[0];
         for (size_t c = 1; c < pq4_centroids_k; ++c) lo = std::min(lo, row[c]);
         for (size_t c = 0; c < pq4_centroids_k; ++c) {
-            const float v = std::floor((row[c] - lo) * a + 0.5f);
-            lut[s * pq4_centroids_k + c] = uint8_t(std::min(255.0f, std::max(0.0f, v)));
+            // (row - lo) * a + 0.5 >= 0: truncation is the floor (no libm call at the baseline ISA).
+            const int v = int((row[c] - lo) * a + 0.5f);
+            lut[s * pq4_centroids_k + c] = uint8_t(v < 0 ? 0 : v > 255 ? 255 : v);
         }
     }
     *scale_out = a;
@@ -109,36 +110,55 @@ float quantize_table(const float* table, size_t m, uint8_t* lut, float* scale_ou
     return float(sum_min);
 }
 
-/// ip table of one query: T[s][c] = <q_s, codebook[s][c]>.
-void ip_table(const float* q, const float* books, size_t dim, size_t m, float* table) {
+/// Each sub-space's codebook transposed, books_t[(s * ds + t) * 16 + c], so
+/// that the table loops below run over the 16 codewords contiguously (the
+/// compiler vectorises them).
+std::vector<float> transpose_books(const float* books, size_t dim, size_t m) {
     const size_t ds = dim / m;
+    std::vector<float> out(dim * pq4_centroids_k);
     for (size_t s = 0; s < m; ++s)
-        for (size_t c = 0; c < pq4_centroids_k; ++c) {
-            const float* w = books + (s * pq4_centroids_k + c) * ds;
-            float dot = 0.0f;
-            for (size_t t = 0; t < ds; ++t) dot += q[s * ds + t] * w[t];
-            table[s * pq4_centroids_k + c] = dot;
+        for (size_t c = 0; c < pq4_centroids_k; ++c)
+            for (size_t t = 0; t < ds; ++t)
+                out[(s * ds + t) * pq4_centroids_k + c] = books[(s * pq4_centroids_k + c) * ds + t];
+    return out;
+}
+
+/// ip table of one query: T[s][c] = <q_s, codebook[s][c]>.
+void ip_table(const float* q, const float* books_t, size_t dim, size_t m, float* table) {
+    const size_t ds = dim / m;
+    for (size_t s = 0; s < m; ++s) {
+        float* row = table + s * pq4_centroids_k;
+        for (size_t c = 0; c < pq4_centroids_k; ++c) row[c] = 0.0f;
+        for (size_t t = 0; t < ds; ++t) {
+            const float qt = q[s * ds + t];
+            const float* w = books_t + (s * ds + t) * pq4_centroids_k;
+            for (size_t c = 0; c < pq4_centroids_k; ++c) row[c] += qt * w[c];
         }
+    }
 }
 
 /// l2 table of one query for one list: T[s][c] = -|r_s - codebook[s][c]|^2 with r = q - centroid.
-void l2_table(const float* r, const float* books, size_t dim, size_t m, float* table) {
+void l2_table(const float* r, const float* books_t, size_t dim, size_t m, float* table) {
     const size_t ds = dim / m;
-    for (size_t s = 0; s < m; ++s)
-        for (size_t c = 0; c < pq4_centroids_k; ++c) {
-            const float* w = books + (s * pq4_centroids_k + c) * ds;
-            float sum = 0.0f;
-            for (size_t t = 0; t < ds; ++t) {
-                const float diff = r[s * ds + t] - w[t];
-                sum += diff * diff;
+    for (size_t s = 0; s < m; ++s) {
+        float* row = table + s * pq4_centroids_k;
+        for (size_t c = 0; c < pq4_centroids_k; ++c) row[c] = 0.0f;
+        for (size_t t = 0; t < ds; ++t) {
+            const float rt = r[s * ds + t];
+            const float* w = books_t + (s * ds + t) * pq4_centroids_k;
+            for (size_t c = 0; c < pq4_centroids_k; ++c) {
+                const float diff = rt - w[c];
+                row[c] -= diff * diff;
             }
-            table[s * pq4_centroids_k + c] = -sum;
         }
+    }
 }
 
 struct scratch_t {
     std::vector<uint16_t> sums;
     std::vector<uint32_t> masks;
+    std::vector<const uint8_t*> probe_luts;  // per query of the list: its table, scale, 1 / scale, base
+    std::vector<float> probe_scale, probe_inv, probe_base;
     std::vector<float> table, residual, queries, scores;
     std::vector<uint8_t> lut;
     std::vector<uint64_t> bits;
@@ -168,6 +188,7 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
     const size_t block_bytes = data.pq4 ? pq4_block_bytes(m) : row_bytes(data.codec, dim);
     const size_t words = binary_words(dim);
 
+    const std::vector<float> books_t = data.pq4 ? transpose_books(data.codebooks, dim, m) : std::vector<float>();
     std::vector<float> centroid_norms(l2 ? nlist : 0);
     if (l2)
         for (size_t l = 0; l < nlist; ++l) {
@@ -239,9 +260,11 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
                 tasks.push_back(uint32_t(l));
         // Largest work first, for balance (the order does not change results).
         auto work = [&](uint32_t l) {
-            return uint64_t(group_start[l + 1] - group_start[l]) * uint64_t(data.list_offsets[l + 1] - data.list_offsets[l]);
+            return uint64_t(group_start[l + 1] - group_start[l]) *
+                   uint64_t(data.list_offsets[l + 1] - data.list_offsets[l]);
         };
-        std::sort(tasks.begin(), tasks.end(), [&](uint32_t a, uint32_t b) { return work(a) > work(b) || (work(a) == work(b) && a < b); });
+        std::sort(tasks.begin(), tasks.end(),
+                  [&](uint32_t a, uint32_t b) { return work(a) > work(b) || (work(a) == work(b) && a < b); });
 
         // ip pq4: one table per query, shared by every list it probes.
         std::vector<uint8_t> luts;
@@ -255,7 +278,7 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
             parallel_for(lut_tasks, threads, [&](size_t t, size_t) {
                 std::vector<float> table(m * pq4_centroids_k);
                 for (size_t i = t * lut_queries_k; i < std::min(nq, (t + 1) * lut_queries_k); ++i) {
-                    ip_table(queries + i * dim, data.codebooks, dim, m, table.data());
+                    ip_table(queries + i * dim, books_t.data(), dim, m, table.data());
                     lut_base[i] = quantize_table(table.data(), m, luts.data() + i * m * pq4_centroids_k, &lut_scale[i],
                                                  &lut_inv[i]);
                 }
@@ -288,45 +311,56 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
             if (data.pq4) {
                 const size_t n_blocks = (end - begin) / pq4_block_k;
                 const uint8_t* codes = static_cast<const uint8_t*>(data.codes) + (begin / pq4_block_k) * block_bytes;
-                s.sums.resize(std::min(n_blocks, scan_blocks_k) * pq4_block_k);
-                s.masks.resize(scan_blocks_k);
+                // Block-chunk-major: a chunk of the list's codes stays in L1 while
+                // every query probing the list scans it with its own table.
+                const size_t chunk = std::max<size_t>(1, std::min(scan_blocks_k, scan_chunk_bytes_k / block_bytes));
+                s.sums.resize(chunk * pq4_block_k);
+                s.masks.resize(chunk);
+                const size_t g0 = group_start[l], ng = group_start[l + 1] - g0;
+                s.probe_luts.resize(ng);
+                s.probe_scale.resize(ng);
+                s.probe_inv.resize(ng);
+                s.probe_base.resize(ng);
                 if (l2) {
                     s.table.resize(m * pq4_centroids_k);
-                    s.lut.resize(m * pq4_centroids_k);
+                    s.lut.resize(ng * m * pq4_centroids_k);
                     s.residual.resize(dim);
                 }
-                for (size_t g = group_start[l]; g < group_start[l + 1]; ++g) {
-                    const size_t i = group_query[g];
-                    const uint8_t* lut;
-                    float a, inv_a, base;
+                for (size_t g = 0; g < ng; ++g) {
+                    const size_t i = group_query[g0 + g];
                     if (l2) {
                         const float* q = queries + i * dim;
                         const float* c = data.centroids + l * dim;
                         for (size_t t = 0; t < dim; ++t) s.residual[t] = q[t] - c[t];
-                        l2_table(s.residual.data(), data.codebooks, dim, m, s.table.data());
-                        base = quantize_table(s.table.data(), m, s.lut.data(), &a, &inv_a);
-                        lut = s.lut.data();
+                        l2_table(s.residual.data(), books_t.data(), dim, m, s.table.data());
+                        uint8_t* lut = s.lut.data() + g * m * pq4_centroids_k;
+                        s.probe_base[g] = quantize_table(s.table.data(), m, lut, &s.probe_scale[g], &s.probe_inv[g]);
+                        s.probe_luts[g] = lut;
                     } else {
-                        lut = luts.data() + i * m * pq4_centroids_k;
-                        a = lut_scale[i];
-                        inv_a = lut_inv[i];
-                        base = lut_base[i] + group_value[g];  // + <q, centroid>
+                        s.probe_luts[g] = luts.data() + i * m * pq4_centroids_k;
+                        s.probe_scale[g] = lut_scale[i];
+                        s.probe_inv[g] = lut_inv[i];
+                        s.probe_base[g] = lut_base[i] + group_value[g0 + g];  // + <q, centroid>
                     }
-                    topk_t& top = mine[i];
-                    // The smallest u16 sum that may still enter, one unit low for rounding.
-                    auto limit = [&]() -> uint32_t {
-                        const float threshold = top.threshold();
-                        if (!(threshold > -std::numeric_limits<float>::infinity())) return 0;
-                        const float t = (threshold - base) * a;
-                        if (!(t > 1.0f)) return 0;
-                        if (t >= 65537.0f) return 65536;
-                        return uint32_t(t) - 1;
-                    };
-                    uint32_t bar = limit();
-                    for (size_t b0 = 0; b0 < n_blocks && bar <= 65535; b0 += scan_blocks_k) {
-                        const size_t nb = std::min(scan_blocks_k, n_blocks - b0);
-                        fast_scan.accumulate(codes + b0 * block_bytes, nb, m, lut, uint16_t(bar), s.sums.data(),
-                                             s.masks.data());
+                }
+                for (size_t b0 = 0; b0 < n_blocks; b0 += chunk) {
+                    const size_t nb = std::min(chunk, n_blocks - b0);
+                    for (size_t g = 0; g < ng; ++g) {
+                        topk_t& top = mine[group_query[g0 + g]];
+                        const float a = s.probe_scale[g], inv_a = s.probe_inv[g], base = s.probe_base[g];
+                        // The smallest u16 sum that may still enter, one unit low for rounding.
+                        auto limit = [&]() -> uint32_t {
+                            const float threshold = top.threshold();
+                            if (!(threshold > -std::numeric_limits<float>::infinity())) return 0;
+                            const float t = (threshold - base) * a;
+                            if (!(t > 1.0f)) return 0;
+                            if (t >= 65537.0f) return 65536;
+                            return uint32_t(t) - 1;
+                        };
+                        uint32_t bar = limit();
+                        if (bar > 65535) continue;  // nothing in this list can enter any more
+                        fast_scan.accumulate(codes + b0 * block_bytes, nb, m, s.probe_luts[g], uint16_t(bar),
+                                             s.sums.data(), s.masks.data());
                         for (size_t b = 0; b < nb; ++b) {
                             const uint16_t* sums = s.sums.data() + b * pq4_block_k;
                             uint32_t mask = s.masks[b];
@@ -358,16 +392,17 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
                               s.bits.begin() + std::ptrdiff_t(g * words));
             } else {
                 s.queries.resize(nql * dim);
-                for (size_t g = 0; g < nql; ++g)
-                    std::copy(queries + group_query[group_start[l] + g] * dim,
-                              queries + (group_query[group_start[l] + g] + 1) * dim, s.queries.begin() + std::ptrdiff_t(g * dim));
+                for (size_t g = 0; g < nql; ++g) {
+                    const float* q = queries + group_query[group_start[l] + g] * dim;
+                    std::copy(q, q + dim, s.queries.begin() + std::ptrdiff_t(g * dim));
+                }
             }
             for (size_t r0 = begin; r0 < end; r0 += row_tile_k) {
                 const size_t rows = std::min(row_tile_k, end - r0);
                 if (binary) {
                     s.distances.resize(nql * rows);
-                    dense.hamming(s.bits.data(), nql, static_cast<const uint64_t*>(data.codes) + r0 * words, rows, words,
-                                  s.distances.data(), rows);
+                    dense.hamming(s.bits.data(), nql, static_cast<const uint64_t*>(data.codes) + r0 * words, rows,
+                                  words, s.distances.data(), rows);
                 } else {
                     s.scores.resize(nql * rows);
                     switch (data.codec) {
@@ -380,8 +415,8 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
                                           rows, dim, s.scores.data(), rows);
                             break;
                         default:
-                            dense.dot_u8(s.queries.data(), nql, static_cast<const uint8_t*>(data.codes) + r0 * dim, rows,
-                                         dim, s.scores.data(), rows);
+                            dense.dot_u8(s.queries.data(), nql, static_cast<const uint8_t*>(data.codes) + r0 * dim,
+                                         rows, dim, s.scores.data(), rows);
                             break;
                     }
                 }

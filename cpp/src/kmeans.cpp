@@ -86,7 +86,8 @@ void assign(const float* x, size_t n, size_t d, const float* centroids, size_t k
     if (d < 8) {
         parallel_for(tasks, num_threads(), [&](size_t t, size_t) {
             const size_t begin = t * assign_points_k, rows = std::min(assign_points_k, n - begin);
-            assign_small(x + begin * d, rows, d, centroids, k, metric, labels + begin, values ? values + begin : nullptr);
+            assign_small(x + begin * d, rows, d, centroids, k, metric, labels + begin,
+                         values ? values + begin : nullptr);
         });
         return;
     }

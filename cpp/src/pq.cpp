@@ -26,16 +26,26 @@ void check_pq(size_t d, size_t m) {
         throw error("m: must divide dim (" + std::to_string(d) + "), got " + std::to_string(m));
 }
 
-/// Squared distances of sub-vector `x` (ds floats) to the 16 codewords at `book`.
-inline void sub_distances(const float* x, const float* book, size_t ds, float* out) {
-    for (size_t c = 0; c < pq4_centroids_k; ++c) {
-        float sum = 0.0f;
-        for (size_t t = 0; t < ds; ++t) {
-            const float diff = x[t] - book[c * ds + t];
-            sum += diff * diff;
+/// Squared distances of sub-vector `x` (ds floats) to the 16 codewords of a
+/// transposed book (`book_t[t * 16 + c]`): the loop over the codewords is
+/// contiguous, so the compiler vectorises it; each sum runs over t in order.
+inline void sub_distances(const float* x, const float* book_t, size_t ds, float* out) {
+    for (size_t c = 0; c < pq4_centroids_k; ++c) out[c] = 0.0f;
+    for (size_t t = 0; t < ds; ++t)
+        for (size_t c = 0; c < pq4_centroids_k; ++c) {
+            const float diff = x[t] - book_t[t * pq4_centroids_k + c];
+            out[c] += diff * diff;
         }
-        out[c] = sum;
-    }
+}
+
+/// Each sub-space's book transposed: out[(s * ds + t) * 16 + c] = books[(s * 16 + c) * ds + t].
+std::vector<float> transposed_books(const float* books, size_t m, size_t ds) {
+    std::vector<float> out(m * ds * pq4_centroids_k);
+    for (size_t s = 0; s < m; ++s)
+        for (size_t c = 0; c < pq4_centroids_k; ++c)
+            for (size_t t = 0; t < ds; ++t)
+                out[(s * ds + t) * pq4_centroids_k + c] = books[(s * pq4_centroids_k + c) * ds + t];
+    return out;
 }
 
 inline uint8_t argmin16(const float* v) {
@@ -46,8 +56,8 @@ inline uint8_t argmin16(const float* v) {
 }
 
 // Anisotropic coordinate descent for one vector (see pq_encode in the header).
-void encode_anisotropic(const float* x, const float* o, size_t d, const float* books, size_t m, float eta,
-                        uint8_t* code, float* residual_norm, float* parallel) {
+void encode_anisotropic(const float* x, const float* o, size_t d, const float* books, const float* books_t, size_t m,
+                        float eta, uint8_t* code, float* residual_norm, float* parallel) {
     const size_t ds = d / m;
     double o_sq = 0.0;
     for (size_t t = 0; t < d; ++t) o_sq += double(o[t]) * o[t];
@@ -59,7 +69,7 @@ void encode_anisotropic(const float* x, const float* o, size_t d, const float* b
         const float* xs = x + s * ds;
         const float* os = o + s * ds;
         const float* book = books + s * pq4_centroids_k * ds;
-        sub_distances(xs, book, ds, residual_norm + s * pq4_centroids_k);
+        sub_distances(xs, books_t + s * ds * pq4_centroids_k, ds, residual_norm + s * pq4_centroids_k);
         for (size_t c = 0; c < pq4_centroids_k; ++c) {
             float dot = 0.0f;
             for (size_t t = 0; t < ds; ++t) dot += (xs[t] - book[c * ds + t]) * os[t];
@@ -156,6 +166,7 @@ void pq_encode(const float* x, size_t n, size_t d, const float* codebooks, size_
     if (eta != nullptr && eta_count != 1 && eta_count != n)
         throw error("pq_encode: eta must hold 1 or n (" + std::to_string(n) + ") values");
     const size_t ds = d / m;
+    const std::vector<float> books_t = transposed_books(codebooks, m, ds);
     const size_t tasks = (n + encode_chunk_k - 1) / encode_chunk_k;
     parallel_for(tasks, num_threads(), [&](size_t t, size_t) {
         std::vector<float> distances(m * pq4_centroids_k), parallel(m * pq4_centroids_k);
@@ -165,14 +176,14 @@ void pq_encode(const float* x, size_t n, size_t d, const float* codebooks, size_
             uint8_t* code = codes + i * m;
             for (size_t s = 0; s < m; ++s) {
                 float* dist = distances.data() + s * pq4_centroids_k;
-                sub_distances(xi + s * ds, codebooks + s * pq4_centroids_k * ds, ds, dist);
+                sub_distances(xi + s * ds, books_t.data() + s * ds * pq4_centroids_k, ds, dist);
                 code[s] = argmin16(dist);
             }
             if (originals != nullptr) {
                 const float e = eta[eta_count == 1 ? 0 : i];
                 if (e > 0.0f)
-                    encode_anisotropic(xi, originals + i * d, d, codebooks, m, e, code, distances.data(),
-                                       parallel.data());
+                    encode_anisotropic(xi, originals + i * d, d, codebooks, books_t.data(), m, e, code,
+                                       distances.data(), parallel.data());
             }
         }
     });
