@@ -314,6 +314,10 @@ def test_bad_inputs_have_clear_errors(dense):
         Encoder.from_pretrained("all-MiniLM-L6-v2", providers=["NoSuchExecutionProvider"])
     with pytest.raises(TypeError, match="unknown config override"):
         Encoder.from_pretrained("all-MiniLM-L6-v2", poolin="cls")
+    # a config field of the wrong type is a TypeError naming it (a bad value stays a ValueError)
+    for field, value in (("query_prefix", 5), ("mask_token", None), ("output", 3), ("skiplist", [1])):
+        with pytest.raises(TypeError, match=f"^{field}: expected"):
+            Encoder.from_pretrained("all-MiniLM-L6-v2", **{field: value})
 
 
 def test_bad_configs_have_clear_errors(tmp_path):

@@ -130,14 +130,19 @@ class EncoderConfig:
         for name in ("normalize", "query_augmentation", "attend_to_mask_tokens", "stand_in"):
             as_bool(getattr(self, name), name)
         for name in ("query_prefix", "document_prefix", "instruction_template", "mask_token"):
-            if not isinstance(getattr(self, name), str):
-                raise ValueError(f"{name} must be a string, got {getattr(self, name)!r}")
+            if not isinstance(getattr(self, name), str):  # the wrong type: a TypeError, as for the integers
+                raise TypeError(f"{name}: expected a string, got {type(getattr(self, name)).__name__} "
+                                f"{getattr(self, name)!r}")
+        for name in ("output", "query_marker", "document_marker", "projection"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise TypeError(f"{name}: expected a string or None, got {type(getattr(self, name)).__name__} "
+                                f"{getattr(self, name)!r}")
         if "{text}" not in self.instruction_template or "{instruction}" not in self.instruction_template:
             raise ValueError(
                 f"instruction_template must contain {{instruction}} and {{text}}, got {self.instruction_template!r}"
             )
         if not all(isinstance(s, str) for s in self.skiplist):
-            raise ValueError("skiplist must be a list of strings (tokens or characters)")
+            raise TypeError("skiplist: expected a list of strings (tokens or characters)")
 
 
 def _check_text(text: Any, name: str) -> str:
