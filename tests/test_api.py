@@ -268,6 +268,10 @@ def test_unknown_ids_are_key_errors(kind, storage):
     if kind == "multivector":
         with pytest.raises(KeyError, match="subset: 1 id"):
             index.search(_one_query(kind), subset=[3, 4])
+        # a uint64 id beyond int64 is refused by name, never wrapped to a negative id or to the -1 padding
+        for big in (2**64 - 1, 2**63):
+            with pytest.raises(ValueError, match="^subset: ids must fit in int64"):
+                index.search(_one_query(kind), subset=np.array([0, big], dtype=np.uint64))
 
 
 def test_wildcard_import_keeps_the_builtin_eval():

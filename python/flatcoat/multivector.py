@@ -35,7 +35,7 @@ from . import _core
 from ._device import IndexSource, Mirrored, mirror_for, to_host
 from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import MULTIVECTOR_STORAGES, RowStore, multivector_token_dtype
-from ._validate import RWLock, as_choice, as_ids, as_int, as_k, auto_ids, lookup_id
+from ._validate import MAX_ID, RWLock, as_choice, as_ids, as_int, as_k, auto_ids, lookup_id
 
 _KIND = "multivector"
 _INT64 = np.dtype(np.int64)
@@ -510,6 +510,8 @@ class MultiVectorIndex(Mirrored):
                 raise ValueError(f"{where}: expected a 1-d array of document ids, got shape {c.shape}")
             if c.size and not np.issubdtype(c.dtype, np.integer):
                 raise TypeError(f"{where}: dtype {c.dtype} is not an integer type; pass int64 ids")
+            if c.size and c.dtype == np.uint64 and c.max() > MAX_ID:  # would wrap to a negative id (or -1)
+                raise ValueError(f"{where}: ids must fit in int64 (0 to 2**63 - 1)")
             c = c.astype(np.int64)
             out.append(c[c != -1])
         flat_ids = np.ascontiguousarray(np.concatenate(out)) if out else np.empty(0, dtype=np.int64)
