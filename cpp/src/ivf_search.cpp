@@ -258,13 +258,22 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
         for (size_t l = 0; l < nlist; ++l)
             if (group_start[l + 1] > group_start[l] && data.list_offsets[l + 1] > data.list_offsets[l])
                 tasks.push_back(uint32_t(l));
-        // Largest work first, for balance (the order does not change results).
+        // Lists that are some query's best probes first (their results raise the
+        // thresholds early, so later lists push fewer candidates), then the
+        // largest work first, for balance; the order never changes results.
+        std::vector<uint32_t> first_rank(nlist, uint32_t(nprobe));
+        for (size_t p = 0; p < nq * nprobe; ++p) {
+            uint32_t& r = first_rank[size_t(probe_lists[p])];
+            r = std::min(r, uint32_t(p % nprobe));
+        }
         auto work = [&](uint32_t l) {
             return uint64_t(group_start[l + 1] - group_start[l]) *
                    uint64_t(data.list_offsets[l + 1] - data.list_offsets[l]);
         };
-        std::sort(tasks.begin(), tasks.end(),
-                  [&](uint32_t a, uint32_t b) { return work(a) > work(b) || (work(a) == work(b) && a < b); });
+        std::sort(tasks.begin(), tasks.end(), [&](uint32_t a, uint32_t b) {
+            if (first_rank[a] != first_rank[b]) return first_rank[a] < first_rank[b];
+            return work(a) > work(b) || (work(a) == work(b) && a < b);
+        });
 
         // ip pq4: one table per query, shared by every list it probes.
         std::vector<uint8_t> luts;

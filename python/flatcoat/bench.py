@@ -4,7 +4,8 @@ First the ceilings, each with the best instruction set compiled in: memory
 read bandwidth (a buffer far larger than the last-level cache), float32 FMA
 throughput, int8 dot throughput and 64-bit popcount throughput. Then every
 kernel on generated data sized beyond the caches: dense f32/f16/int8/binary
-scans at Q = 1 and batched, MaxSim f32/f16/int8, and top-k over 10M scores.
+scans at Q = 1 and batched, MaxSim f32/f16/int8, the 4-bit PQ fast-scan (IVF
+lists, read once per batch), and top-k over 10M scores.
 Each figure is the median of several timed repeats after a warm-up, with its
 spread, and the percentage of the ceiling that bounds it (bandwidth for a
 single-query scan, arithmetic for a batch).
@@ -250,6 +251,35 @@ def _maxsim_rows(isa, threads, sizes, ceilings, repeats, rng, progress) -> List[
     return rows
 
 
+def _pq4_rows(isa, threads, sizes, ceilings, repeats, rng, progress) -> List[Row]:
+    """The 4-bit fast-scan kernel through search_ivf: 4 x dense_n random codes (384 dims, 192
+    sub-quantizers: 96 bytes a vector, so the set outgrows the caches as the dense ones do) in 16
+    equal lists, every list probed, no rerank. The codes are read once per call whatever the batch
+    (the scan is list-major), so both rows are set against bandwidth."""
+    dim, m, nlist, batch = sizes["dim"], sizes["dim"] // 2, 16, sizes["batch"]
+    n = max(32 * nlist, 4 * sizes["dense_n"] // (32 * nlist) * 32 * nlist)
+    # Every byte is a valid pair of 4-bit codes: random packed blocks need no packing.
+    codes = rng.integers(0, 256, (n // 32, 16 * m), dtype=np.uint8)
+    books = rng.standard_normal((m, 16, dim // m), dtype=np.float32)
+    centroids = rng.standard_normal((nlist, dim), dtype=np.float32)
+    offsets = np.arange(0, n + 1, n // nlist, dtype=np.int64)
+    ids = np.arange(n, dtype=np.int64)
+    queries = rng.standard_normal((batch, dim), dtype=np.float32)
+    rows: List[Row] = []
+    for nq in (1, batch):
+        q = queries[:nq]
+        times = _timed(lambda: _core.search_ivf("pq4", "ip", dim, centroids, offsets, codes, ids, books, None, None,
+                                                None, None, None, None, q, 10, nlist, 0), repeats)
+        med, spread = _median_spread(times)
+        ops = float(n) * m * nq  # 4-bit look-ups
+        gb = codes.nbytes / med / 1e9
+        rows.append(Row(f"pq4 fast-scan Q={nq}", isa, threads, med, spread, n * nq / med, "vectors", gb,
+                        ops / med / 1e9, "bandwidth", 100.0 * gb / ceilings["read_gb_per_s"], float(codes.nbytes),
+                        ops, times))
+        progress.step(rows[-1].kernel)
+    return rows
+
+
 def _topk_rows(isa, threads, sizes, ceilings, repeats, rng, progress) -> List[Row]:
     n = sizes["topk_n"]
     scores = rng.standard_normal((1, n), dtype=np.float32)
@@ -306,7 +336,7 @@ def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, d
     repeats = repeats or (3 if quick else 5)
     sizes = _sizes(quick, size_factor)
     previous_isa, previous_threads = _core.active_isa(), _core.num_threads()
-    bar = _Progress(total=1 + len(isas) * 12, enabled=progress)
+    bar = _Progress(total=1 + len(isas) * 14, enabled=progress)
     rows: List[Row] = []
     try:
         _core.set_num_threads(threads)
@@ -319,6 +349,7 @@ def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, d
             _core.set_active_isa(name)
             rows += _dense_rows(name, threads, sizes, ceilings, repeats, rng, bar)
             rows += _maxsim_rows(name, threads, sizes, ceilings, repeats, rng, bar)
+            rows += _pq4_rows(name, threads, sizes, ceilings, repeats, rng, bar)
             rows += _topk_rows(name, threads, sizes, ceilings, repeats, rng, bar)
     finally:
         _core.set_active_isa(previous_isa)
