@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numbers
+import operator
 import threading
 from typing import Optional
 
@@ -135,6 +136,11 @@ def normalize_rows(x: np.ndarray, name: str) -> np.ndarray:
     if zero.size:
         raise ValueError(f"{name}: row {int(zero[0])} is all zeros and has no direction under metric='cosine'")
     return np.ascontiguousarray((x / norms[:, None]).astype(np.float32))
+
+
+def read_only(attr: str, doc: str) -> property:
+    """A read-only property returning ``self.<attr>``: an index's fixed parameters (dim, metric...)."""
+    return property(operator.attrgetter(attr), doc=doc)
 
 
 class RWLock:

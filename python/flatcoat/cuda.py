@@ -28,7 +28,7 @@ import numpy as np
 
 from ._device import IndexSource, parse_device
 from ._storage import DENSE_STORAGES, METRICS, dense_code_layout
-from ._validate import as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, normalize_rows
+from ._validate import as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, normalize_rows, read_only
 
 __all__ = [
     "CudaUnavailableError", "available", "device_count", "unavailable_reason", "require", "parse_device",
@@ -264,14 +264,8 @@ class _DeviceStore:
     _storage: str
     _device: int
 
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def storage(self) -> str:
-        return self._storage
-
+    dim = read_only("_dim", "Vector dimension.")
+    storage = read_only("_storage", "How vectors are stored (a name of _storage).")
     @property
     def device(self) -> str:
         return f"cuda:{self._device}"

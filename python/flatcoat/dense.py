@@ -12,7 +12,7 @@ from ._device import IndexSource, Mirrored, mirror_for
 from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import DENSE_STORAGES, METRICS, RowStore, dense_code_layout
 from ._validate import (
-    RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, auto_ids, lookup_id, normalize_rows,
+    RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, auto_ids, lookup_id, normalize_rows, read_only,
 )
 
 _ENCODE_CHUNK = 65536
@@ -80,22 +80,10 @@ class DenseIndex(Mirrored):
 
     # ------------------------------------------------------------------ properties
 
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def metric(self) -> str:
-        return self._metric
-
-    @property
-    def storage(self) -> str:
-        return self._storage
-
-    @property
-    def keep_float(self) -> bool:
-        return self._keep_float
-
+    dim = read_only("_dim", "Vector dimension.")
+    metric = read_only("_metric", '"ip", "cosine" or "l2".')
+    storage = read_only("_storage", "How vectors are stored (a name of _storage).")
+    keep_float = read_only("_keep_float", "Whether a float32 copy is kept for exact re-ranking.")
     def arrays(self) -> dict:
         """Copies of the stored arrays: ``codes`` (n, ...) in the layout of
         ``flatcoat._storage.dense_code_layout``, ``ids`` int64 (n,), and where

@@ -35,7 +35,7 @@ from . import _core
 from ._device import IndexSource, Mirrored, mirror_for, to_host
 from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import MULTIVECTOR_STORAGES, RowStore, multivector_token_dtype
-from ._validate import MAX_ID, RWLock, as_choice, as_ids, as_int, as_k, auto_ids, lookup_id
+from ._validate import MAX_ID, RWLock, as_choice, as_ids, as_int, as_k, auto_ids, lookup_id, read_only
 
 _KIND = "multivector"
 _INT64 = np.dtype(np.int64)
@@ -339,14 +339,8 @@ class MultiVectorIndex(Mirrored):
 
     # ------------------------------------------------------------------ properties
 
-    @property
-    def dim(self) -> int:
-        return self._dim
-
-    @property
-    def storage(self) -> str:
-        return self._storage
-
+    dim = read_only("_dim", "Vector dimension.")
+    storage = read_only("_storage", "How vectors are stored (a name of _storage).")
     @property
     def ids(self) -> np.ndarray:
         """A copy of the stored document ids, in storage order."""
