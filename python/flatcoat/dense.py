@@ -19,6 +19,45 @@ _ENCODE_CHUNK = 65536
 _KIND = "dense"
 
 
+def encode_rows(storage: str, x: np.ndarray, sq_norms: bool = False) -> dict:
+    """Encodes float32 rows (n, dim) for ``storage``: the one encoder of the exhaustive codecs.
+
+    Returns ``codes`` in the layout of ``_storage.dense_code_layout``; for
+    int8 also ``scale`` and ``offset`` (n,); with ``sq_norms`` the squared
+    norms (n,) of the decoded rows (l2 ranking; not for binary).
+    """
+    rows = {}
+    if storage == "f32":
+        codes, decoded = x, x
+    elif storage == "f16":
+        with np.errstate(over="ignore"):  # reported just below
+            half = x.astype(np.float16)
+        if not np.isfinite(half).all():
+            raise ValueError("vectors: values exceed the float16 range (|x| > 65504); use storage='f32'")
+        codes, decoded = half.view(np.uint16), half.astype(np.float32)
+    elif storage == "int8":
+        # 255 equal steps over each vector's own [min, max], decoded at step
+        # centres: x ~ offset + scale * code with offset = min + scale / 2.
+        # Per-vector ranges measured better than per-dimension ones
+        # (bench/int8_scale.py) and need no training.
+        low = x.min(axis=1, keepdims=True)
+        high = x.max(axis=1, keepdims=True)
+        scale = np.maximum(high - low, np.float32(1e-30)) / np.float32(255.0)
+        offset = low + np.float32(0.5) * scale
+        steps = (x - offset) / scale
+        steps += np.float32(0.5)
+        codes = np.clip(np.floor(steps, out=steps), 0, 255, out=steps).astype(np.uint8)
+        rows["scale"] = scale[:, 0]
+        rows["offset"] = offset[:, 0]
+        decoded = offset + scale * codes.astype(np.float32)
+    else:
+        codes, decoded = _core.binarize(x), None
+    rows["codes"] = codes
+    if sq_norms and decoded is not None:
+        rows["sq_norms"] = np.einsum("ij,ij->i", decoded, decoded, dtype=np.float64).astype(np.float32)
+    return rows
+
+
 class DenseIndex(Mirrored):
     """Exact (f32, f16) or quantized (int8, binary) exhaustive search with fused top-k.
 
@@ -124,35 +163,7 @@ class DenseIndex(Mirrored):
         return x
 
     def _encode(self, x: np.ndarray) -> dict:
-        rows = {}
-        if self._storage == "f32":
-            codes, decoded = x, x
-        elif self._storage == "f16":
-            with np.errstate(over="ignore"):  # reported just below
-                half = x.astype(np.float16)
-            if not np.isfinite(half).all():
-                raise ValueError("vectors: values exceed the float16 range (|x| > 65504); use storage='f32'")
-            codes, decoded = half.view(np.uint16), half.astype(np.float32)
-        elif self._storage == "int8":
-            # 255 equal steps over each vector's own [min, max], decoded at step
-            # centres: x ~ offset + scale * code with offset = min + scale / 2.
-            # Per-vector ranges measured better than per-dimension ones
-            # (bench/int8_scale.py) and need no training.
-            low = x.min(axis=1, keepdims=True)
-            high = x.max(axis=1, keepdims=True)
-            scale = np.maximum(high - low, np.float32(1e-30)) / np.float32(255.0)
-            offset = low + np.float32(0.5) * scale
-            steps = (x - offset) / scale
-            steps += np.float32(0.5)
-            codes = np.clip(np.floor(steps, out=steps), 0, 255, out=steps).astype(np.uint8)
-            rows["scale"] = scale[:, 0]
-            rows["offset"] = offset[:, 0]
-            decoded = offset + scale * codes.astype(np.float32)
-        else:
-            codes, decoded = _core.binarize(x), None
-        rows["codes"] = codes
-        if "sq_norms" in self._rows.fields:
-            rows["sq_norms"] = np.einsum("ij,ij->i", decoded, decoded, dtype=np.float64).astype(np.float32)
+        rows = encode_rows(self._storage, x, sq_norms="sq_norms" in self._rows.fields)
         if self._keep_float:
             rows["float_rows"] = x
             if self._metric == "l2":

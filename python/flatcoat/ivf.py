@@ -36,6 +36,7 @@ import numpy as np
 from . import _core
 from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import IVF_STORAGES, METRICS, RowStore, dense_code_layout
+from .dense import encode_rows
 from ._validate import (
     RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, auto_ids, lookup_id, normalize_rows, read_only,
 )
@@ -182,11 +183,6 @@ class IVFIndex:
         self._lists = self._empty_lists(0)
         self._floats = RowStore(self._float_fields()) if self._keep_float else None
         self._args: Optional[tuple] = None  # search_ivf's array arguments, rebuilt after each change
-        self._codec = None
-        if self._storage != "pq4":
-            # The exhaustive codecs are DenseIndex's own encoders (one implementation).
-            from .dense import DenseIndex
-            self._codec = DenseIndex(self._dim, metric="l2" if self._metric == "l2" else "ip", storage=self._storage)
 
     # ------------------------------------------------------------------ layout
 
@@ -374,7 +370,8 @@ class IVFIndex:
     def _encode(self, x: np.ndarray, lists: np.ndarray) -> dict:
         """Per-entry rows for the lists: pq4 codes unpacked (n, m), or the dense codec's rows."""
         if self._storage != "pq4":
-            rows = self._codec._encode(x)
+            # The exhaustive codecs are DenseIndex's own encoder (one implementation).
+            rows = encode_rows(self._storage, x, sq_norms="sq_norms" in self._slot_fields())
             return {name: rows[name] for name in self._slot_fields() if name in rows}
         residuals = self._centroids[lists]  # one temporary: x - centroid, computed in place
         np.subtract(x, residuals, out=residuals)
