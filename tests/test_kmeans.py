@@ -123,6 +123,19 @@ def test_assign_matches_numpy_and_breaks_ties_by_the_smaller_index():
     np.testing.assert_array_equal(_core.assign(small, cs, "l2"), _labels(small, cs, False))
 
 
+def test_every_isa_assigns_like_numpy(restore_isa):
+    """The panel kernel of each compiled ISA, with a centroid count that leaves a partial panel and a
+    point count that leaves a partial query block."""
+    x = _blobs(333, 40, 9, seed=6)
+    c = _core.kmeans(x, 37, seed=0)
+    ref_l2 = _labels(x, c, False)
+    ref_ip = np.argmax(x.astype(np.float64) @ c.T.astype(np.float64), 1)
+    for isa in [i for i in _core.compiled_isas() if _core.cpu_supports(i)]:
+        _core.set_active_isa(isa)
+        np.testing.assert_array_equal(_core.assign(x, c, "l2"), ref_l2, err_msg=isa)
+        np.testing.assert_array_equal(_core.assign(x, c, "ip"), ref_ip, err_msg=isa)
+
+
 def test_bad_input():
     x = _blobs(10, 4, 2)
     with pytest.raises(ValueError, match="at least k"):

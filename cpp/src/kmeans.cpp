@@ -10,7 +10,7 @@
 #include <random>  // std::mt19937_64
 #include <vector>
 
-#include "flatcoat/dense_kernels.hpp"
+#include "flatcoat/pq.hpp"  // pq4_kernels_t: the panel scoring kernel
 #include "flatcoat/isa.hpp"
 #include "flatcoat/thread_pool.hpp"
 
@@ -18,8 +18,7 @@ namespace flatcoat {
 
 namespace {
 
-constexpr size_t assign_points_k = 64;       // points scored together against a centroid tile
-constexpr size_t assign_centroids_k = 1024;  // centroids per tile (64 x 1024 scores: 256 KiB)
+constexpr size_t assign_points_k = 240;      // points scored together against a centroid tile (a multiple of 12)
 
 /// A uniform integer in [0, n) from the generator; the same on every platform
 /// (std::uniform_int_distribution is not specified bit for bit).
@@ -91,8 +90,14 @@ void assign(const float* x, size_t n, size_t d, const float* centroids, size_t k
         });
         return;
     }
-    const dense_kernels_t& kernels = kernels_for<dense_kernels_t>(active_isa());
+    const pq4_kernels_t& kernels = kernels_for<pq4_kernels_t>(active_isa());
     const bool l2 = metric == metric_t::l2_k;
+    const size_t P = kernels.panel_width;
+    const size_t panels = (k + P - 1) / P;
+    // Centroids transposed into panels of P (zero-padded), packed once per call.
+    std::vector<float> packed(panels * P * d, 0.0f);
+    for (size_t j = 0; j < k; ++j)
+        for (size_t t = 0; t < d; ++t) packed[(j / P) * P * d + t * P + j % P] = centroids[j * d + t];
     std::vector<float> norms(l2 ? k : 0);
     if (l2)
         for (size_t j = 0; j < k; ++j) {
@@ -105,18 +110,18 @@ void assign(const float* x, size_t n, size_t d, const float* centroids, size_t k
     parallel_for(tasks, slots, [&](size_t t, size_t slot) {
         const size_t begin = t * assign_points_k, rows = std::min(assign_points_k, n - begin);
         std::vector<float>& scores = buffers[slot];
-        scores.resize(assign_points_k * assign_centroids_k);
+        scores.resize(assign_points_k * P);
         float best[assign_points_k];
         int64_t label[assign_points_k];
         for (size_t i = 0; i < rows; ++i) {
             best[i] = -std::numeric_limits<float>::infinity();
             label[i] = 0;
         }
-        for (size_t c0 = 0; c0 < k; c0 += assign_centroids_k) {
-            const size_t nc = std::min(assign_centroids_k, k - c0);
-            kernels.dot_f32(x + begin * d, rows, centroids + c0 * d, nc, d, scores.data(), nc);
+        for (size_t p = 0; p < panels; ++p) {
+            const size_t c0 = p * P, nc = std::min(P, k - c0);
+            kernels.score_panel(x + begin * d, rows, packed.data() + p * P * d, d, scores.data(), P);
             for (size_t i = 0; i < rows; ++i) {
-                const float* row = scores.data() + i * nc;
+                const float* row = scores.data() + i * P;
                 for (size_t j = 0; j < nc; ++j) {
                     const float value = l2 ? 2.0f * row[j] - norms[c0 + j] : row[j];
                     if (value > best[i]) {  // strict: ties keep the smaller index

@@ -29,8 +29,7 @@ struct kmeans_params_t {
 /// - Sample: when n > k * max_points_per_centroid, that many distinct points
 ///   drawn with std::mt19937_64(seed), kept in their original order.
 /// - Initialisation: k distinct sample points drawn with the same generator.
-/// - Each iteration: assignment (assign(), below, through the dense kernels on
-///   the thread pool), then each centroid is the float64 mean of its points,
+/// - Each iteration: assignment (assign(), below, on the thread pool), then each centroid is the float64 mean of its points,
 ///   summed in point order (one task per centroid), so the result is the same
 ///   for every thread count.
 /// - Empty clusters are re-seeded by splitting a donor, as FAISS does: donor j
@@ -44,7 +43,9 @@ void kmeans(const float* x, size_t n, size_t d, size_t k, const kmeans_params_t&
 /// product; l2, the smallest squared distance (ranked as 2<x, c> - |c|^2);
 /// ties go to the smaller centroid index. `labels` gets n entries; `values`,
 /// when not null, each point's best ranking value (ip: <x, c>; l2: 2<x, c> - |c|^2).
-/// Scores come from the active ISA's dense f32 kernel, on the thread pool.
+/// Scores come from the active ISA's panel kernel (pq4_kernels_t::score_panel,
+/// an outer-product GEMM over the centroids packed transposed), on the thread
+/// pool; fewer than 8 dimensions (PQ sub-spaces) use a direct loop.
 void assign(const float* x, size_t n, size_t d, const float* centroids, size_t k, metric_t metric, int64_t* labels,
             float* values = nullptr);
 

@@ -71,9 +71,20 @@ inline size_t pq4_position_vector(size_t p) { return (p & 16) | ((p & 7) << 1) |
 /// Sums are exact as long as every one is below 65536 (the caller scales the
 /// table so that sum over s of max_c lut[s][c] <= 65535); every ISA returns the
 /// same integers.
+///
+/// The family also holds the IVF training's scoring kernel (k-means
+/// assignment): score_panel writes out[i * ldo + j] = <q_i, c_j> for nq
+/// queries (nq x dim, row-major) and the panel_width centroids of one panel,
+/// stored transposed: panel[t * panel_width + j] (zero columns pad the last
+/// panel). A register-blocked outer product (each query element broadcast,
+/// FMA into 2 x width centroid lanes) that runs at the FMA ceiling rather than
+/// at the row-dot kernel's reduction cost; each score sums its dimensions in
+/// order, so it does not depend on nq or on the thread count.
 struct pq4_kernels_t {
     void (*accumulate)(const uint8_t* codes, size_t n_blocks, size_t m, const uint8_t* lut, uint16_t bar,
                        uint16_t* out, uint32_t* masks);
+    void (*score_panel)(const float* q, size_t nq, const float* panel, size_t dim, float* out, size_t ldo);
+    size_t panel_width;
 };
 
 FLATCOAT_KERNEL_FAMILY(pq4_kernels_t)

@@ -58,10 +58,44 @@ void pq4_accumulate(const uint8_t* codes, size_t n_blocks, size_t m, const uint8
     }
 }
 
+/// Scores of QR queries against one panel of 2 x S::width centroids stored
+/// transposed (panel[t * P + j]): 2 * QR accumulators, each query element
+/// broadcast once, two panel loads and 2 * QR FMAs per dimension. Every score
+/// sums its dimensions in order, whatever QR.
+template <class S, size_t QR>
+inline void panel_micro(const float* q, const float* panel, size_t dim, float* out, size_t ldo) {
+    using vf = typename S::vf;
+    constexpr size_t W = S::width, P = 2 * W;
+    vf acc[QR][2];
+    for (size_t a = 0; a < QR; ++a) acc[a][0] = acc[a][1] = S::zero();
+    for (size_t t = 0; t < dim; ++t) {
+        const vf b0 = S::load(panel + t * P), b1 = S::load(panel + t * P + W);
+        for (size_t a = 0; a < QR; ++a) {
+            const vf qa = S::set1(q[a * dim + t]);
+            acc[a][0] = S::fma(qa, b0, acc[a][0]);
+            acc[a][1] = S::fma(qa, b1, acc[a][1]);
+        }
+    }
+    for (size_t a = 0; a < QR; ++a) {
+        S::store(out + a * ldo, acc[a][0]);
+        S::store(out + a * ldo + W, acc[a][1]);
+    }
+}
+
+template <class S>
+void score_panel(const float* q, size_t nq, const float* panel, size_t dim, float* out, size_t ldo) {
+    constexpr size_t QR = S::registers >= 32 ? 8 : 4;  // 2 * QR accumulators + 3 registers in flight
+    size_t i = 0;
+    for (; i + QR <= nq; i += QR) panel_micro<S, QR>(q + i * dim, panel, dim, out + i * ldo, ldo);
+    for (; i < nq; ++i) panel_micro<S, 1>(q + i * dim, panel, dim, out + i * ldo, ldo);
+}
+
 template <class S>
 pq4_kernels_t make_pq4_kernels() {
     pq4_kernels_t table;
     table.accumulate = &pq4_accumulate<S>;
+    table.score_panel = &score_panel<S>;
+    table.panel_width = 2 * S::width;
     return table;
 }
 
