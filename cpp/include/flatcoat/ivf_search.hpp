@@ -64,9 +64,12 @@ struct ivf_query_t {
 ///
 /// Coarse step: the queries' scores against the centroids (ip: <q, c>; l2:
 /// ranked by 2<q, c> - |c|^2) with the dense f32 kernel; each query probes its
-/// nprobe best lists (ties: smaller list). The probed (query, list) pairs are
-/// grouped by list and the lists shared among the threads, so a list's codes
-/// are read once for all the queries of the batch that probe it.
+/// nprobe best lists (ties: smaller list); a single query's centroid scan is
+/// split among the threads. The probed (query, list) pairs are grouped by list
+/// and the lists shared among the threads (each query's best lists first, so
+/// thresholds rise early), so a list's codes are read once for all the queries
+/// of the batch that probe it: chunk by chunk (24 KiB, in L1), every query of
+/// the list scanning the chunk with its own table.
 ///
 /// pq4 scan: a float table T[s][c] per query (ip: <q_s, codebook[s][c]>,
 /// shared by every list, plus the bias <q, centroid[l]>; l2: -|(q -
@@ -76,7 +79,9 @@ struct ivf_query_t {
 /// kernel's u16 sum thus never overflows, and the approximate score is
 /// bias + sum_s min_s + sum / a, within m / (2a) of the score of the decoded
 /// vector. The running top-k threshold is turned into the u16 domain of each
-/// (query, list), and only sums that reach it are looked at further.
+/// (query, list); the kernel compares the sums with it in the same pass, and
+/// only the slots that reach it are looked at further (padding and removed
+/// slots, id -1, are skipped there).
 void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_scores, int64_t* out_ids);
 
 }  // namespace flatcoat
