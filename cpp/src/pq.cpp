@@ -56,8 +56,8 @@ inline uint8_t argmin16(const float* v) {
 }
 
 // Anisotropic coordinate descent for one vector (see pq_encode in the header).
-void encode_anisotropic(const float* x, const float* o, size_t d, const float* books, const float* books_t, size_t m,
-                        float eta, uint8_t* code, float* residual_norm, float* parallel) {
+void encode_anisotropic(const float* x, const float* o, size_t d, const float* books_t, size_t m, float eta,
+                        uint8_t* code, float* residual_norm, float* parallel) {
     const size_t ds = d / m;
     double o_sq = 0.0;
     for (size_t t = 0; t < d; ++t) o_sq += double(o[t]) * o[t];
@@ -68,15 +68,15 @@ void encode_anisotropic(const float* x, const float* o, size_t d, const float* b
     for (size_t s = 0; s < m; ++s) {
         const float* xs = x + s * ds;
         const float* os = o + s * ds;
-        const float* book = books + s * pq4_centroids_k * ds;
-        sub_distances(xs, books_t + s * ds * pq4_centroids_k, ds, residual_norm + s * pq4_centroids_k);
-        for (size_t c = 0; c < pq4_centroids_k; ++c) {
-            float dot = 0.0f;
-            for (size_t t = 0; t < ds; ++t) dot += (xs[t] - book[c * ds + t]) * os[t];
-            parallel[s * pq4_centroids_k + c] = dot * inv_norm;
-        }
+        const float* book_t = books_t + s * ds * pq4_centroids_k;
+        sub_distances(xs, book_t, ds, residual_norm + s * pq4_centroids_k);
+        float* pa = parallel + s * pq4_centroids_k;
+        for (size_t c = 0; c < pq4_centroids_k; ++c) pa[c] = 0.0f;
+        for (size_t t = 0; t < ds; ++t)
+            for (size_t c = 0; c < pq4_centroids_k; ++c) pa[c] += (xs[t] - book_t[t * pq4_centroids_k + c]) * os[t];
+        for (size_t c = 0; c < pq4_centroids_k; ++c) pa[c] *= inv_norm;
     }
-    double par = 0.0;
+    float par = 0.0f;
     std::vector<size_t> order(m);
     for (size_t s = 0; s < m; ++s) {
         par += parallel[s * pq4_centroids_k + code[s]];
@@ -87,28 +87,33 @@ void encode_anisotropic(const float* x, const float* o, size_t d, const float* b
         const float eb = residual_norm[b * pq4_centroids_k + code[b]];
         return ea > eb || (ea == eb && a < b);
     });
+    // cost = eta * d_par + d_perp with d_perp = d_res - d_par, i.e. (eta - 1) * d_par + d_res;
+    // the 16 candidates of a sub-space are costed in one vectorisable loop.
+    const float eta_minus_one = eta - 1.0f;
+    float cost[pq4_centroids_k];
     for (size_t round = 0; round < max_rounds_k; ++round) {
         bool changed = false;
         for (size_t s : order) {
             const float* rn = residual_norm + s * pq4_centroids_k;
             const float* pa = parallel + s * pq4_centroids_k;
             const uint8_t old = code[s];
-            double best_cost = 0.0;
-            int best = -1;
+            const float rest = par - pa[old], par_sq = par * par, rn_old = rn[old];
             for (size_t c = 0; c < pq4_centroids_k; ++c) {
-                if (c == old) continue;
-                const double moved = par - pa[old] + pa[c];
-                const double d_par = moved * moved - par * par;
-                if (d_par > 0.0) continue;  // never increase the parallel error
-                const double d_res = double(rn[c]) - rn[old];
-                const double cost = double(eta) * d_par + (d_res - d_par);
-                if (cost < best_cost) {
-                    best_cost = cost;
+                const float moved = rest + pa[c];
+                const float d_par = moved * moved - par_sq;
+                const float value = eta_minus_one * d_par + (rn[c] - rn_old);
+                cost[c] = d_par > 0.0f ? 0.0f : value;  // never increase the parallel error
+            }
+            cost[old] = 0.0f;
+            int best = -1;
+            float best_cost = 0.0f;
+            for (size_t c = 0; c < pq4_centroids_k; ++c)
+                if (cost[c] < best_cost) {
+                    best_cost = cost[c];
                     best = int(c);
                 }
-            }
             if (best >= 0) {
-                par += double(pa[best]) - pa[old];
+                par = rest + pa[best];
                 code[s] = uint8_t(best);
                 changed = true;
             }
@@ -182,8 +187,8 @@ void pq_encode(const float* x, size_t n, size_t d, const float* codebooks, size_
             if (originals != nullptr) {
                 const float e = eta[eta_count == 1 ? 0 : i];
                 if (e > 0.0f)
-                    encode_anisotropic(xi, originals + i * d, d, codebooks, books_t.data(), m, e, code,
-                                       distances.data(), parallel.data());
+                    encode_anisotropic(xi, originals + i * d, d, books_t.data(), m, e, code, distances.data(),
+                                       parallel.data());
             }
         }
     });
