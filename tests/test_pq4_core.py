@@ -167,6 +167,17 @@ def test_train_and_plain_encode_pick_the_nearest_codeword():
         _core.pq_train(x[:15], 8)
 
 
+def test_training_and_encoding_do_not_depend_on_the_thread_count(restore_threads):
+    x = clustered(5000, 32, n_clusters=10, seed=9)
+    out = []
+    for threads in (1, 2):
+        _core.set_num_threads(threads)
+        books = _core.pq_train(x, 16, seed=3)
+        out.append((books, _core.pq_encode(x, books), _core.pq_encode(x, books, originals=x, eta=15.0)))
+    for a, b in zip(*out):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_anisotropic_encoding_lowers_the_parallel_error():
     """eta > 0 trades perpendicular for parallel error: the parallel error drops clearly, the
     weighted loss eta * |r_par|^2 + |r_perp|^2 drops, and eta = 0 gives the plain codes."""
