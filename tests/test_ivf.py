@@ -239,7 +239,7 @@ def test_reference_packing_round_trips():
 
 
 def test_defaults():
-    assert default_nlist(1_242_251) == 4458  # round(4 sqrt(N)), FAISS's IVF4458 in issue 13
+    assert default_nlist(1_242_251) == 2229  # round(2 sqrt(N)), ScaNN's number of leaves at this size
     assert default_nlist(1000) == 25 and default_nlist(100) == 2 and default_nlist(1) == 1
     assert default_m(384) == 192 and default_m(15) == 5 and default_m(7) == 1 and default_m(1) == 1
     index = IVFIndex(384)
@@ -580,21 +580,23 @@ def test_save_load_round_trip(tmp_path, storage, metric):
     assert loaded.add(x[:1]).tolist() == [700]
 
 
-def test_mmap_keeps_the_float_copy_on_disk_and_the_codes_resident(tmp_path):
+def test_mmap_keeps_the_candidate_side_on_disk_and_the_codes_resident(tmp_path):
     index, x, q = built("pq4", n=1000, dim=32, nlist=8)
     index.save(tmp_path / "ivf")
     loaded = flatcoat.load(tmp_path / "ivf", mmap=True)
     lists = loaded._lists
-    assert not ivf_module._is_mapped(lists["codes"]) and not ivf_module._is_mapped(lists["slot_ids"])
+    assert not ivf_module._is_mapped(lists["codes"]) and not ivf_module._is_mapped(lists["list_offsets"])
+    assert ivf_module._is_mapped(lists["slot_ids"])  # read only for candidates, never streamed
     assert ivf_module._is_mapped(loaded._floats.view("float_rows"))
-    float_bytes = 1000 * 32 * 4 + loaded.arrays()["slot_rows"].nbytes
+    a = loaded.arrays()
+    candidate_bytes = 1000 * 32 * 4 + a["slot_rows"].nbytes + a["slot_ids"].nbytes
     assert loaded.nbytes == index.nbytes
-    assert loaded.resident_nbytes == loaded.nbytes - float_bytes
+    assert loaded.resident_nbytes == loaded.nbytes - candidate_bytes
     assert index.resident_nbytes == index.nbytes  # in memory: everything is resident
-    # pq4 with m = dim / 2 = 16: m / 2 = 8 bytes of codes per vector and an 8-byte slot id, plus
-    # padding (at most 31 slots of 16 bytes per list), centroids, codebooks and offsets
+    # pq4 with m = dim / 2 = 16: m / 2 = 8 bytes of codes per vector, plus padding (at most 31
+    # slots of 16 bytes per list), centroids, codebooks and offsets
     per_vector = loaded.resident_nbytes / len(loaded)
-    assert 8 + 8 <= per_vector <= 8 + 8 + (8 * 31 * 16 + 8 * 32 * 4 + 16 * 16 * 2 * 4 + 9 * 8) / 1000
+    assert 8 <= per_vector <= 8 + (8 * 31 * 16 + 8 * 32 * 4 + 16 * 16 * 2 * 4 + 9 * 8) / 1000
     s, i = loaded.search(q, k=10, rerank=40)
     np.testing.assert_array_equal(i, index.search(q, k=10, rerank=40)[1])
     loaded.remove([0])  # a tombstone: the float copy stays mapped

@@ -55,10 +55,11 @@ MIN_TRAIN = 256
 BLOCK = 32
 _SEED = 0
 _KMEANS_ITERATIONS = 10
-#: The coarse k-means trains on at most this many sampled vectors per centroid (FAISS's default).
-#: Training costs about 2 * dim * nlist * iterations flops per sampled vector: at 1.24M vectors and
-#: 4458 lists, 256 samples 1.14M of them; fewer trains faster at some recall (docs/ivf.md).
-TRAIN_POINTS_PER_CENTROID = 256
+#: The coarse k-means trains on at most this many sampled vectors per centroid. Training costs
+#: about 2 * dim * nlist * iterations flops per sampled vector; FAISS's 256 would sample 570k of
+#: 1.24M vectors for 2229 lists and take minutes, while 64 (143k) trains in about 15 s and lost
+#: under 0.01 of recall@10 in the measurements of docs/ivf.md.
+TRAIN_POINTS_PER_CENTROID = 64
 #: At most this many residuals go to pq_train, which samples 16 x 256 of them itself (k-means' cap
 #: of 256 points per centroid): a few times that, so the temporaries stay small.
 _PQ_TRAIN_SAMPLE = 16384
@@ -69,15 +70,18 @@ _COMPACT_FRACTION = 0.25
 
 
 def default_nlist(n: int) -> int:
-    """``nlist`` chosen for ``n`` training vectors: ``max(1, min(round(4 * sqrt(n)), n // 39))``.
+    """``nlist`` chosen for ``n`` training vectors: ``max(1, min(round(2 * sqrt(n)), n // 39))``.
 
-    About 4 sqrt(n) lists (FAISS's and ScaNN's rule of thumb), with at least 39
-    training vectors per centroid.
+    About 2 sqrt(n) lists (ScaNN's choice; FAISS's rule of thumb is 4 sqrt(n)),
+    with at least 39 training vectors per centroid. Fewer, longer lists halve
+    the coarse step (every query reads all nlist centroids), which dominates a
+    single query at a million vectors, for the same recall at a given number
+    of scanned vectors (docs/ivf.md).
 
     >>> default_nlist(1_000_000), default_nlist(1000), default_nlist(10)
-    (4000, 25, 1)
+    (2000, 25, 1)
     """
-    return max(1, min(int(round(4 * math.sqrt(n))), n // 39))
+    return max(1, min(int(round(2 * math.sqrt(n))), n // 39))
 
 
 def default_m(dim: int) -> int:
@@ -284,13 +288,13 @@ class IVFIndex:
 
     @property
     def resident_nbytes(self) -> int:
-        """Bytes that must be in memory for fast searches: :attr:`nbytes` less the re-ranking side
-        (``float_rows``, ``float_sq_norms``, ``slot_rows``) while it is memory-mapped (after
-        ``flatcoat.load(mmap=True)``, until the first change); those are read only for the
-        ``rerank`` candidates of each query."""
+        """Bytes that must be in memory for fast searches: :attr:`nbytes` less the candidate side
+        (``slot_ids``, ``float_rows``, ``float_sq_norms``, ``slot_rows``) while it is memory-mapped
+        (after ``flatcoat.load(mmap=True)``, until the first change): the scan streams only the
+        codes; those are read for the candidates that pass each query's top-k bar."""
         with self._lock.read():
             return int(sum(a.nbytes for name, a in self._arrays().items()
-                           if not (name in _RERANK_SIDE and _is_mapped(a))))
+                           if not (name in _CANDIDATE_SIDE and _is_mapped(a))))
 
     def to(self, device: str) -> "IVFIndex":
         """Searches on ``device`` from now on; returns self. Only ``"cpu"`` for now (else a ValueError)."""
@@ -655,9 +659,10 @@ class IVFIndex:
             names |= set(index._float_fields())
         for name in sorted(names):
             need(name in arrays, f"{name}.npy", "missing from the manifest")
-        # The lists and codes are read into memory (every search touches them); the float
-        # copy (and its row map) stays as loaded, e.g. memory-mapped, until the first change.
-        lists = {name: np.array(arrays[name]) if name not in _RERANK_SIDE else arrays[name]
+        # The codes and list offsets are read into memory (every search streams them); the
+        # candidate side (ids, float copy, row map) stays as loaded, e.g. memory-mapped, until
+        # the first change.
+        lists = {name: np.array(arrays[name]) if name not in _CANDIDATE_SIDE else arrays[name]
                  for name in index._slot_fields()}
         offsets = np.array(arrays["list_offsets"])
         lists["list_offsets"] = offsets
@@ -717,7 +722,9 @@ class IVFIndex:
         return index
 
 
-_RERANK_SIDE = frozenset(("float_rows", "float_sq_norms", "slot_rows"))
+# Read only for the candidates that pass a query's top-k bar (ids, tombstone test, re-ranking),
+# never streamed by the scan: these may stay memory-mapped after a load.
+_CANDIDATE_SIDE = frozenset(("slot_ids", "float_rows", "float_sq_norms", "slot_rows"))
 
 
 def _is_mapped(a: np.ndarray) -> bool:
