@@ -23,13 +23,15 @@ inline py::array array_arg(const py::handle& a, const char* name, const char* ex
 }
 
 /// The data of `a` after checking its dtype (T exactly), ndim and C-contiguity.
+/// Messages are formatted only on failure: formatting a dtype calls back into
+/// numpy's Python code, a few microseconds that every search would pay.
 template <class T>
 const T* checked(const py::handle& a, const char* name, py::ssize_t ndim) {
-    const std::string expected = std::string(py::str(py::dtype::of<T>()));
-    const py::array array = array_arg(a, name, (" of " + expected).c_str());
+    if (!py::isinstance<py::array>(a)) array_arg(a, name, (" of " + std::string(py::str(py::dtype::of<T>()))).c_str());
+    const py::array array = py::reinterpret_borrow<py::array>(a);
     if (!array.dtype().is(py::dtype::of<T>()))
-        throw py::type_error(std::string(name) + ": expected dtype " + expected + ", got " +
-                             std::string(py::str(array.dtype())));
+        throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
+                             ", got " + std::string(py::str(array.dtype())));
     if (array.ndim() != ndim)
         throw py::value_error(std::string(name) + ": expected a " + std::to_string(ndim) + "-d array, got " +
                               std::to_string(array.ndim()) + "-d");
