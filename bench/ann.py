@@ -323,8 +323,8 @@ def summarise(results: Dict[str, dict]) -> List[str]:
                     max((v[1] for v in ours_all), key=lambda r: r["batch_qps"]))
             best_lat = min(v[0]["p50_ms"] for v in peers.values())
             best_thr = max(v[1]["batch_qps"] for v in peers.values())
-            lines.append(f"  flatcoat vs best peer: Q=1 p50 {best_lat / ours[0]['p50_ms']:.2f}x faster, "
-                         f"batch {ours[1]['batch_qps'] / best_thr:.2f}x")
+            lines.append(f"  flatcoat / best peer (above 1: flatcoat ahead): Q=1 p50 speed "
+                         f"{best_lat / ours[0]['p50_ms']:.2f}x, batch {ours[1]['batch_qps'] / best_thr:.2f}x")
     lines.append("\nbuild and memory")
     for name, res in results.items():
         if "skipped" in res:
