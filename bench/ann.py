@@ -336,6 +336,16 @@ def summarise(results: Dict[str, dict]) -> List[str]:
     return lines
 
 
+def frontier(rows: List[dict], key: str, better) -> List[dict]:
+    """The settings no other setting beats on both recall and ``key`` (the curve an engine offers)."""
+    out, best = [], None
+    for r in sorted(rows, key=lambda r: -r["recall"]):
+        if best is None or better(r[key], best) == r[key] and r[key] != best:
+            out.append(r)
+            best = r[key]
+    return out[::-1]
+
+
 def plot(results: Dict[str, dict], path: str, title: str) -> None:
     import matplotlib
 
@@ -344,11 +354,12 @@ def plot(results: Dict[str, dict], path: str, title: str) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for name, res in results.items():
-        rows = sorted(res.get("rows", []), key=lambda r: r["recall"])
+        rows = res.get("rows", [])
         if not rows:
             continue
-        axes[0].plot([r["recall"] for r in rows], [r["p50_ms"] for r in rows], "o-", label=name)
-        axes[1].plot([r["recall"] for r in rows], [r["batch_qps"] for r in rows], "o-", label=name)
+        for ax, key, better in ((axes[0], "p50_ms", min), (axes[1], "batch_qps", max)):
+            front = frontier(rows, key, better)
+            ax.plot([r["recall"] for r in front], [r[key] for r in front], "o-", label=name)
     axes[0].set(xlabel="recall@10", ylabel="Q=1 p50 (ms)", yscale="log", title=title)
     axes[1].set(xlabel="recall@10", ylabel="batch queries/s", yscale="log", title=title)
     for ax in axes:
@@ -367,11 +378,16 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="fewer settings per engine")
     p.add_argument("--json", default=None)
     p.add_argument("--plot", default=None, help="draw the recall/latency and recall/throughput curves here")
+    p.add_argument("--replot", default=None, metavar="JSON", help="only draw --plot from a report written by --json")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     p.add_argument("--truth", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         return child(args)
+    if args.replot:
+        report = json.loads(Path(args.replot).read_text())
+        plot(report["results"], args.plot, f"{report['data']}, k={report['k']}, {report['threads']} threads")
+        return 0
     engines = [e for e in args.engines.split(",") if e]
     unknown = sorted(set(engines) - set(ENGINES))
     if unknown:
