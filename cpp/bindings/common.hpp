@@ -8,6 +8,8 @@
 #include <cstdint>  // int64_t
 #include <string>
 
+#include "flatcoat/common.hpp"  // codec_t, binary_words
+
 namespace flatcoat {
 namespace bindings {
 
@@ -48,6 +50,26 @@ inline void expect_extent(const py::array& a, const char* name, py::ssize_t axis
     if (size_t(a.shape(axis)) != n)
         throw py::value_error(std::string(name) + ": expected " + std::to_string(n) + " " + what + ", got " +
                               std::to_string(a.shape(axis)));
+}
+
+/// The codes of `rows` dense rows stored as `codec` (the layout of _storage.dense_code_layout):
+/// dtype, rank, contiguity and both extents checked.
+inline const void* checked_codes(codec_t codec, const py::handle& codes, size_t dim, size_t rows) {
+    const void* data = nullptr;
+    size_t columns = dim;
+    switch (codec) {
+        case codec_t::f32_k: data = checked<float>(codes, "codes", 2); break;
+        case codec_t::f16_k: data = checked<uint16_t>(codes, "codes", 2); break;
+        case codec_t::int8_k: data = checked<uint8_t>(codes, "codes", 2); break;
+        case codec_t::binary_k:
+            data = checked<uint64_t>(codes, "codes", 2);
+            columns = binary_words(dim);
+            break;
+    }
+    const py::array array = py::reinterpret_borrow<py::array>(codes);
+    expect_extent(array, "codes", 0, rows, "rows");
+    expect_extent(array, "codes", 1, columns, "columns");
+    return data;
 }
 
 /// Like checked(), for an optional argument of `length` entries along axis 0: None gives nullptr.

@@ -28,18 +28,7 @@ static py::tuple search_dense_py(const std::string& storage, const std::string& 
     data.dim = dim;
     data.ids = checked<int64_t>(ids, "ids", 1);
     data.rows = size_t(ids.shape(0));
-    size_t row_elements = dim;
-    switch (data.codec) {
-        case codec_t::f32_k: data.codes = checked<float>(codes, "codes", 2); break;
-        case codec_t::f16_k: data.codes = checked<uint16_t>(codes, "codes", 2); break;
-        case codec_t::int8_k: data.codes = checked<uint8_t>(codes, "codes", 2); break;
-        case codec_t::binary_k:
-            data.codes = checked<uint64_t>(codes, "codes", 2);
-            row_elements = binary_words(dim);
-            break;
-    }
-    expect_extent(codes, "codes", 0, data.rows, "rows");
-    expect_extent(codes, "codes", 1, row_elements, "columns");
+    data.codes = checked_codes(data.codec, codes, dim, data.rows);
     data.sq_norms = checked_or_null<float>(sq_norms, "sq_norms", 1, data.rows);
     data.scale = checked_or_null<float>(scale, "scale", 1, data.rows);
     data.offset = checked_or_null<float>(offset, "offset", 1, data.rows);

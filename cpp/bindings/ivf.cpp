@@ -189,18 +189,7 @@ py::tuple search_ivf_py(const std::string& storage, const std::string& metric, i
         expect_extent(codes_array, "codes", 0, data.total_slots / pq4_block_k, "blocks");
         expect_extent(codes_array, "codes", 1, pq4_block_bytes(data.m), "bytes per block (16 * m)");
     } else {
-        size_t columns = dim;
-        switch (data.codec) {
-            case codec_t::f32_k: data.codes = checked<float>(codes, "codes", 2); break;
-            case codec_t::f16_k: data.codes = checked<uint16_t>(codes, "codes", 2); break;
-            case codec_t::int8_k: data.codes = checked<uint8_t>(codes, "codes", 2); break;
-            case codec_t::binary_k:
-                data.codes = checked<uint64_t>(codes, "codes", 2);
-                columns = binary_words(dim);
-                break;
-        }
-        expect_extent(codes_array, "codes", 0, data.total_slots, "rows");
-        expect_extent(codes_array, "codes", 1, columns, "columns");
+        data.codes = checked_codes(data.codec, codes, dim, data.total_slots);
         data.scale = checked_or_null<float>(scale, "scale", 1, data.total_slots);
         data.offset = checked_or_null<float>(offset, "offset", 1, data.total_slots);
         data.sq_norms = checked_or_null<float>(sq_norms, "sq_norms", 1, data.total_slots);

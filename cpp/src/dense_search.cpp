@@ -233,16 +233,7 @@ void search_dense(const dense_data_t& data, const dense_query_t& query, float* o
             size_t r = 0;
             for (const topk_t::entry_t& e : found[i].sorted()) {
                 if (r == k) break;
-                float score;
-                if (binary && query.rerank == 0) {
-                    float hamming = -e.value;
-                    score = l2 ? hamming : float(dim) - 2.0f * hamming;
-                } else if (l2) {
-                    score = std::max(0.0f, float(q_sq_norm - double(e.value)));
-                } else {
-                    score = e.value;
-                }
-                out_scores[at + r] = score;
+                out_scores[at + r] = reported_score(e.value, binary && query.rerank == 0, l2, dim, q_sq_norm);
                 out_ids[at + r] = data.ids[e.row];
                 ++r;
             }

@@ -489,18 +489,10 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
             size_t r = 0;
             for (const topk_t::entry_t& e : found[i].sorted()) {
                 if (r == k) break;
-                float score;
-                if (query.rerank == 0 && binary) {
-                    const float hamming = -e.value;
-                    score = l2 ? hamming : float(dim) - 2.0f * hamming;
-                } else if (query.rerank == 0 && data.pq4) {
-                    score = l2 ? std::max(0.0f, -e.value) : e.value;  // the approximate score itself
-                } else if (l2) {
-                    score = std::max(0.0f, float(q_sq_norm - double(e.value)));
-                } else {
-                    score = e.value;
-                }
-                out_scores[at + r] = score;
+                // pq4 without re-ranking ranks by the approximate score itself (l2: its negation).
+                out_scores[at + r] = query.rerank == 0 && data.pq4
+                                         ? (l2 ? std::max(0.0f, -e.value) : e.value)
+                                         : reported_score(e.value, binary && query.rerank == 0, l2, dim, q_sq_norm);
                 out_ids[at + r] = data.slot_ids[e.row];
                 ++r;
             }

@@ -1,6 +1,7 @@
 // Exhaustive dense search with fused top-k, over any codec.
 #pragma once
 
+#include <algorithm>  // std::max
 #include <cstddef>
 #include <cstdint>
 
@@ -43,5 +44,15 @@ void search_dense(const dense_data_t& data, const dense_query_t& query, float* o
 
 /// Sign bits of n float32 rows: bit j of a row is x[j] > 0; out is n x binary_words(dim).
 void binarize(const float* x, size_t n, size_t dim, uint64_t* out);
+
+/// The score a search reports for a value its top-k kept: a Hamming ranking
+/// value (-hamming) as dim - 2 * hamming for ip or the distance for l2; an l2
+/// ranking value 2<q, x> - |x|^2 as |q|^2 minus it, clamped at 0; an ip value
+/// as it is. Shared by the exhaustive and the partitioned scans.
+inline float reported_score(float value, bool hamming, bool l2, size_t dim, double q_sq_norm) {
+    if (hamming) return l2 ? -value : float(dim) + 2.0f * value;
+    if (l2) return std::max(0.0f, float(q_sq_norm - double(value)));
+    return value;
+}
 
 }  // namespace flatcoat
