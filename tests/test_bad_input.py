@@ -240,3 +240,14 @@ def test_a_failure_late_in_a_large_add_adds_nothing():
         idx.add(x)
     assert len(idx) == 3 and 3 not in idx and idx.ids.tolist() == [0, 1, 2]
     assert idx.add(np.zeros((1, 2), dtype=np.float32)).tolist() == [3]
+
+
+def test_nan_is_found_in_a_later_chunk_of_rows(monkeypatch):
+    """The finite check walks row chunks (bounded temporaries) and still names the first bad row."""
+    from flatcoat import _validate
+
+    monkeypatch.setattr(_validate, "_FINITE_CHUNK_BYTES", 64)  # 8 rows of 8 dims per chunk
+    x = np.ones((100, 8), dtype=np.float32)
+    x[77, 3], x[90, 0] = np.nan, np.inf
+    with pytest.raises(ValueError, match="vectors: row 77 contains NaN or inf"):
+        flatcoat.DenseIndex(8).add(x)
