@@ -210,6 +210,11 @@ def test_index_storage_pq4_builds_an_ivf_index(tmp_path, capsys, ivf_core):
     assert r.index.nlist <= 32  # the default nprobe probes every list here: re-ranking all 300 is exact
     assert [h["id"] for h in hits] == [rows[j]["_id"] for j in best]
     np.testing.assert_allclose([h["score"] for h in hits], (d @ q)[best], atol=1e-5)
+    code, out, err = run(capsys, "search", str(tmp_path / "idx"), "gzip tool number 2", "-k", "3", "--rerank",
+                         "300", "--nprobe", "1", "--json")  # one list: what the library gives for nprobe=1
+    assert code == 0, err
+    want = r.search("gzip tool number 2", k=3, rerank=300, nprobe=1)
+    assert [h["id"] for h in json.loads(out)] == [h.id for h in want]
     code, _, err = run(capsys, "index", str(write_jsonl(tmp_path / "s.jsonl", CORPUS)), "--out", str(tmp_path / "o"),
                        "--storage", "pq4")
     assert code != 0 and "at least 256 documents" in err and not (tmp_path / "o").exists()

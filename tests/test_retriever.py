@@ -115,6 +115,20 @@ def test_an_ivf_index_is_a_first_stage(enc, vectors, storage, tmp_path, ivf_core
     assert isinstance(loaded.index, flatcoat.IVFIndex) and loaded.search(QUERIES, k=4, rerank=6) == r.search(QUERIES, k=4, rerank=6)
     with pytest.raises(ValueError, match=r"call train\(\) with more vectors"):
         Retriever(enc, flatcoat.IVFIndex(enc.dim)).add(TEXTS)
+    # nprobe reaches the first stage: one list per query gives exactly the index's own nprobe=1 search
+    q = enc.encode_queries(QUERIES)
+    _, want = index.search(q, k=4, nprobe=1, rerank=len(TEXTS))
+    got = r.search(QUERIES, k=4, rerank=len(TEXTS), nprobe=1)
+    assert [[h.id for h in row] for row in got] == [[IDS[int(j)] for j in row if j >= 0] for row in want]
+    with pytest.raises(TypeError, match="nprobe"):
+        r.search(QUERIES, k=4, nprobe=1.5)
+
+
+def test_nprobe_needs_an_ivf_first_stage(enc):
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim))
+    r.add(TEXTS, ids=IDS)
+    with pytest.raises(ValueError, match="nprobe: only for an IVFIndex first stage, this one is a DenseIndex"):
+        r.search(QUERIES, k=2, nprobe=4)
 
 
 def test_instruction_reaches_the_query_encoder(enc):

@@ -127,7 +127,7 @@ def _cmd_search(args) -> int:
     t0 = time.perf_counter()
     r = Retriever.load(args.dir)
     t1 = time.perf_counter()
-    hits = r.search(args.query, k=args.k, instruction=args.instruction, rerank=args.rerank)
+    hits = r.search(args.query, k=args.k, instruction=args.instruction, rerank=args.rerank, nprobe=args.nprobe)
     t2 = time.perf_counter()
     if args.rerank is not None and r.reranker is None:  # after the search: a bad --rerank is an error, not ignored
         _note("search", f"--rerank: {args.dir} has no reranker (built without --reranker); ignored")
@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", type=_positive_int, default=None, metavar="R",
                    help="re-ranking depth: how many first-stage candidates the reranker scores "
                         "(at least -k; default max(10 k, 100))")
+    p.add_argument("--nprobe", type=_positive_int, default=None,
+                   help="lists scanned per query by an IVF first stage (--storage pq4); default min(nlist, 32)")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.set_defaults(func=_cmd_search)
 

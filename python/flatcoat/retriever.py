@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from ._persist import IndexFormatError, SavedDirectory, read_directory, register_opener, write_directory
-from ._validate import as_k
+from ._validate import as_int, as_k
 from .dense import DenseIndex
 from .encoders import Encoder, EncoderConfig, KINDS, check_texts
 from .ivf import IVFIndex
@@ -239,6 +239,7 @@ class Retriever:
         *,
         instruction: Optional[str] = None,
         rerank: Optional[int] = None,
+        nprobe: Optional[int] = None,
         batch_size: int = 32,
     ) -> Union[List[Hit], List[List[Hit]]]:
         """Top-``k`` hits per query, best first (at most as many as the retriever holds).
@@ -248,7 +249,9 @@ class Retriever:
         is applied to the queries through the encoder's template.
         ``rerank``: how many first-stage candidates the reranker sees
         (``>= k``; default ``max(10 * k, 100)``, at most the collection);
-        ignored without a reranker.
+        ignored without a reranker. ``nprobe``: lists scanned per query by an
+        :class:`IVFIndex` first stage (default: the index's, ``min(nlist, 32)``);
+        a ``ValueError`` for any other first stage.
         """
         single = isinstance(queries, str)
         items = check_texts([queries] if single else queries, "queries")
@@ -257,6 +260,11 @@ class Retriever:
             rerank = as_k(rerank, "rerank")
             if rerank < k:
                 raise ValueError(f"rerank: must be at least k ({k}), got {rerank}")
+        first: Dict[str, int] = {}  # the first stage's own search arguments
+        if nprobe is not None:
+            if not isinstance(self.index, IVFIndex):
+                raise ValueError(f"nprobe: only for an IVFIndex first stage, this one is a {type(self.index).__name__}")
+            first["nprobe"] = as_int(nprobe, "nprobe", 1)
         if len(self) == 0:
             raise ValueError("the retriever is empty; add documents first")
         # Work and memory are bounded by the collection, whatever k and rerank.
@@ -264,13 +272,13 @@ class Retriever:
         depth = min(rerank if rerank is not None else _default_depth(k), len(self))
         q = self._encode_queries(self.encoder, self.index, items, instruction, batch_size)
         if self._reranker_kind == "exact":
-            scores, ids = self.index.search(q, k=k, rerank=depth)
+            scores, ids = self.index.search(q, k=k, rerank=depth, **first)
         elif self._reranker_kind == "multivector":
-            _, candidates = self.index.search(q, k=depth)
+            _, candidates = self.index.search(q, k=depth, **first)
             qmv = self._encode_queries(self._reranker_encoder, self._reranker_index, items, instruction, batch_size)
             scores, ids = self._reranker_index.search(qmv, k=k, subset=self._host(candidates))
         else:
-            scores, ids = self.index.search(q, k=k)
+            scores, ids = self.index.search(q, k=k, **first)
         scores, ids = self._host(scores), self._host(ids)
         out = [self._hits(scores[i], ids[i]) for i in range(len(items))]
         return out[0] if single else out
