@@ -101,6 +101,28 @@ def lookup_id(value) -> Optional[int]:
     return value if 0 <= value <= MAX_ID else None
 
 
+
+def holds_id(id_map, lock, value) -> bool:
+    """``value in index``: True for a present integer id, read under the index's read lock;
+    any other object (5.7, "a", None, True) is simply not in the index."""
+    key = lookup_id(value)
+    if key is None:
+        return False
+    with lock.read():
+        return bool(id_map.find(np.array([key], dtype=np.int64))[0] >= 0)
+
+
+def as_rerank(rerank, k: int, keep_float: bool) -> Optional[int]:
+    """A re-ranking depth, or None for none: an integer >= ``k`` on an index that keeps a float copy."""
+    if rerank is None:
+        return None
+    rerank = as_k(rerank, "rerank")
+    if rerank < k:
+        raise ValueError(f"rerank: must be at least k ({k}), got {rerank}")
+    if not keep_float:
+        raise ValueError("rerank: this index keeps no float copy; build it with keep_float=True")
+    return rerank
+
 def as_choice(value, name: str, choices) -> str:
     """One of the names ``choices``: a TypeError for a non-string, a ValueError for an unknown name."""
     if not isinstance(value, str):

@@ -28,7 +28,7 @@ import numpy as np
 
 from ._device import IndexSource, parse_device
 from ._storage import DENSE_STORAGES, METRICS, dense_code_layout
-from ._validate import as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, normalize_rows, read_only
+from ._validate import as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, as_rerank, normalize_rows, read_only
 
 __all__ = [
     "CudaUnavailableError", "available", "device_count", "unavailable_reason", "require", "parse_device",
@@ -386,12 +386,8 @@ class CudaDenseStore(_DeviceStore):
         into, of the queries' kind.
         """
         k = as_k(k)
+        rerank = as_rerank(rerank, k, self._keep_float)
         if rerank is not None:
-            rerank = as_k(rerank, "rerank")
-            if rerank < k:
-                raise ValueError(f"rerank: must be at least k ({k}), got {rerank}")
-            if not self._keep_float:
-                raise ValueError("rerank: this index keeps no float copy; build it with keep_float=True")
             rerank = _bounded_k(rerank, self._rows, "rerank")
         return self._search(queries, _bounded_k(k, self._rows), rerank, as_bool(half_queries, "half_queries"),
                             as_choice(path, "path", _PATHS), out)

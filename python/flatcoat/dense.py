@@ -12,7 +12,8 @@ from ._device import IndexSource, Mirrored, mirror_for
 from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import DENSE_STORAGES, METRICS, RowStore, dense_code_layout
 from ._validate import (
-    RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, auto_ids, lookup_id, normalize_rows, read_only,
+    RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, as_rerank, auto_ids, holds_id,
+    normalize_rows, read_only,
 )
 
 _ENCODE_CHUNK = 65536
@@ -226,11 +227,7 @@ class DenseIndex(Mirrored):
 
     def __contains__(self, id_) -> bool:
         """True for an integer id that is present; any other object is not in the index."""
-        key = lookup_id(id_)
-        if key is None:
-            return False
-        with self._lock.read():
-            return bool(self._ids.find(np.array([key], dtype=np.int64))[0] >= 0)
+        return holds_id(self._ids, self._lock, id_)
 
     # ------------------------------------------------------------------ searching
 
@@ -249,12 +246,7 @@ class DenseIndex(Mirrored):
         by the index size like ``k``.
         """
         k = as_k(k)
-        if rerank is not None:
-            rerank = as_k(rerank, "rerank")
-            if rerank < k:
-                raise ValueError(f"rerank: must be at least k ({k}), got {rerank}")
-            if not self._keep_float:
-                raise ValueError("rerank: this index keeps no float copy; build it with keep_float=True")
+        rerank = as_rerank(rerank, k, self._keep_float)
         with self._lock.read():
             n = len(self)  # the output and the re-ranking never outgrow the index
             k, rerank = min(k, n), None if rerank is None else min(rerank, n)

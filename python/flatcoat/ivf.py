@@ -38,7 +38,8 @@ from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import IVF_STORAGES, METRICS, RowStore, dense_code_layout
 from .dense import encode_rows
 from ._validate import (
-    RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, auto_ids, lookup_id, normalize_rows, read_only,
+    RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, as_rerank, auto_ids, holds_id,
+    normalize_rows, read_only,
 )
 
 __all__ = ["IVFIndex", "default_nlist", "default_m", "DEFAULT_NPROBE", "MIN_TRAIN"]
@@ -306,11 +307,7 @@ class IVFIndex:
 
     def __contains__(self, id_) -> bool:
         """True for an integer id that is present; any other object is not in the index."""
-        key = lookup_id(id_)
-        if key is None:
-            return False
-        with self._lock.read():
-            return bool(self._ids.find(np.array([key], dtype=np.int64))[0] >= 0)
+        return holds_id(self._ids, self._lock, id_)
 
     def __repr__(self) -> str:
         m = f", m={self._m}" if self._storage == "pq4" else ""
@@ -586,12 +583,7 @@ class IVFIndex:
         k = as_k(k)
         if nprobe is not None:
             nprobe = as_int(nprobe, "nprobe", 1)
-        if rerank is not None:
-            rerank = as_k(rerank, "rerank")
-            if rerank < k:
-                raise ValueError(f"rerank: must be at least k ({k}), got {rerank}")
-            if not self._keep_float:
-                raise ValueError("rerank: this index keeps no float copy; build it with keep_float=True")
+        rerank = as_rerank(rerank, k, self._keep_float)
         q = self._prepare(queries, "queries")
         with self._lock.read():
             n = self._count

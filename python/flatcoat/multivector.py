@@ -35,7 +35,7 @@ from . import _core
 from ._device import IndexSource, Mirrored, mirror_for, to_host
 from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import MULTIVECTOR_STORAGES, RowStore, multivector_token_dtype
-from ._validate import MAX_ID, RWLock, as_choice, as_ids, as_int, as_k, auto_ids, lookup_id, read_only
+from ._validate import MAX_ID, RWLock, as_choice, as_ids, as_int, as_k, auto_ids, holds_id, read_only
 
 _KIND = "multivector"
 _INT64 = np.dtype(np.int64)
@@ -382,11 +382,7 @@ class MultiVectorIndex(Mirrored):
 
     def __contains__(self, id_) -> bool:
         """True for an integer id that is present; any other object is not in the index."""
-        key = lookup_id(id_)
-        if key is None:
-            return False
-        with self._lock.read():
-            return bool(self._id_map.find(np.array([key], dtype=np.int64))[0] >= 0)
+        return holds_id(self._id_map, self._lock, id_)
 
     def __repr__(self) -> str:
         return f"MultiVectorIndex(dim={self._dim}, storage={self._storage!r}, count={len(self)}, tokens={self.num_tokens})"
