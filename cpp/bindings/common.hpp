@@ -72,6 +72,22 @@ inline const void* checked_codes(codec_t codec, const py::handle& codes, size_t 
     return data;
 }
 
+/// The (nq, k) scores and ids of a search: allocated here, filled by `run(scores, ids)`
+/// with the GIL released (nothing runs for k = 0).
+template <class run_t>
+py::tuple search_results(size_t nq, size_t k, run_t&& run) {
+    py::array_t<float> scores({nq, k});
+    py::array_t<int64_t> ids({nq, k});
+    if (k == 0) return py::make_tuple(scores, ids);
+    float* scores_ptr = scores.mutable_data();
+    int64_t* ids_ptr = ids.mutable_data();
+    {
+        py::gil_scoped_release release;
+        run(scores_ptr, ids_ptr);
+    }
+    return py::make_tuple(scores, ids);
+}
+
 /// Like checked(), for an optional argument of `length` entries along axis 0: None gives nullptr.
 template <class T>
 const T* checked_or_null(const py::object& o, const char* name, py::ssize_t ndim, size_t length) {

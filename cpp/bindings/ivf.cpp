@@ -218,16 +218,8 @@ py::tuple search_ivf_py(const std::string& storage, const std::string& metric, i
     query.metric = metric_from_name(metric);
     query.rerank = rerank;
 
-    py::array_t<float> out_scores({query.nq, query.k});
-    py::array_t<int64_t> out_ids({query.nq, query.k});
-    if (query.k == 0) return py::make_tuple(out_scores, out_ids);
-    float* scores_ptr = out_scores.mutable_data();
-    int64_t* ids_ptr = out_ids.mutable_data();
-    {
-        py::gil_scoped_release release;
-        search_ivf(data, query, scores_ptr, ids_ptr);
-    }
-    return py::make_tuple(out_scores, out_ids);
+    return search_results(query.nq, query.k,
+                          [&](float* scores, int64_t* ids) { search_ivf(data, query, scores, ids); });
 }
 
 }  // namespace

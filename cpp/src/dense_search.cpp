@@ -66,19 +66,10 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
 
     // Per-query preparation: int8 needs each query's sum (the rows' offsets
     // multiply it); binary turns the query into sign bits.
-    std::vector<float> query_sums(nq, 0.0f);
+    std::vector<float> query_sums;
     std::vector<uint64_t> query_bits;
     const float* q = queries;
-    if (data.codec == codec_t::int8_k) {
-        for (size_t i = 0; i < nq; ++i) {
-            double sum = 0.0;
-            for (size_t j = 0; j < dim; ++j) sum += queries[i * dim + j];
-            query_sums[i] = float(sum);
-        }
-    } else if (binary) {
-        query_bits.resize(nq * words);
-        binarize(queries, nq, dim, query_bits.data());
-    }
+    prepare_queries(data.codec, queries, nq, dim, query_sums, query_bits);
 
     std::vector<std::vector<topk_t>> selectors(slots, std::vector<topk_t>(nq, topk_t(keep, data.ids)));
     std::vector<std::vector<float>> score_buffers(slots);
@@ -156,6 +147,21 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
 }
 
 }  // namespace
+
+void prepare_queries(codec_t codec, const float* queries, size_t nq, size_t dim, std::vector<float>& sums,
+                     std::vector<uint64_t>& bits) {
+    sums.assign(codec == codec_t::int8_k ? nq : 0, 0.0f);
+    bits.assign(codec == codec_t::binary_k ? nq * binary_words(dim) : 0, 0);
+    if (codec == codec_t::int8_k) {
+        for (size_t i = 0; i < nq; ++i) {
+            double sum = 0.0;
+            for (size_t j = 0; j < dim; ++j) sum += queries[i * dim + j];
+            sums[i] = float(sum);
+        }
+    } else if (codec == codec_t::binary_k) {
+        binarize(queries, nq, dim, bits.data());
+    }
+}
 
 void binarize(const float* x, size_t n, size_t dim, uint64_t* out) {
     const size_t words = binary_words(dim);

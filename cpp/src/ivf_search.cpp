@@ -296,17 +296,7 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
         // Per-query values needed by the dense codecs.
         std::vector<float> query_sums;
         std::vector<uint64_t> query_bits;
-        if (!data.pq4 && data.codec == codec_t::int8_k) {
-            query_sums.assign(nq, 0.0f);
-            for (size_t i = 0; i < nq; ++i) {
-                double sum = 0.0;
-                for (size_t j = 0; j < dim; ++j) sum += queries[i * dim + j];
-                query_sums[i] = float(sum);
-            }
-        } else if (binary) {
-            query_bits.resize(nq * words);
-            binarize(queries, nq, dim, query_bits.data());
-        }
+        if (!data.pq4) prepare_queries(data.codec, queries, nq, dim, query_sums, query_bits);
 
         const size_t slots = std::max<size_t>(1, std::min(threads, tasks.size()));
         std::vector<std::vector<topk_t>> selectors(slots, std::vector<topk_t>(nq, topk_t(keep, data.slot_ids)));

@@ -4,6 +4,7 @@
 #include <algorithm>  // std::max
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "flatcoat/common.hpp"
 
@@ -44,6 +45,13 @@ void search_dense(const dense_data_t& data, const dense_query_t& query, float* o
 
 /// Sign bits of n float32 rows: bit j of a row is x[j] > 0; out is n x binary_words(dim).
 void binarize(const float* x, size_t n, size_t dim, uint64_t* out);
+
+/// What the dense codecs need of each of `nq` queries (n x dim floats): int8
+/// each query's sum (the rows' offsets multiply it) into `sums` (nq), binary
+/// the query's sign bits into `bits` (nq x binary_words(dim)); other codecs
+/// nothing. Shared by the exhaustive and the partitioned scans.
+void prepare_queries(codec_t codec, const float* queries, size_t nq, size_t dim, std::vector<float>& sums,
+                     std::vector<uint64_t>& bits);
 
 /// The score a search reports for a value its top-k kept: a Hamming ranking
 /// value (-hamming) as dim - 2 * hamming for ip or the distance for l2; an l2
