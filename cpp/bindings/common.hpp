@@ -9,6 +9,7 @@
 #include <string>
 
 #include "flatcoat/common.hpp"  // codec_t, binary_words
+#include "flatcoat/filter.hpp"  // filter_t
 
 namespace flatcoat {
 namespace bindings {
@@ -95,6 +96,35 @@ const T* checked_or_null(const py::object& o, const char* name, py::ssize_t ndim
     const T* data = checked<T>(o, name, ndim);
     expect_extent(py::reinterpret_borrow<py::array>(o), name, 0, length, ndim == 1 ? "entries" : "rows");
     return data;
+}
+
+/// The optional `filter` bitset over `n` positions (`unit` names them:
+/// "rows", "slots", "documents"): None gives an inactive filter_t; else a 1-d
+/// C-contiguous uint64 array of exactly ceil(n / 64) words. Every refusal
+/// starts with "filter:" and says the expected length.
+inline filter_t checked_filter(const py::object& o, size_t n, const char* unit) {
+    filter_t filter;
+    filter.bits = n;
+    if (o.is_none()) return filter;
+    const size_t words = (n + 63) / 64;
+    const std::string expected = "a 1-d C-contiguous uint64 array of " + std::to_string(words) +
+                                 " words (ceil(" + std::to_string(n) + " " + unit + " / 64), bit p % 64 of word p // 64" +
+                                 " allows position p)";
+    if (!py::isinstance<py::array>(o))
+        throw py::type_error("filter: expected " + expected + ", got " +
+                             std::string(py::str(py::type::of(o).attr("__name__"))));
+    const py::array array = py::reinterpret_borrow<py::array>(o);
+    if (!array.dtype().is(py::dtype::of<uint64_t>()))
+        throw py::type_error("filter: expected " + expected + ", got dtype " + std::string(py::str(array.dtype())));
+    if (array.ndim() != 1)
+        throw py::value_error("filter: expected " + expected + ", got a " + std::to_string(array.ndim()) + "-d array");
+    if (!(array.flags() & py::array::c_style))
+        throw py::value_error("filter: expected " + expected +
+                              ", got a non-contiguous array; pass numpy.ascontiguousarray(...)");
+    if (size_t(array.shape(0)) != words)
+        throw py::value_error("filter: expected " + expected + ", got " + std::to_string(array.shape(0)) + " words");
+    filter.words = static_cast<const uint64_t*>(array.data());
+    return filter;
 }
 
 /// A count argument, taken as int64 so that a negative value gets a message

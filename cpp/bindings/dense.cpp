@@ -19,7 +19,7 @@ static py::tuple search_dense_py(const std::string& storage, const std::string& 
                                  const py::object& codes_obj, const py::object& ids_obj, const py::object& sq_norms,
                                  const py::object& scale, const py::object& offset, const py::object& float_rows,
                                  const py::object& float_sq_norms, const py::object& queries_obj, int64_t k_arg,
-                                 int64_t rerank_arg) {
+                                 int64_t rerank_arg, const py::object& filter) {
     const py::array codes = array_arg(codes_obj, "codes"), ids = array_arg(ids_obj, "ids"),
                     queries = array_arg(queries_obj, "queries");
     const size_t dim = count(dim_arg, "dim", 1), k = count(k_arg, "k", 1), rerank = count(rerank_arg, "rerank", 0);
@@ -46,6 +46,7 @@ static py::tuple search_dense_py(const std::string& storage, const std::string& 
     query.k = std::min(k, data.rows);
     query.metric = metric_from_name(metric);
     query.rerank = rerank;
+    query.filter = checked_filter(filter, data.rows, "rows");
 
     return search_results(query.nq, query.k,
                           [&](float* scores, int64_t* ids) { search_dense(data, query, scores, ids); });
@@ -84,9 +85,11 @@ void bind_dense(py::module_& m) {
     m.def("search_dense", &search_dense_py, py::arg("storage"), py::arg("metric"), py::arg("dim"),
           py::arg("codes"), py::arg("ids"), py::arg("sq_norms"), py::arg("scale"), py::arg("offset"),
           py::arg("float_rows"), py::arg("float_sq_norms"), py::arg("queries"), py::arg("k"),
-          py::arg("rerank") = 0,
+          py::arg("rerank") = 0, py::kw_only(), py::arg("filter") = py::none(),
           "Exhaustive search with fused top-k; returns (scores float32 (q, k'), ids int64 (q, k')),\n"
-          "k' = min(k, rows). rerank=R >= k re-ranks the R best exactly against float_rows (0: none).");
+          "k' = min(k, rows). rerank=R >= k re-ranks the R best exactly against float_rows (0: none).\n"
+          "filter: None or uint64 (ceil(rows / 64),) bits over the rows (LSB first); only allowed rows are\n"
+          "returned, missing results padded with id -1 and score -inf (+inf for l2).");
     m.def("binarize", &binarize_py, py::arg("x"), "Sign bits of float32 rows as uint64 words (bit j: x[j] > 0).");
 
     py::class_<id_map_t>(m, "IdMap", "Hash map from int64 ids to row positions.")
