@@ -60,13 +60,15 @@ maxsim_query_t make_query(size_t dim, const py::object& queries_obj, const py::o
 py::tuple search_maxsim_py(const std::string& storage, int64_t dim_arg, const py::object& tokens,
                            const py::object& offsets, const py::object& token_scales, const py::object& ids,
                            const py::object& queries, const py::object& query_offsets, const py::object& weights,
-                           int64_t k_arg, const py::object& subset, const py::object& subset_offsets_obj) {
+                           int64_t k_arg, const py::object& subset, const py::object& subset_offsets_obj,
+                           const py::object& filter) {
     const size_t dim = count(dim_arg, "dim", 1);
     size_t k = count(k_arg, "k", 1);
     maxsim_data_t data = make_data(storage, dim, tokens, offsets, token_scales);
     data.ids = checked<int64_t>(ids, "ids", 1);
     expect_extent(array_arg(ids, "ids"), "ids", 0, data.docs, "entries");
     maxsim_query_t query = make_query(dim, queries, query_offsets, weights);
+    query.filter = checked_filter(filter, data.docs, "documents");
 
     const int64_t* subset_positions = nullptr;
     const int64_t* subset_offsets = nullptr;
@@ -116,9 +118,12 @@ void bind_maxsim(py::module_& m) {
     m.def("search_maxsim", &search_maxsim_py, py::arg("storage"), py::arg("dim"), py::arg("tokens"),
           py::arg("offsets"), py::arg("token_scales"), py::arg("ids"), py::arg("queries"), py::arg("query_offsets"),
           py::arg("weights"), py::arg("k"), py::arg("subset") = py::none(), py::arg("subset_offsets") = py::none(),
+          py::kw_only(), py::arg("filter") = py::none(),
           "Exact MaxSim over packed documents with fused top-k; returns (scores float32 (nq, k'), ids int64\n"
           "(nq, k')), k' = min(k, docs). subset: document positions each query is restricted to, split per\n"
-          "query by subset_offsets (nq + 1); rows with fewer are padded with id -1 and score -inf.");
+          "query by subset_offsets (nq + 1); rows with fewer are padded with id -1 and score -inf.\n"
+          "filter: None or uint64 (ceil(docs / 64),) bits over the document positions (LSB first), ANDed\n"
+          "with the subset; masked documents are never scored.");
     m.def("maxsim_scores", &maxsim_scores_py, py::arg("storage"), py::arg("dim"), py::arg("tokens"),
           py::arg("offsets"), py::arg("token_scales"), py::arg("queries"), py::arg("query_offsets"),
           py::arg("weights"), "All MaxSim scores, float32 (nq, docs).");

@@ -151,20 +151,23 @@ std::vector<prepared_query_t> prepare_all(const maxsim_data_t& data, const maxsi
     return prepared;
 }
 
-/// Calls emit(query, doc, score, slot) for every document and every query, with
-/// threads splitting the documents and each batch of queries sharing a pass.
+/// Calls emit(query, doc, score, slot) for every document (or only those of
+/// `docs_list`, ascending, when it is not null) and every query, with threads
+/// splitting the documents and each batch of queries sharing a pass.
 template <class emit_t>
 void scan_all(const maxsim_data_t& data, const std::vector<prepared_query_t>& prepared,
-              const maxsim_kernels_t& kernels, size_t slots, emit_t&& emit) {
-    const size_t docs_per_task = std::max<size_t>(1, std::min<size_t>(32, data.docs / (slots * 16)));
-    const size_t n_tasks = (data.docs + docs_per_task - 1) / docs_per_task;
+              const maxsim_kernels_t& kernels, size_t slots, const std::vector<int64_t>* docs_list, emit_t&& emit) {
+    const size_t n_docs = docs_list != nullptr ? docs_list->size() : data.docs;
+    const size_t docs_per_task = std::max<size_t>(1, std::min<size_t>(32, n_docs / (slots * 16)));
+    const size_t n_tasks = (n_docs + docs_per_task - 1) / docs_per_task;
     std::vector<scratch_t> scratch(slots);
     for (size_t q0 = 0; q0 < prepared.size(); q0 += query_batch_k) {
         const size_t q1 = std::min(prepared.size(), q0 + query_batch_k);
         parallel_for(n_tasks, slots, [&](size_t task, size_t slot) {
             double scores[query_batch_k];
-            const size_t end = std::min(data.docs, (task + 1) * docs_per_task);
-            for (size_t doc = task * docs_per_task; doc < end; ++doc) {
+            const size_t end = std::min(n_docs, (task + 1) * docs_per_task);
+            for (size_t c = task * docs_per_task; c < end; ++c) {
+                const size_t doc = docs_list != nullptr ? size_t((*docs_list)[c]) : c;
                 score_document(data, kernels, prepared, q0, q1, doc, scratch[slot], scores);
                 for (size_t i = q0; i < q1; ++i) emit(i, doc, float(scores[i - q0]), slot);
             }
@@ -226,8 +229,13 @@ void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_
     const size_t slots = std::max<size_t>(1, num_threads());
     std::vector<std::vector<topk_t>> selectors(slots, std::vector<topk_t>(query.nq, topk_t(k, data.ids)));
 
+    const filter_t filter{query.filter.words, data.docs};
     if (!restricted) {
-        scan_all(data, prepared, kernels, slots, [&](size_t i, size_t doc, float score, size_t slot) {
+        // A filter is a list of the allowed documents: masked ones are never read.
+        std::vector<int64_t> allowed;
+        if (filter.active()) allowed = filter.positions();
+        scan_all(data, prepared, kernels, slots, filter.active() ? &allowed : nullptr,
+                 [&](size_t i, size_t doc, float score, size_t slot) {
             topk_t& top = selectors[slot][i];
             if (score >= top.threshold()) top.push(score, int64_t(doc));
         });
@@ -244,6 +252,7 @@ void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_
             const int64_t end = std::min(subset.offsets[i + 1], tasks[task].second + int64_t(chunk));
             for (int64_t c = tasks[task].second; c < end; ++c) {
                 const int64_t doc = subset.positions[size_t(c)];
+                if (!filter.allowed(size_t(doc))) continue;
                 double score;
                 score_document(data, kernels, prepared, i, i + 1, size_t(doc), scratch[slot], &score);
                 if (float(score) >= top.threshold()) top.push(float(score), doc);
@@ -269,7 +278,7 @@ void maxsim_scores(const maxsim_data_t& data, const maxsim_query_t& query, float
     const maxsim_kernels_t& kernels = kernels_for<maxsim_kernels_t>(active_isa());
     const std::vector<prepared_query_t> prepared = prepare_all(data, query, kernels);
     const size_t slots = std::max<size_t>(1, num_threads());
-    scan_all(data, prepared, kernels, slots,
+    scan_all(data, prepared, kernels, slots, nullptr,
              [&](size_t i, size_t doc, float score, size_t) { out[i * data.docs + doc] = score; });
 }
 

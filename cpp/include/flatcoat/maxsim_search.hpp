@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "flatcoat/common.hpp"
+#include "flatcoat/filter.hpp"  // filter_t
 
 namespace flatcoat {
 
@@ -41,6 +42,11 @@ struct maxsim_query_t {
     const int64_t* offsets = nullptr;  ///< nq + 1 entries: 0, then strictly increasing (no empty query)
     size_t nq = 0;
     const float* weights = nullptr;    ///< offsets[nq] per-token weights, or null for all ones
+    /// Document positions a search may return (ceil(docs / 64) words; null:
+    /// all; `bits` is taken as docs), ANDed with a subset. A masked document
+    /// is never scored: one bit test per document against MaxSim's cost of a
+    /// whole token matrix. search_maxsim only; maxsim_scores ignores it.
+    filter_t filter;
 };
 
 /// Per query, the document positions a search is restricted to, normalised:
@@ -65,7 +71,9 @@ subset_t normalize_subset(const int64_t* positions, const int64_t* offsets, size
 ///
 /// Restricted mode: with `subset` non-null, query i scores only the document
 /// positions subset[subset_offsets[i] .. subset_offsets[i + 1]) (see
-/// normalize_subset); repeated positions count once.
+/// normalize_subset); repeated positions count once. With `query.filter`
+/// active only its allowed documents are scored (in a subset too): the
+/// result equals the search of an index holding only those documents.
 /// Throws flatcoat::error on inconsistent views.
 void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_t k, const int64_t* subset,
                    const int64_t* subset_offsets, float* out_scores, int64_t* out_ids);
