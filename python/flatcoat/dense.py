@@ -10,6 +10,11 @@ import numpy as np
 from . import _core
 from ._device import IndexSource, Mirrored, mirror_for
 from ._persist import IndexFormatError, register_kind, save_index
+from ._records import (
+    ATTRIBUTES_META, attribute_arrays, distinct, filter_bits, load_attributes, matching_ids, parse_attributes,
+    positions_of,
+)
+from ._attributes import AttributeStore
 from ._storage import DENSE_STORAGES, METRICS, RowStore, dense_code_layout
 from ._validate import (
     RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, as_rerank, auto_ids, holds_id,
@@ -59,6 +64,20 @@ def encode_rows(storage: str, x: np.ndarray, sq_norms: bool = False) -> dict:
     return rows
 
 
+def decode_rows(storage: str, dim: int, views: dict, positions: np.ndarray) -> np.ndarray:
+    """float32 (len(positions), dim) vectors decoded from the codes of ``storage`` at ``positions``
+    (binary: +-1 per sign bit). Shared by the exhaustive and the partitioned indexes."""
+    codes = views["codes"][positions]
+    if storage == "f32":
+        return np.array(codes, dtype=np.float32)
+    if storage == "f16":
+        return codes.view(np.float16).astype(np.float32)
+    if storage == "int8":
+        return views["offset"][positions, None] + views["scale"][positions, None] * codes.astype(np.float32)
+    bits = np.unpackbits(codes.view(np.uint8), axis=1, bitorder="little")[:, :dim]
+    return np.where(bits > 0, np.float32(1.0), np.float32(-1.0))
+
+
 class DenseIndex(Mirrored):
     """Exact (f32, f16) or quantized (int8, binary) exhaustive search with fused top-k.
 
@@ -103,6 +122,7 @@ class DenseIndex(Mirrored):
         self._ids = _core.IdMap()
         self._next_id = 0
         self._rows = RowStore(self._fields())
+        self._attrs = AttributeStore()  # aligned with the rows
         self._mirror = mirror_for(_KIND, device)
 
     def _fields(self):
@@ -143,8 +163,14 @@ class DenseIndex(Mirrored):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the stored arrays (codes, ids, norms, float copy)."""
-        return self._rows.nbytes
+        """Bytes held by the stored arrays (codes, ids, norms, float copy, attributes)."""
+        return self._rows.nbytes + self._attrs.nbytes
+
+    @property
+    def schema(self) -> dict:
+        """The attribute fields and their types (``{"year": "int", ...}``; see docs/filters.md)."""
+        with self._lock.read():
+            return dict(self._attrs.schema)
 
     def __len__(self) -> int:
         return self._rows.count
@@ -171,40 +197,88 @@ class DenseIndex(Mirrored):
                 rows["float_sq_norms"] = np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
         return rows
 
-    def add(self, vectors, ids=None) -> np.ndarray:
+    def _encode_all(self, x: np.ndarray) -> list:
+        # In chunks: the encoders' float temporaries stay small whatever n is.
+        return [self._encode(x[start : start + _ENCODE_CHUNK]) for start in range(0, x.shape[0], _ENCODE_CHUNK)]
+
+    def _append(self, ids: np.ndarray, chunks: list, attrs: AttributeStore) -> None:
+        """Appends encoded rows (write lock held; ids already checked new), all or nothing."""
+        duplicate = self._ids.insert_new(ids, len(self))
+        if duplicate >= 0:
+            raise ValueError(
+                f"ids: id {int(ids[duplicate])} is already in the index or repeated in this call; "
+                "ids must be unique (upsert replaces a vector by id)"
+            )
+        count_before = len(self)
+        try:
+            start = 0
+            for rows in chunks:
+                end = start + rows["codes"].shape[0]
+                rows["ids"] = ids[start:end]
+                self._rows.append(rows)
+                start = end
+            self._attrs.append(attrs)
+        except BaseException:
+            self._rows.count = count_before
+            self._attrs.truncate(count_before)
+            self._ids.erase(ids)
+            raise
+        finally:
+            self._invalidate_device()
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
+
+    def add(self, vectors, ids=None, *, attributes=None) -> np.ndarray:
         """Adds vectors (n, dim) (float16/32/64); returns their int64 ids.
 
         ``ids`` default to consecutive integers after the largest id so far.
         Ids must be distinct, non-negative and new; the whole call fails (and
-        adds nothing) otherwise.
+        adds nothing) otherwise. ``attributes``: a list of n dicts or a dict of
+        columns (field -> n values; None is a missing value), typed int, float,
+        bool, keyword (str) or keywords (list of str), for ``search(filter=)``
+        and :meth:`get` (docs/filters.md).
         """
         x = self._prepare(vectors, "vectors")
         n = x.shape[0]
         with self._lock.write():
             ids = auto_ids(self._next_id, n) if ids is None else as_ids(ids, "ids", n)
+            attrs = parse_attributes(attributes, n, self._attrs)
             if n == 0:
                 return ids
-            duplicate = self._ids.insert_new(ids, len(self))
-            if duplicate >= 0:
-                raise ValueError(
-                    f"ids: id {int(ids[duplicate])} is already in the index or repeated in this call; "
-                    "ids must be unique (remove the old vector first to replace it)"
-                )
-            count_before = len(self)
-            try:
-                # In chunks: the encoders' float temporaries stay small whatever n is.
-                for start in range(0, n, _ENCODE_CHUNK):
-                    rows = self._encode(x[start : start + _ENCODE_CHUNK])
-                    rows["ids"] = ids[start : start + _ENCODE_CHUNK]
-                    self._rows.append(rows)
-            except BaseException:
-                self._rows.count = count_before  # all or nothing
-                self._ids.erase(ids)
-                raise
-            finally:
-                self._invalidate_device()
-            self._next_id = max(self._next_id, int(ids.max()) + 1)
+            self._append(ids, self._encode_all(x), attrs)
             return ids
+
+    def upsert(self, vectors, ids, *, attributes=None) -> np.ndarray:
+        """Adds or replaces vectors by id: an id already present gets the new vector and the new
+        attributes (the old ones are dropped, not merged); a new id is added. Returns the ids.
+
+        Every input is checked and encoded before anything changes.
+        """
+        x = self._prepare(vectors, "vectors")
+        n = x.shape[0]
+        if ids is None:
+            raise TypeError("ids: upsert needs the ids to add or replace (add() chooses ids itself)")
+        ids = as_ids(ids, "ids", n)
+        distinct(ids)
+        with self._lock.write():
+            attrs = parse_attributes(attributes, n, self._attrs)
+            if n == 0:
+                return ids
+            chunks = self._encode_all(x)
+            positions = self._ids.find(ids)
+            present = ids[positions >= 0]
+            if present.size:
+                self._remove_positions(present, positions[positions >= 0])
+            self._append(ids, chunks, attrs)
+            return ids
+
+    def _remove_positions(self, ids: np.ndarray, positions: np.ndarray) -> None:
+        moved_from, moved_to = self._rows.remove_positions(positions)
+        self._attrs.move(moved_from, moved_to)
+        self._attrs.truncate(len(self))
+        self._ids.erase(ids)
+        if moved_to.size:
+            self._ids.assign(np.ascontiguousarray(self._rows.view("ids")[moved_to]), moved_to.astype(np.int64))
+        self._invalidate_device()
 
     def remove(self, ids) -> int:
         """Removes vectors by id; every id must be present. Returns the number removed.
@@ -218,12 +292,34 @@ class DenseIndex(Mirrored):
             if unknown.size:
                 shown = ", ".join(str(int(i)) for i in unknown[:5])
                 raise KeyError(f"ids: {unknown.size} id(s) not in the index ({shown}); nothing was removed")
-            moved_from, moved_to = self._rows.remove_positions(positions)
-            self._ids.erase(ids)
-            if moved_to.size:
-                self._ids.assign(np.ascontiguousarray(self._rows.view("ids")[moved_to]), moved_to.astype(np.int64))
-            self._invalidate_device()
+            if ids.size:
+                self._remove_positions(ids, positions)
             return int(ids.size)
+
+    def matches(self, filter) -> np.ndarray:
+        """The ids (int64, in storage order) that ``filter`` allows: a dict predicate over the
+        attributes or an allow-list of ids, as ``search(filter=)`` takes it (docs/filters.md)."""
+        with self._lock.read():
+            return matching_ids(filter, self._attrs, self._ids, self._rows.view("ids"))
+
+    def get(self, ids, *, vectors: bool = True) -> Tuple[Optional[np.ndarray], list]:
+        """``(vectors, attributes)`` of present ids (else a KeyError): float32 (n, dim), in the order asked.
+
+        Vectors are the float copy with ``keep_float``, else decoded from the
+        codes (f16 widened; int8 ``offset + scale * code``; binary ``+-1`` per
+        sign bit: the magnitudes are not stored). Cosine indexes hold
+        normalised vectors. ``attributes``: one dict per id (the present fields).
+        ``vectors=False`` returns ``(None, attributes)``.
+        """
+        with self._lock.read():
+            _, positions = positions_of(ids, self._ids)
+            v = self._rows.views()
+            out = None
+            if vectors and self._keep_float:
+                out = np.array(v["float_rows"][positions], dtype=np.float32)
+            elif vectors:
+                out = decode_rows(self._storage, self._dim, v, positions)
+            return out, self._attrs.rows(positions)
 
     def __contains__(self, id_) -> bool:
         """True for an integer id that is present; any other object is not in the index."""
@@ -231,7 +327,8 @@ class DenseIndex(Mirrored):
 
     # ------------------------------------------------------------------ searching
 
-    def search(self, queries, k: int = 10, *, rerank: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int = 10, *, rerank: Optional[int] = None,
+               filter=None) -> Tuple[np.ndarray, np.ndarray]:
         """The ``k`` best matches of each query: ``(scores, ids)``, float32 and int64 (q, k').
 
         ``k' = min(k, len(self))``. ``queries`` is (q, dim), nested lists read
@@ -244,6 +341,12 @@ class DenseIndex(Mirrored):
         ``rerank=R`` (``R >= k``) re-ranks the ``R`` best candidates of the scan
         exactly against the float copy (``keep_float=True``); ``R`` is bounded
         by the index size like ``k``.
+
+        ``filter``: only vectors that match are ranked: a dict predicate over
+        the attributes (``{"year": {"$gte": 2020}}``, docs/filters.md) or a 1-d
+        sequence of allowed ids (ids not in the index match nothing). The
+        result is exactly the search of an index holding only the matches; a
+        row with fewer matches than ``k'`` is padded with id -1.
         """
         k = as_k(k)
         rerank = as_rerank(rerank, k, self._keep_float)
@@ -252,15 +355,18 @@ class DenseIndex(Mirrored):
             k, rerank = min(k, n), None if rerank is None else min(rerank, n)
             mirror = self._mirror
             if mirror is not None:  # device queries must not reach the host-side checks
+                if filter is not None:
+                    raise ValueError("filter: not supported on a GPU index yet; search a CPU index (index.to('cpu'))")
                 return mirror.search(self._source(), queries, k, rerank=rerank)
             q = self._prepare(queries, "queries")
+            bits = filter_bits(filter, self._attrs, self._ids, n)
             if k == 0:
                 return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
             v = self._rows.views()
             return _core.search_dense(
                 self._storage, "l2" if self._metric == "l2" else "ip", self._dim, v["codes"], v["ids"],
                 v.get("sq_norms"), v.get("scale"), v.get("offset"), v.get("float_rows"), v.get("float_sq_norms"),
-                q, k, rerank or 0,
+                q, k, rerank or 0, filter=bits,
             )
 
     # ------------------------------------------------------------------ persistence
@@ -273,6 +379,10 @@ class DenseIndex(Mirrored):
                 "dim": self._dim, "metric": self._metric, "storage": self._storage,
                 "keep_float": self._keep_float, "count": len(self), "next_id": self._next_id,
             }
+            attributes, attribute_files = attribute_arrays(self._attrs)
+            if attributes is not None:
+                meta[ATTRIBUTES_META] = attributes
+                arrays.update(attribute_files)
             save_index(os.fspath(path), _KIND, meta, arrays)
 
     @classmethod
@@ -285,6 +395,7 @@ class DenseIndex(Mirrored):
         if missing:
             raise IndexFormatError(f"{missing[0]}.npy: missing from the manifest of a {index._storage} index")
         index._rows = RowStore.from_arrays(index._fields(), arrays, count)
+        index._attrs = load_attributes(meta.get(ATTRIBUTES_META), arrays, count)
         ids = np.ascontiguousarray(index._rows.view("ids"))
         if count and int(ids.min()) < 0:
             raise IndexFormatError("ids.npy: negative id")

@@ -34,6 +34,11 @@ import numpy as np
 from . import _core
 from ._device import IndexSource, Mirrored, mirror_for, to_host
 from ._persist import IndexFormatError, register_kind, save_index
+from ._attributes import AttributeStore
+from ._records import (
+    ATTRIBUTES_META, attribute_arrays, distinct, filter_bits, load_attributes, matching_ids, parse_attributes,
+    positions_of,
+)
 from ._storage import MULTIVECTOR_STORAGES, RowStore, multivector_token_dtype
 from ._validate import MAX_ID, RWLock, as_choice, as_ids, as_int, as_k, auto_ids, holds_id, read_only
 
@@ -329,6 +334,7 @@ class MultiVectorIndex(Mirrored):
         self._next_id = 0
         self._tokens = RowStore(self._token_fields())
         self._docs = RowStore(_DOC_FIELDS, fenced=("offsets",))
+        self._attrs = AttributeStore()  # aligned with the documents
         self._mirror = mirror_for(_KIND, device)
 
     def _token_fields(self):
@@ -359,8 +365,14 @@ class MultiVectorIndex(Mirrored):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the stored arrays (tokens, scales, offsets, ids)."""
-        return self._tokens.nbytes + self._docs.nbytes
+        """Bytes held by the stored arrays (tokens, scales, offsets, ids, attributes)."""
+        return self._tokens.nbytes + self._docs.nbytes + self._attrs.nbytes
+
+    @property
+    def schema(self) -> dict:
+        """The attribute fields and their types (``{"year": "int", ...}``; see docs/filters.md)."""
+        with self._lock.read():
+            return dict(self._attrs.schema)
 
     def __len__(self) -> int:
         return self._docs.count
@@ -401,7 +413,7 @@ class MultiVectorIndex(Mirrored):
         codes, scales = _quantize_int8(x)
         return {"tokens": codes, "scales": scales}
 
-    def add(self, docs, ids=None) -> np.ndarray:
+    def add(self, docs, ids=None, *, attributes=None) -> np.ndarray:
         """Adds documents; returns their int64 ids.
 
         ``docs``: a list of (n_i, dim) token arrays (a list is always a list of
@@ -410,31 +422,59 @@ class MultiVectorIndex(Mirrored):
         (n_docs,))``. Every document needs at least one token. ``ids`` default
         to consecutive integers after the largest id so far; they must be
         distinct, non-negative and new, or the whole call fails and adds nothing.
+        ``attributes``: per-document attributes for ``search(filter=)`` and
+        :meth:`get`, as in :meth:`DenseIndex.add` (docs/filters.md).
         """
         tokens, lengths = _packed_docs(docs, self._dim, "docs")
         n = lengths.size
         rows = self._encode(tokens)
         with self._lock.write():
             ids = auto_ids(self._next_id, n) if ids is None else as_ids(ids, "ids", n)
+            attrs = parse_attributes(attributes, n, self._attrs)
             if n == 0:
                 return ids
-            duplicate = self._id_map.insert_new(ids, len(self))
-            if duplicate >= 0:
-                raise ValueError(
-                    f"ids: id {int(ids[duplicate])} is already in the index or repeated in this call; "
-                    "ids must be unique (remove the old document first to replace it)"
-                )
-            t0, d0 = self._tokens.count, self._docs.count
-            try:
-                self._tokens.append(rows)
-                self._docs.append({"offsets": t0 + np.cumsum(lengths), "ids": ids})
-            except BaseException:
-                self._tokens.count, self._docs.count = t0, d0  # all or nothing
-                self._id_map.erase(ids)
-                raise
-            finally:
-                self._invalidate_device()
-            self._next_id = max(self._next_id, int(ids.max()) + 1)
+            self._append(ids, rows, lengths, attrs)
+            return ids
+
+    def _append(self, ids: np.ndarray, rows: dict, lengths: np.ndarray, attrs: AttributeStore) -> None:
+        duplicate = self._id_map.insert_new(ids, len(self))
+        if duplicate >= 0:
+            raise ValueError(
+                f"ids: id {int(ids[duplicate])} is already in the index or repeated in this call; "
+                "ids must be unique (upsert replaces a document by id)"
+            )
+        t0, d0 = self._tokens.count, self._docs.count
+        try:
+            self._tokens.append(rows)
+            self._docs.append({"offsets": t0 + np.cumsum(lengths), "ids": ids})
+            self._attrs.append(attrs)
+        except BaseException:
+            self._tokens.count, self._docs.count = t0, d0  # all or nothing
+            self._attrs.truncate(d0)
+            self._id_map.erase(ids)
+            raise
+        finally:
+            self._invalidate_device()
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
+
+    def upsert(self, docs, ids, *, attributes=None) -> np.ndarray:
+        """Adds or replaces documents by id (new tokens and attributes replace the old ones); returns
+        the ids. Every input is checked and encoded before anything changes."""
+        tokens, lengths = _packed_docs(docs, self._dim, "docs")
+        n = lengths.size
+        if ids is None:
+            raise TypeError("ids: upsert needs the ids to add or replace (add() chooses ids itself)")
+        ids = as_ids(ids, "ids", n)
+        distinct(ids)
+        rows = self._encode(tokens)
+        with self._lock.write():
+            attrs = parse_attributes(attributes, n, self._attrs)
+            if n == 0:
+                return ids
+            positions = self._id_map.find(ids)
+            if (positions >= 0).any():
+                self._remove_positions(ids[positions >= 0], positions[positions >= 0])
+            self._append(ids, rows, lengths, attrs)
             return ids
 
     def remove(self, ids) -> int:
@@ -452,24 +492,56 @@ class MultiVectorIndex(Mirrored):
             if unknown.size:
                 shown = ", ".join(str(int(i)) for i in unknown[:5])
                 raise KeyError(f"ids: {unknown.size} id(s) not in the index ({shown}); nothing was removed")
-            if ids.size == 0:
-                return 0
-            first = int(positions.min())
-            keep = np.ones(len(self) - first, dtype=bool)
-            keep[positions - first] = False
-            offsets = self._docs.view("offsets")
-            lengths = np.diff(offsets[first:])
-            t_first = int(offsets[first])
-            kept_lengths = lengths[keep]
-            self._tokens.keep_rows(t_first, np.repeat(keep, lengths))
-            self._docs.keep_rows(first, keep)
-            self._docs.view("offsets")[first + 1 :] = t_first + np.cumsum(kept_lengths)
-            self._id_map.erase(ids)
-            moved = self._docs.view("ids")[first:]
-            if moved.size:
-                self._id_map.assign(np.ascontiguousarray(moved), np.arange(first, len(self), dtype=np.int64))
-            self._invalidate_device()
+            if ids.size:
+                self._remove_positions(ids, positions)
             return int(ids.size)
+
+    def _remove_positions(self, ids: np.ndarray, positions: np.ndarray) -> None:
+        first = int(positions.min())
+        keep = np.ones(len(self) - first, dtype=bool)
+        keep[positions - first] = False
+        offsets = self._docs.view("offsets")
+        lengths = np.diff(offsets[first:])
+        t_first = int(offsets[first])
+        kept_lengths = lengths[keep]
+        kept_docs = np.concatenate([np.arange(first, dtype=np.int64), first + np.flatnonzero(keep)])
+        attrs = self._attrs.take(kept_docs)  # before any change: a MemoryError leaves the index as it was
+        self._tokens.keep_rows(t_first, np.repeat(keep, lengths))
+        self._docs.keep_rows(first, keep)
+        self._attrs = attrs
+        self._docs.view("offsets")[first + 1 :] = t_first + np.cumsum(kept_lengths)
+        self._id_map.erase(ids)
+        moved = self._docs.view("ids")[first:]
+        if moved.size:
+            self._id_map.assign(np.ascontiguousarray(moved), np.arange(first, len(self), dtype=np.int64))
+        self._invalidate_device()
+
+    def matches(self, filter) -> np.ndarray:
+        """The ids (int64, in storage order) that ``filter`` allows: a dict predicate over the
+        attributes or an allow-list of ids, as ``search(filter=)`` takes it (docs/filters.md)."""
+        with self._lock.read():
+            return matching_ids(filter, self._attrs, self._id_map, self._docs.view("ids"))
+
+    def get(self, ids, *, vectors: bool = True) -> Tuple[Optional[list], list]:
+        """``(documents, attributes)`` of present ids (else a KeyError), in the order asked: one float32
+        (n_tokens, dim) array per document (f16 widened, int8 ``scale * (code - 128)``) and one dict of
+        attributes per document; ``vectors=False`` returns ``(None, attributes)``."""
+        with self._lock.read():
+            _, positions = positions_of(ids, self._id_map)
+            if not vectors:
+                return None, self._attrs.rows(positions)
+            offsets = self._docs.view("offsets")
+            tokens = self._tokens.view("tokens")
+            docs = []
+            for p in positions.tolist():  # one slice per asked document
+                t = tokens[offsets[p] : offsets[p + 1]]
+                if self._storage == "f16":
+                    t = t.view(np.float16).astype(np.float32)
+                elif self._storage == "int8":
+                    scales = self._tokens.view("scales")[offsets[p] : offsets[p + 1]]
+                    t = scales[:, None] * (t.astype(np.float32) - 128.0)
+                docs.append(np.array(t, dtype=np.float32))
+            return docs, self._attrs.rows(positions)
 
     # ------------------------------------------------------------------ searching
 
@@ -513,7 +585,8 @@ class MultiVectorIndex(Mirrored):
                            "restrict the search to ids the index holds (-1 entries are skipped)")
         return positions, _offsets_of(np.array([c.size for c in out], dtype=np.int64))
 
-    def search(self, queries, k: int = 10, *, subset=None, query_weights=None) -> Tuple[np.ndarray, np.ndarray]:
+    def search(self, queries, k: int = 10, *, subset=None, query_weights=None,
+               filter=None) -> Tuple[np.ndarray, np.ndarray]:
         """The ``k`` best documents of each query by MaxSim: ``(scores, ids)``, float32 and int64 (q, k').
 
         ``k' = min(k, len(self))``. ``queries``: one (t, dim) query (q = 1), a
@@ -529,11 +602,17 @@ class MultiVectorIndex(Mirrored):
 
         ``query_weights``: per-query-token weights (e.g. idf), see
         :func:`parse_query_weights`: ``sum_t w_t * max_j <q_t, d_j>``.
+
+        ``filter``: a dict predicate over the attributes or a 1-d sequence of
+        allowed ids (docs/filters.md); only matching documents are scored (with
+        ``subset``, those in both).
         """
         k = as_k(k)
         with self._lock.read():
             mirror = self._mirror
             if mirror is not None:  # device queries must not reach the host-side checks
+                if filter is not None:
+                    raise ValueError("filter: not supported on a GPU index yet; search a CPU index (index.to('cpu'))")
                 resolved = None if subset is None else self._resolve_subset(subset, _query_count(queries))
                 return mirror.search(self._source(), queries, min(k, len(self)), subset=resolved,
                                      query_weights=query_weights)
@@ -544,12 +623,13 @@ class MultiVectorIndex(Mirrored):
             if subset is not None:
                 positions, subset_offsets = self._resolve_subset(subset, nq)
             k = min(k, len(self))  # the output never outgrows the index
+            bits = filter_bits(filter, self._attrs, self._id_map, len(self))
             if k == 0:
                 return np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
             v = self._views()
             return _core.search_maxsim(
                 self._storage, self._dim, v["tokens"], v["offsets"], v.get("scales"), v["ids"],
-                q, offsets, weights, k, positions, subset_offsets,
+                q, offsets, weights, k, positions, subset_offsets, filter=bits,
             )
 
     # ------------------------------------------------------------------ persistence
@@ -561,7 +641,12 @@ class MultiVectorIndex(Mirrored):
                 "dim": self._dim, "storage": self._storage, "count": len(self),
                 "tokens": self.num_tokens, "next_id": self._next_id,
             }
-            save_index(os.fspath(path), _KIND, meta, self._views())
+            arrays = self._views()
+            attributes, attribute_files = attribute_arrays(self._attrs)
+            if attributes is not None:
+                meta[ATTRIBUTES_META] = attributes
+                arrays.update(attribute_files)
+            save_index(os.fspath(path), _KIND, meta, arrays)
 
     @classmethod
     def _from_saved(cls, meta: dict, arrays: dict) -> "MultiVectorIndex":
@@ -596,6 +681,7 @@ class MultiVectorIndex(Mirrored):
         duplicate = index._id_map.insert_new(ids, 0)
         need(duplicate < 0, "ids.npy", f"id {int(ids[duplicate]) if duplicate >= 0 else 0} appears twice")
         index._tokens, index._docs = tokens, docs
+        index._attrs = load_attributes(meta.get(ATTRIBUTES_META), arrays, count)
         index._next_id = max(next_id, int(ids.max()) + 1 if count else 0)
         return index
 
