@@ -36,7 +36,12 @@ import numpy as np
 from . import _core
 from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import IVF_STORAGES, METRICS, RowStore, dense_code_layout
-from .dense import encode_rows
+from ._attributes import AttributeStore
+from ._records import (
+    ATTRIBUTES_META, attribute_arrays, distinct, filter_bits, load_attributes, matching_ids, parse_attributes,
+    positions_of,
+)
+from .dense import decode_rows, encode_rows
 from ._validate import (
     RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, as_rerank, auto_ids, holds_id,
     normalize_rows, read_only,
@@ -186,6 +191,7 @@ class IVFIndex:
         self._centroids: Optional[np.ndarray] = None
         self._codebooks: Optional[np.ndarray] = None
         self._lists = self._empty_lists(0)
+        self._attrs = AttributeStore()  # aligned with the slots (padding and tombstones: missing values)
         self._floats = RowStore(self._float_fields()) if self._keep_float else None
         self._args: Optional[tuple] = None  # search_ivf's array arguments, rebuilt after each change
 
@@ -285,7 +291,13 @@ class IVFIndex:
     def nbytes(self) -> int:
         """Bytes held by every stored array (codes, lists, centroids, codebooks, float copy)."""
         with self._lock.read():
-            return int(sum(a.nbytes for a in self._arrays().values()))
+            return int(sum(a.nbytes for a in self._arrays().values())) + self._attrs.nbytes
+
+    @property
+    def schema(self) -> dict:
+        """The attribute fields and their types (``{"year": "int", ...}``; see docs/filters.md)."""
+        with self._lock.read():
+            return dict(self._attrs.schema)
 
     @property
     def resident_nbytes(self) -> int:
@@ -385,7 +397,7 @@ class IVFIndex:
         eta = np.where(t < 1, (self._dim - 1) * t / np.maximum(1 - t, 1e-300), 0.0).astype(np.float32)
         return {"codes": _core.pq_encode(residuals, self._codebooks, originals=x, eta=eta)}
 
-    def _rebuild(self, new: Optional[dict] = None) -> dict:
+    def _rebuild(self, new: Optional[dict] = None, new_attrs: Optional[AttributeStore] = None) -> dict:
         """New list arrays holding the live entries plus ``new`` (``list``, ``slot_ids``, ... per entry).
 
         Entries keep their order within a list (old first, then new);
@@ -435,17 +447,25 @@ class IVFIndex:
             out["codes"] = _core.pq4_pack(out["codes"]) if total else np.zeros((0, 16 * self._m), np.uint8)
         out["_dest"] = where
         out["_ids"] = sources["slot_ids"]
+        # Attributes follow their entries to the new slots; padding slots get none.
+        attrs = self._attrs.take(live)
+        if new_attrs is not None:
+            attrs.append(new_attrs)
+        slot_source = np.full(total, -1, dtype=_INT64)
+        slot_source[where] = np.arange(where.size, dtype=_INT64)
+        out["_attrs"] = attrs.take(slot_source)
         return out
 
     def _install(self, rebuilt: dict) -> None:
         dest, ids = rebuilt.pop("_dest"), rebuilt.pop("_ids")
         self._args = None
+        self._attrs = rebuilt.pop("_attrs")
         self._lists = rebuilt
         if ids.size:
             self._ids.assign(np.ascontiguousarray(ids), np.ascontiguousarray(dest))
         self._tombstones = 0
 
-    def add(self, vectors, ids=None) -> np.ndarray:
+    def add(self, vectors, ids=None, *, attributes=None) -> np.ndarray:
         """Adds vectors (n, dim) (float16/32/64); returns their int64 ids.
 
         An untrained index first trains on these vectors if there are at
@@ -455,63 +475,144 @@ class IVFIndex:
         the largest id so far; they must be distinct, non-negative and new, or
         the whole call fails and adds nothing. The lists are rebuilt on each
         call (one pass over the codes), so add in large batches.
+        ``attributes``: per-vector attributes for ``search(filter=)`` and
+        :meth:`get`, as in :meth:`DenseIndex.add` (docs/filters.md).
         """
         x = self._prepare(vectors, "vectors")
         n = x.shape[0]
         with self._lock.write():
             ids = auto_ids(self._next_id, n) if ids is None else as_ids(ids, "ids", n)
+            attrs = parse_attributes(attributes, n, self._attrs)
             if n == 0:
                 return ids
-            if self._centroids is None:
-                needed = max(self._nlist or 1, MIN_TRAIN)
-                if n < needed:
-                    raise ValueError(
-                        f"vectors: the index is untrained and {n} vectors are too few to train it on (the first add "
-                        f"trains on its own vectors when it has at least max(nlist or 1, {MIN_TRAIN}) = {needed}); "
-                        "call train() with more vectors first"
-                    )
-            duplicate = self._ids.insert_new(ids, 0)
-            if duplicate >= 0:
-                raise ValueError(
-                    f"ids: id {int(ids[duplicate])} is already in the index or repeated in this call; "
-                    "ids must be unique (remove the old vector first to replace it)"
-                )
-            trained_before = self._centroids is not None
-            rows_before = self._floats.count if self._floats is not None else 0
-            try:
-                if not trained_before:
-                    self._train(x, "vectors")
-                new = {"list": np.empty(n, dtype=_INT64), "slot_ids": ids}
-                for start in range(0, n, _ENCODE_CHUNK):  # in chunks: the float temporaries stay small
-                    chunk = x[start : start + _ENCODE_CHUNK]
-                    end = start + chunk.shape[0]
-                    lists = _core.assign(chunk, self._centroids, self._core_metric())
-                    new["list"][start:end] = lists
-                    for name, rows in self._encode(chunk, lists).items():
-                        if name not in new:
-                            new[name] = np.empty((n,) + rows.shape[1:], dtype=rows.dtype)
-                        new[name][start:end] = rows
-                if self._floats is not None:
-                    float_rows = {"float_rows": x}
-                    if self._metric == "l2":
-                        float_rows["float_sq_norms"] = np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
-                    self._floats.append(float_rows)
-                    new["slot_rows"] = rows_before + np.arange(n, dtype=_INT64)
-                self._install(self._rebuild(new))
-            except BaseException:
-                self._args = None
-                self._ids.erase(ids)  # all or nothing
-                if self._floats is not None:
-                    self._floats.count = rows_before
-                if not trained_before:
-                    self._centroids = self._codebooks = None
-                    self._lists = self._empty_lists(0)
-                raise
-            self._count += n
-            self._next_id = max(self._next_id, int(ids.max()) + 1)
-            if self._floats is not None and self._floats.count - self._count > _COMPACT_FRACTION * self._floats.count:
-                self._compact()  # rows of removed vectors: the lists dropped their slots, drop the rows too
+            self._add_locked(x, ids, attrs)
             return ids
+
+    def _add_locked(self, x: np.ndarray, ids: np.ndarray, attrs: AttributeStore) -> None:
+        n = x.shape[0]
+        if self._centroids is None:
+            needed = max(self._nlist or 1, MIN_TRAIN)
+            if n < needed:
+                raise ValueError(
+                    f"vectors: the index is untrained and {n} vectors are too few to train it on (the first add "
+                    f"trains on its own vectors when it has at least max(nlist or 1, {MIN_TRAIN}) = {needed}); "
+                    "call train() with more vectors first"
+                )
+        duplicate = self._ids.insert_new(ids, 0)
+        if duplicate >= 0:
+            raise ValueError(
+                f"ids: id {int(ids[duplicate])} is already in the index or repeated in this call; "
+                "ids must be unique (upsert replaces a vector by id)"
+            )
+        trained_before = self._centroids is not None
+        rows_before = self._floats.count if self._floats is not None else 0
+        try:
+            if not trained_before:
+                self._train(x, "vectors")
+            new = {"list": np.empty(n, dtype=_INT64), "slot_ids": ids}
+            for start in range(0, n, _ENCODE_CHUNK):  # in chunks: the float temporaries stay small
+                chunk = x[start : start + _ENCODE_CHUNK]
+                end = start + chunk.shape[0]
+                lists = _core.assign(chunk, self._centroids, self._core_metric())
+                new["list"][start:end] = lists
+                for name, rows in self._encode(chunk, lists).items():
+                    if name not in new:
+                        new[name] = np.empty((n,) + rows.shape[1:], dtype=rows.dtype)
+                    new[name][start:end] = rows
+            if self._floats is not None:
+                float_rows = {"float_rows": x}
+                if self._metric == "l2":
+                    float_rows["float_sq_norms"] = np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
+                self._floats.append(float_rows)
+                new["slot_rows"] = rows_before + np.arange(n, dtype=_INT64)
+            self._install(self._rebuild(new, attrs))
+        except BaseException:
+            self._args = None
+            self._ids.erase(ids)  # all or nothing
+            if self._floats is not None:
+                self._floats.count = rows_before
+            if not trained_before:
+                self._centroids = self._codebooks = None
+                self._lists = self._empty_lists(0)
+                self._attrs = AttributeStore()
+            raise
+        self._count += n
+        self._next_id = max(self._next_id, int(ids.max()) + 1)
+        if self._floats is not None and self._floats.count - self._count > _COMPACT_FRACTION * self._floats.count:
+            self._compact()  # rows of removed vectors: the lists dropped their slots, drop the rows too
+
+    def upsert(self, vectors, ids, *, attributes=None) -> np.ndarray:
+        """Adds or replaces vectors by id (the new vector and attributes replace the old ones); returns
+        the ids. The index must be trained (or this call's vectors train it, as in :meth:`add`); on any
+        failure nothing changes."""
+        x = self._prepare(vectors, "vectors")
+        n = x.shape[0]
+        if ids is None:
+            raise TypeError("ids: upsert needs the ids to add or replace (add() chooses ids itself)")
+        ids = as_ids(ids, "ids", n)
+        distinct(ids)
+        with self._lock.write():
+            attrs = parse_attributes(attributes, n, self._attrs)
+            if n == 0:
+                return ids
+            slots = self._ids.find(ids)
+            old_ids, old_slots = ids[slots >= 0], slots[slots >= 0]
+            slot_ids = self._writable_slot_ids()
+            slot_ids[old_slots] = -1  # tombstones: the rebuild of the add drops them
+            self._ids.erase(old_ids)
+            self._count -= int(old_ids.size)
+            self._tombstones += int(old_ids.size)
+            try:
+                self._add_locked(x, ids, attrs)
+            except BaseException:
+                if self._lists["slot_ids"] is slot_ids:  # the add changed nothing: bring the old entries back
+                    slot_ids[old_slots] = old_ids
+                    self._ids.insert_new(old_ids, 0)
+                    self._ids.assign(old_ids, old_slots)
+                    self._count += int(old_ids.size)
+                    self._tombstones -= int(old_ids.size)
+                    self._args = None
+                raise
+            return ids
+
+    def _writable_slot_ids(self) -> np.ndarray:
+        slot_ids = self._lists["slot_ids"]
+        if not (slot_ids.flags.writeable and slot_ids.flags.owndata):
+            slot_ids = self._lists["slot_ids"] = np.array(slot_ids, copy=True)
+        self._args = None
+        return slot_ids
+
+    def matches(self, filter) -> np.ndarray:
+        """The ids (int64, in storage order) that ``filter`` allows: a dict predicate over the
+        attributes or an allow-list of ids, as ``search(filter=)`` takes it (docs/filters.md)."""
+        with self._lock.read():
+            return matching_ids(filter, self._attrs, self._ids, self._lists["slot_ids"])
+
+    def get(self, ids, *, vectors: bool = True) -> Tuple[Optional[np.ndarray], list]:
+        """``(vectors, attributes)`` of present ids (else a KeyError), in the order asked.
+
+        Vectors: float32 (n, dim), the float copy with ``keep_float``, else
+        decoded from the list codes (pq4: centroid plus codewords; the other
+        codecs as in :meth:`DenseIndex.get`). ``attributes``: one dict per id.
+        ``vectors=False`` returns ``(None, attributes)``.
+        """
+        with self._lock.read():
+            _, slots = positions_of(ids, self._ids)
+            lists = self._lists
+            if not vectors:
+                return None, self._attrs.rows(slots)
+            if self._keep_float:
+                vectors = np.array(self._floats.view("float_rows")[lists["slot_rows"][slots]], dtype=np.float32)
+            elif self._storage == "pq4":
+                blocks, within = np.unique(slots // BLOCK, return_inverse=True)
+                unpacked = _core.pq4_unpack(np.ascontiguousarray(lists["codes"][blocks]), blocks.size * BLOCK)
+                codes = unpacked[within * BLOCK + slots % BLOCK].astype(np.int64)
+                parts = self._codebooks[np.arange(self._m), codes]  # (n, m, dim / m)
+                owner = np.searchsorted(lists["list_offsets"], slots, side="right") - 1
+                vectors = parts.reshape(slots.size, self._dim) + self._centroids[owner]
+            else:
+                vectors = decode_rows(self._storage, self._dim, lists, slots)
+            return vectors.astype(np.float32, copy=False), self._attrs.rows(slots)
 
     def remove(self, ids) -> int:
         """Removes vectors by id; every id must be present (else a KeyError, nothing removed).
@@ -530,11 +631,8 @@ class IVFIndex:
                 raise KeyError(f"ids: {unknown.size} id(s) not in the index ({shown}); nothing was removed")
             if ids.size == 0:
                 return 0
-            slot_ids = self._lists["slot_ids"]
-            if not (slot_ids.flags.writeable and slot_ids.flags.owndata):
-                slot_ids = self._lists["slot_ids"] = np.array(slot_ids, copy=True)
+            slot_ids = self._writable_slot_ids()
             slot_ids[slots] = -1
-            self._args = None
             self._ids.erase(ids)
             self._count -= int(ids.size)
             self._tombstones += int(ids.size)
@@ -562,7 +660,7 @@ class IVFIndex:
     # ------------------------------------------------------------------ searching
 
     def search(self, queries, k: int = 10, *, nprobe: Optional[int] = None,
-               rerank: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
+               rerank: Optional[int] = None, filter=None) -> Tuple[np.ndarray, np.ndarray]:
         """The ``k`` best matches of each query: ``(scores, ids)``, float32 and int64 (q, k').
 
         ``k' = min(k, len(self))``. ``queries`` is (q, dim), nested lists read
@@ -579,6 +677,13 @@ class IVFIndex:
         best candidates exactly against the float copy and returns the best
         ``k``; ``R`` is bounded by the index size like ``k``. ``nprobe`` and
         ``rerank`` belong to the call, never to the index.
+
+        ``filter``: a dict predicate over the attributes or a 1-d sequence of
+        allowed ids (docs/filters.md). The scan keeps probing lists (past
+        ``nprobe``) until it has seen as many matching entries as ``nprobe``
+        lists hold on average, and at least ``k`` (``rerank``) of them, so a
+        restrictive filter neither pads rows while matches exist nor loses
+        recall; when the matches are few they are scored directly instead.
         """
         k = as_k(k)
         if nprobe is not None:
@@ -588,6 +693,7 @@ class IVFIndex:
         with self._lock.read():
             n = self._count
             k, rerank = min(k, n), None if rerank is None else min(rerank, n)
+            bits = filter_bits(filter, self._attrs, self._ids, int(self._lists["list_offsets"][-1]))
             if k == 0:  # also an untrained index, which is empty
                 return np.empty((q.shape[0], 0), np.float32), np.empty((q.shape[0], 0), np.int64)
             nlist = int(self._centroids.shape[0])
@@ -599,7 +705,7 @@ class IVFIndex:
                     self._storage, self._core_metric(), self._dim, self._centroids, a["list_offsets"], a["codes"],
                     a["slot_ids"], a.get("codebooks"), a.get("scale"), a.get("offset"), a.get("sq_norms"),
                     a.get("float_rows"), a.get("slot_rows"), a.get("float_sq_norms"))
-            return _core.search_ivf(*args, q, k, nprobe, rerank or 0)
+            return _core.search_ivf(*args, q, k, nprobe, rerank or 0, filter=bits)
 
     # ------------------------------------------------------------------ persistence
 
@@ -619,7 +725,12 @@ class IVFIndex:
         with self._lock.write():
             self._compact()
         with self._lock.read():
-            save_index(os.fspath(path), _KIND, self._meta(), self._arrays())
+            meta, arrays = self._meta(), self._arrays()
+            attributes, attribute_files = attribute_arrays(self._attrs)
+            if attributes is not None:
+                meta[ATTRIBUTES_META] = attributes
+                arrays.update(attribute_files)
+            save_index(os.fspath(path), _KIND, meta, arrays)
 
     @classmethod
     def _from_saved(cls, meta: dict, arrays: dict) -> "IVFIndex":
@@ -709,6 +820,7 @@ class IVFIndex:
         need(duplicate < 0, "slot_ids.npy", f"id {int(ids[duplicate]) if duplicate >= 0 else 0} appears twice")
         index._ids.assign(ids, np.flatnonzero(live).astype(np.int64))
         index._lists = lists
+        index._attrs = load_attributes(meta.get(ATTRIBUTES_META), arrays, total)
         index._count = count
         index._next_id = max(meta["next_id"], int(ids.max()) + 1 if count else 0)
         return index
