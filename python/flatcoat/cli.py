@@ -87,14 +87,19 @@ def _cmd_index(args) -> int:
     if out.exists() and not args.overwrite:  # refused before any encoding: nothing is written
         raise FileExistsError(f"--out {out} exists; pass --overwrite to replace it, or choose a new directory")
     check_replaceable(out)  # --overwrite replaces only a flatcoat directory: said before encoding too
-    corpus = read_corpus(args.corpus)
+    fields = None if args.fields == "none" else ("all" if args.fields == "all" else
+                                                  [f.strip() for f in args.fields.split(",") if f.strip()])
+    corpus = read_corpus(args.corpus, fields=fields)
+    for name, count in corpus.dropped.items():
+        _note("index", f"field {name!r}: left out {count} values that are not numbers, booleans, strings or "
+                       "lists of strings")
     if corpus.skipped:
         _note("index", f"skipped {len(corpus.skipped)} empty documents (blank title and text), "
                        f"e.g. id {corpus.skipped[0]!r}")
     t0 = time.perf_counter()
     if args.multivector:
         enc = Encoder.from_pretrained(args.model, kind="multivector")
-        r = Retriever(enc, MultiVectorIndex(enc.dim))
+        r = Retriever(enc, MultiVectorIndex(enc.dim), lexical=args.lexical)
     else:
         enc = Encoder.from_pretrained(args.model, kind="dense")
         if args.storage == "pq4":  # a partitioned index (IVFIndex), trained on the corpus itself
@@ -110,8 +115,9 @@ def _cmd_index(args) -> int:
         if args.reranker == "multivector":
             mv = Encoder.from_pretrained(args.model, kind="multivector")
             reranker = (mv, MultiVectorIndex(mv.dim))
-        r = Retriever(enc, index, reranker=reranker)
-    r.add(corpus.texts, ids=corpus.ids, batch_size=args.batch_size)
+        r = Retriever(enc, index, reranker=reranker, lexical=args.lexical)
+    r.add(corpus.texts, ids=corpus.ids, batch_size=args.batch_size,
+          metadata=corpus.metadata if fields is not None else None)
     t1 = time.perf_counter()
     r.save(out)
     print(f"indexed {len(corpus)} documents from {args.corpus} into {out} in {_fmt_time(t1 - t0)} "
@@ -127,12 +133,22 @@ def _cmd_search(args) -> int:
     t0 = time.perf_counter()
     r = Retriever.load(args.dir)
     t1 = time.perf_counter()
-    hits = r.search(args.query, k=args.k, instruction=args.instruction, rerank=args.rerank, nprobe=args.nprobe)
+    predicate = None
+    if args.filter is not None:
+        try:
+            predicate = json.loads(args.filter)
+        except json.JSONDecodeError as exc:
+            raise CLIError(f"--filter: not valid JSON ({exc}); e.g. --filter '{{\"year\": {{\"$gte\": 2020}}}}'") from None
+        if not isinstance(predicate, (dict, list)):
+            raise CLIError("--filter: expected a JSON object (a predicate) or a list of document ids")
+    hits = r.search(args.query, k=args.k, instruction=args.instruction, rerank=args.rerank, nprobe=args.nprobe,
+                    filter=predicate, hybrid=args.hybrid)
     t2 = time.perf_counter()
     if args.rerank is not None and r.reranker is None:  # after the search: a bad --rerank is an error, not ignored
         _note("search", f"--rerank: {args.dir} has no reranker (built without --reranker); ignored")
     if args.json:
-        print(json.dumps([{"id": h.id, "score": h.score, "text": h.text} for h in hits], ensure_ascii=False))
+        print(json.dumps([{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in hits],
+                         ensure_ascii=False))
         return 0
     print(f"{len(hits)} hits for {args.query!r} (load {_fmt_time(t1 - t0)}, search {_fmt_time(t2 - t1)})")
     for rank, h in enumerate(hits, 1):
@@ -245,6 +261,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="second stage: exact float re-ranking of a quantized scan, or MaxSim over the first "
                         "stage's best candidates")
     p.add_argument("--multivector", action="store_true", help="single-stage late interaction (exact MaxSim)")
+    p.add_argument("--lexical", action="store_true",
+                   help="also keep a BM25 stage (bm25s) for hybrid search (searched hybrid by default)")
+    p.add_argument("--fields", default="all", metavar="all|none|F1,F2",
+                   help="JSONL fields kept as metadata for --filter and the hits (default: all; nested objects "
+                        "are named a.b)")
     p.add_argument("--batch-size", type=_positive_int, default=32)
     p.set_defaults(func=_cmd_index)
 
@@ -258,6 +279,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "(at least -k; default max(10 k, 100))")
     p.add_argument("--nprobe", type=_positive_int, default=None,
                    help="lists scanned per query by an IVF first stage (--storage pq4); default min(nlist, 32)")
+    p.add_argument("--filter", default=None, metavar="JSON",
+                   help="only documents whose metadata match, e.g. '{\"year\": {\"$gte\": 2020}}' "
+                        "(docs/filters.md), or a JSON list of ids")
+    p.add_argument("--hybrid", default=None, choices=("dense", "lexical", "rrf", "convex", "union"),
+                   help="with a lexical stage (index --lexical): one stage or a fusion (default: the default fusion)")
     p.add_argument("--json", action="store_true", help="print the hits as JSON")
     p.set_defaults(func=_cmd_search)
 

@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, List, Mapping, Tuple, Union
+from typing import Any, Dict, Iterator, List, Mapping, Sequence, Tuple, Union
 
 __all__ = ["Corpus", "read_corpus", "read_jsonl", "document_fields", "doc_text"]
 
@@ -96,13 +96,62 @@ class Corpus:
     ids: List[UserId] = field(default_factory=list)
     texts: List[str] = field(default_factory=list)
     skipped: List[UserId] = field(default_factory=list)
+    #: One dict of kept fields per document in ``ids`` (see :func:`read_corpus`'s ``fields``).
+    metadata: List[Dict[str, Any]] = field(default_factory=list)
+    #: field -> how many values were left out because their type cannot be an attribute.
+    dropped: Dict[str, int] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.ids)
 
 
-def read_corpus(path: "str | os.PathLike[str]") -> Corpus:
+#: The fields of a corpus line that make the document itself, never metadata.
+DOCUMENT_KEYS = ("_id", "id", "title", "text")
+
+
+def _attribute_value(value) -> bool:
+    """Whether a JSON value can be an attribute: bool, int, float, str or a list of str."""
+    if isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+def _flat_fields(obj: Mapping[str, Any], prefix: str = "") -> Iterator[Tuple[str, Any]]:
+    """(dotted name, value) of a line's fields: nested objects become "a.b" (the Qdrant convention)."""
+    for key, value in obj.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            yield from _flat_fields(value, name + ".")
+        else:
+            yield name, value
+
+
+def _line_metadata(obj: Mapping[str, Any], fields, path: Path, lineno: int, dropped: Dict[str, int]) -> Dict[str, Any]:
+    out: Dict[str, Any] = {}
+    for name, value in _flat_fields({k: v for k, v in obj.items() if k not in DOCUMENT_KEYS}):
+        if fields != "all" and name not in fields:
+            continue
+        if value is None:
+            continue  # a missing value
+        if not _attribute_value(value):
+            if fields != "all":
+                raise ValueError(f"{path}:{lineno}: field {name!r} holds a {type(value).__name__}; metadata values "
+                                 "are numbers, booleans, strings or lists of strings")
+            dropped[name] = dropped.get(name, 0) + 1
+            continue
+        out[name] = value
+    return out
+
+
+def read_corpus(path: "str | os.PathLike[str]", fields: "str | Sequence[str] | None" = None) -> Corpus:
     """Reads a JSONL corpus (or a BEIR directory's ``corpus.jsonl``) into a :class:`Corpus`.
+
+    ``fields``: the other fields of each line to keep as metadata
+    (``Corpus.metadata``): ``"all"``, a list of names (nested objects are
+    named ``"a.b"``), or None (none). Values must be numbers, booleans,
+    strings or lists of strings (null is a missing value); with ``"all"`` a
+    value of another type is left out and counted in ``Corpus.dropped``, a
+    named field holding one is a ValueError naming the line.
 
     Errors name the file and line: a duplicate or non-string/integer id, a
     missing or non-string ``text``, a text that cannot be encoded (a lone
@@ -112,6 +161,10 @@ def read_corpus(path: "str | os.PathLike[str]") -> Corpus:
     p = Path(path)
     if p.is_dir():
         p = p / "corpus.jsonl"
+    if fields is not None and fields != "all":
+        if isinstance(fields, str) or not all(isinstance(f, str) and f for f in fields):
+            raise TypeError(f"fields: expected 'all' or a list of field names, got {fields!r}")
+        fields = frozenset(fields)
     out = Corpus()
     seen = set()
     position = 0
@@ -130,6 +183,8 @@ def read_corpus(path: "str | os.PathLike[str]") -> Corpus:
         if body:
             out.ids.append(did)
             out.texts.append(body)
+            if fields is not None:
+                out.metadata.append(_line_metadata(obj, fields, p, lineno, out.dropped))
         else:
             out.skipped.append(did)
     if not out.ids:

@@ -8,8 +8,15 @@ float copy of the same vectors (``reranker="exact"``, the index's
 MultiVectorIndex)``, MaxSim over the candidates, the index's ``subset``). The
 re-ranking depth is a search argument, not index state.
 
-User ids (str or int) map to consecutive int64 positions inside the indexes;
-the texts are kept for display. GPU code is reached only when an index is on
+A lexical stage (``lexical=True``: BM25 on bm25s, stemmed) joins the dense one
+for hybrid search: the two shortlists are fused (``hybrid=``: reciprocal rank
+fusion, a normalised convex combination, or their union re-ranked by MaxSim;
+see flatcoat.fusion and docs/hybrid.md). ``filter=`` restricts every stage to
+the documents whose metadata match (docs/filters.md).
+
+User ids (str or int) map to int64 internal ids inside the indexes (never
+reused after a removal); the texts are kept for display and the lexical
+stage, the metadata as the first-stage index's attributes. GPU code is reached only when an index is on
 a GPU (its ``device``); a CPU search never imports it.
 """
 
@@ -22,8 +29,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from ._attributes import AttributeStore
 from ._persist import IndexFormatError, SavedDirectory, read_directory, register_opener, write_directory
-from ._validate import as_int, as_k
+from ._validate import as_bool, as_int, as_k
+from .fusion import Hybrid, as_hybrid, fuse, union_candidates
 from .dense import DenseIndex
 from .encoders import Encoder, EncoderConfig, KINDS, check_texts
 from .ivf import IVFIndex
@@ -39,11 +48,16 @@ UserId = Union[str, int]
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: the user's id, the final-stage score, and the stored text."""
+    """One search result: the user's id, the final-stage score (a fused score for hybrid search),
+    the stored text and the document's metadata (a dict of the fields it has)."""
 
     id: UserId
     score: float
     text: Optional[str]
+    metadata: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+#: ``hybrid=`` values that pick one stage instead of fusing.
+SINGLE_STAGES = ("dense", "lexical")
 
 
 def _default_depth(k: int) -> int:
@@ -126,37 +140,52 @@ class Retriever:
     ``MultiVectorIndex`` (exact MaxSim, single stage). ``reranker``: ``None``; ``"exact"`` (the dense
     index must be built with ``keep_float=True``; its quantized scan is
     re-ranked with float vectors); or ``(multivector_encoder,
-    MultiVectorIndex)``. Indexes must be empty: :meth:`add` fills them.
+    MultiVectorIndex)``. ``lexical``: also keep a BM25 stage over the texts
+    (needs bm25s: ``pip install 'flatcoat[lexical]'``) for ``search(hybrid=)``;
+    a retriever with one searches hybrid by default. Indexes must be empty:
+    :meth:`add` fills them.
 
     >>> import flatcoat                                                    # doctest: +SKIP
     >>> enc = flatcoat.Encoder.from_pretrained("all-MiniLM-L6-v2")          # doctest: +SKIP
     >>> index = flatcoat.DenseIndex(enc.dim, storage="int8", keep_float=True)  # doctest: +SKIP
-    >>> r = flatcoat.Retriever(enc, index, reranker="exact")               # doctest: +SKIP
-    >>> r.add(["csv: read and write CSV files", "argparse: command-line parsing"], ids=["csv", "argparse"])  # doctest: +SKIP
+    >>> r = flatcoat.Retriever(enc, index, reranker="exact", lexical=True) # doctest: +SKIP
+    >>> r.add(["csv: read and write CSV files", "argparse: command-line parsing"], ids=["csv", "argparse"],
+    ...       metadata=[{"module": "csv"}, {"module": "argparse"}])      # doctest: +SKIP
     >>> r.search("parse command line options", k=1)[0].id                  # doctest: +SKIP
     'argparse'
     """
 
-    def __init__(self, encoder: Encoder, index: Any, *, reranker: Any = None):
+    def __init__(self, encoder: Encoder, index: Any, *, reranker: Any = None, lexical: bool = False):
         kind, r_enc, r_index = _check_stages(encoder, index, reranker)
+        lexical = as_bool(lexical, "lexical")
         for what, idx in (("index", index), ("reranker index", r_index)):
             if idx is not None and len(idx) != 0:
                 raise ValueError(
                     f"{what} already holds {len(idx)} entries; pass an empty index (Retriever.add encodes and adds texts)"
                 )
-        self._set(encoder, index, kind, r_enc, r_index, [], [])
+        if lexical:
+            from .lexical import _bm25s
 
-    def _set(self, encoder, index, kind, r_enc, r_index, ids: List[UserId], texts: List[str]) -> None:
+            _bm25s()  # a missing bm25s is reported now, not at the first search
+        self._set(encoder, index, kind, r_enc, r_index, {}, {}, lexical)
+
+    def _set(self, encoder, index, kind, r_enc, r_index, ids: Dict[int, UserId], texts: Dict[int, str],
+             lexical: bool, bm25=None, bm25_rows: Optional[np.ndarray] = None) -> None:
         self.encoder = encoder
         self.index = index
         self._reranker_kind: Optional[str] = kind
         self._reranker_encoder: Optional[Encoder] = r_enc
         self._reranker_index: Any = r_index
-        self._ids: List[UserId] = ids
-        self._texts: List[str] = texts
-        self._lookup: Dict[UserId, int] = {uid: n for n, uid in enumerate(ids)}
+        # Internal id (the indexes' int64 id) -> user id and text; internal ids are never reused.
+        self._ids: Dict[int, UserId] = ids
+        self._texts: Dict[int, str] = texts
+        self._lookup: Dict[UserId, int] = {uid: n for n, uid in ids.items()}
+        self._next_internal = max(ids, default=-1) + 1
         # Automatic ids continue after the largest integer id so far: they never collide with a user's.
-        self._next_id = max([i + 1 for i in ids if isinstance(i, int)], default=0)
+        self._next_id = max([i + 1 for i in ids.values() if isinstance(i, int)], default=0)
+        self._lexical = lexical
+        self._bm25 = bm25            # built lazily over the live texts; None after a change
+        self._bm25_rows = bm25_rows  # internal id of each BM25 document position
 
     # --------------------------------------------------------------- content
     def __len__(self) -> int:
@@ -168,25 +197,40 @@ class Retriever:
             stages += ", reranker='exact'"
         elif self._reranker_kind == "multivector":
             stages += f", reranker=({self._reranker_encoder!r}, {self._reranker_index!r})"
+        if self._lexical:
+            stages += ", lexical=True"
         return f"Retriever({len(self)} documents, {stages})"
 
     @property
     def ids(self) -> List[UserId]:
-        return list(self._ids)
+        """The user ids, in the order they were added."""
+        return list(self._ids.values())
 
     @property
     def reranker(self) -> Optional[str]:
         """The second stage: None, "exact" or "multivector"."""
         return self._reranker_kind
 
-    def text(self, id: UserId) -> str:
-        """The stored text of a document."""
+    @property
+    def lexical(self) -> bool:
+        """Whether the retriever keeps a BM25 stage (for hybrid search)."""
+        return self._lexical
+
+    def _internal(self, id: UserId) -> int:
         try:
-            return self._texts[self._lookup[id]]
+            return self._lookup[id]
         except (KeyError, TypeError):  # TypeError: an unhashable id is not in the retriever either
             raise KeyError(f"id {id!r} is not in this retriever") from None
 
-    def _check_ids(self, ids: Any, n: int) -> List[UserId]:
+    def text(self, id: UserId) -> str:
+        """The stored text of a document."""
+        return self._texts[self._internal(id)]
+
+    def metadata(self, id: UserId) -> Dict[str, Any]:
+        """The stored metadata of a document (the fields it has)."""
+        return self.index.get([self._internal(id)], vectors=False)[1][0]
+
+    def _user_ids(self, ids: Any, n: int, new: bool) -> List[UserId]:
         if ids is None:
             return list(range(self._next_id, self._next_id + n))
         if isinstance(ids, (str, bytes)):
@@ -199,37 +243,79 @@ class Retriever:
                 raise TypeError(f"ids[{i}] must be a str or an int, got {type(x).__name__}")
         seen = set()
         for x in out:
-            if x in self._lookup or x in seen:
-                raise ValueError(f"id {x!r} is already in the retriever or repeated in this call; ids must be unique")
+            if (new and x in self._lookup) or x in seen:
+                raise ValueError(f"id {x!r} is already in the retriever or repeated in this call; ids must be unique "
+                                 "(upsert replaces a document)" if new else f"id {x!r} is repeated in this call")
             seen.add(x)
         return out
 
-    def add(self, texts: Sequence[str], ids: Optional[Sequence[UserId]] = None, batch_size: int = 32) -> List[UserId]:
+    def add(self, texts: Sequence[str], ids: Optional[Sequence[UserId]] = None, batch_size: int = 32, *,
+            metadata=None) -> List[UserId]:
         """Encode and index documents; returns their ids.
 
         Default ids are consecutive integers after the largest integer id so
-        far, so they never collide with ids given before.
+        far, so they never collide with ids given before. ``metadata``: a list
+        of dicts (one per text) or a dict of columns, typed values (int,
+        float, bool, str, list of str) for ``search(filter=)``; hits carry them.
         """
         items = check_texts(texts)
-        user_ids = self._check_ids(ids, len(items))
-        internal = np.arange(len(self._ids), len(self._ids) + len(items), dtype=np.int64)
+        user_ids = self._user_ids(ids, len(items), new=True)
+        self._insert(items, user_ids, metadata, batch_size, replace=[])
+        return user_ids
+
+    def upsert(self, texts: Sequence[str], ids: Sequence[UserId], batch_size: int = 32, *,
+               metadata=None) -> List[UserId]:
+        """Adds or replaces documents by id: a present id gets the new text, vectors and metadata (the
+        old metadata is dropped, not merged). The texts are encoded and the metadata checked before
+        anything changes."""
+        if ids is None:
+            raise TypeError("ids: upsert needs the ids to add or replace (add() chooses ids itself)")
+        items = check_texts(texts)
+        user_ids = self._user_ids(ids, len(items), new=False)
+        self._insert(items, user_ids, metadata, batch_size, replace=[u for u in user_ids if u in self._lookup])
+        return user_ids
+
+    def _insert(self, items: List[str], user_ids: List[UserId], metadata, batch_size: int, replace: List[UserId]):
+        AttributeStore.parse(metadata, len(items), "metadata", schema=self.index.schema)  # refused before any change
         vecs = self.encoder.encode_documents(items, batch_size=batch_size)
         second = None
         if self._reranker_kind == "multivector":
             second = self._reranker_encoder.encode_documents(items, batch_size=batch_size)
-        self.index.add(vecs, ids=internal)
+        if replace:
+            self.remove(replace)
+        internal = np.arange(self._next_internal, self._next_internal + len(items), dtype=np.int64)
+        self.index.add(vecs, ids=internal, attributes=metadata)
         if second is not None:
             try:
                 self._reranker_index.add(second, ids=internal)
             except BaseException:
                 self.index.remove(internal)  # keep both stages in step
                 raise
-        for off, uid in enumerate(user_ids):
-            self._lookup[uid] = int(internal[off])
-        self._ids.extend(user_ids)
-        self._texts.extend(items)
+        self._next_internal += len(items)
+        for n, uid, text in zip(internal.tolist(), user_ids, items):
+            self._lookup[uid] = n
+            self._ids[n] = uid
+            self._texts[n] = text
         self._next_id = max([self._next_id] + [i + 1 for i in user_ids if isinstance(i, int)])
-        return user_ids
+        self._bm25 = None
+
+    def remove(self, ids: Sequence[UserId]) -> int:
+        """Removes documents by id (every id must be present, else a KeyError and nothing is removed);
+        returns the number removed."""
+        if isinstance(ids, (str, bytes, int)):
+            raise TypeError("ids: expected a list of ids; wrap one id in a list")
+        internal = sorted({self._internal(i) for i in ids})
+        if not internal:
+            return 0
+        arr = np.array(internal, dtype=np.int64)
+        self.index.remove(arr)
+        if self._reranker_index is not None:
+            self._reranker_index.remove(arr)
+        for n in internal:
+            del self._lookup[self._ids.pop(n)]
+            del self._texts[n]
+        self._bm25 = None
+        return len(internal)
 
     # ---------------------------------------------------------------- search
     def search(
@@ -240,6 +326,8 @@ class Retriever:
         instruction: Optional[str] = None,
         rerank: Optional[int] = None,
         nprobe: Optional[int] = None,
+        filter=None,
+        hybrid=None,
         batch_size: int = 32,
     ) -> Union[List[Hit], List[List[Hit]]]:
         """Top-``k`` hits per query, best first (at most as many as the retriever holds).
@@ -252,6 +340,21 @@ class Retriever:
         ignored without a reranker. ``nprobe``: lists scanned per query by an
         :class:`IVFIndex` first stage (default: the index's, ``min(nlist, 32)``);
         a ``ValueError`` for any other first stage.
+
+        ``filter``: only documents whose metadata match (a dict predicate,
+        docs/filters.md) or whose ids are listed (a list of user ids) are
+        returned, by every stage.
+
+        ``hybrid`` (needs ``lexical=True``): ``None`` is the default fusion
+        (:data:`flatcoat.fusion.DEFAULT_HYBRID`) when the retriever has a
+        lexical stage, else the dense cascade; ``"dense"`` or ``"lexical"``
+        one stage; ``True``, ``"rrf"``, ``"convex"``, ``"union"``, a
+        :class:`flatcoat.fusion.Hybrid` or a dict of its fields: the dense and
+        lexical shortlists (``depth`` each, default ``max(10 * k, 100)``)
+        fused by reciprocal rank or a min-max normalised convex combination
+        (with a late-interaction reranker, its MaxSim ranking of the union is
+        a third list), or their union re-ranked by MaxSim (``"union"``, needs
+        that reranker). Scores are then the fused scores.
         """
         single = isinstance(queries, str)
         items = check_texts([queries] if single else queries, "queries")
@@ -265,23 +368,103 @@ class Retriever:
             if not isinstance(self.index, IVFIndex):
                 raise ValueError(f"nprobe: only for an IVFIndex first stage, this one is a {type(self.index).__name__}")
             first["nprobe"] = as_int(nprobe, "nprobe", 1)
+        mode = self._mode(hybrid)
         if len(self) == 0:
             raise ValueError("the retriever is empty; add documents first")
+        index_filter = self._index_filter(filter)
+        if index_filter is not None:
+            first["filter"] = index_filter
         # Work and memory are bounded by the collection, whatever k and rerank.
         k = min(k, len(self))
         depth = min(rerank if rerank is not None else _default_depth(k), len(self))
+        if mode == "lexical":
+            scores, ids = self._lexical_search(items, k, index_filter)
+        elif isinstance(mode, Hybrid):
+            scores, ids = self._hybrid_search(mode, items, k, depth, first, instruction, batch_size)
+        else:
+            scores, ids = self._dense_search(items, k, depth, first, instruction, batch_size)
+        scores, ids = self._host(scores), self._host(ids)
+        metadata = self._metadata_of(ids)
+        out = [self._hits(scores[i], ids[i], metadata) for i in range(len(items))]
+        return out[0] if single else out
+
+    def _mode(self, hybrid):
+        if hybrid is None:
+            return as_hybrid(True) if self._lexical else "dense"
+        if isinstance(hybrid, str) and hybrid in SINGLE_STAGES:
+            mode = hybrid
+        else:
+            mode = as_hybrid(hybrid)
+        if mode != "dense" and not self._lexical:
+            raise ValueError("hybrid: this retriever has no lexical stage; build it with Retriever(..., lexical=True)")
+        if isinstance(mode, Hybrid) and mode.method == "union" and self._reranker_kind != "multivector":
+            raise ValueError("hybrid: 'union' re-ranks the union of the shortlists by MaxSim and needs a "
+                             "late-interaction reranker (reranker=(multivector encoder, MultiVectorIndex))")
+        return mode
+
+    def _index_filter(self, filter):
+        """``filter`` for the first-stage index: a dict as it is, a list of user ids as internal ids."""
+        if filter is None or isinstance(filter, dict):
+            return filter
+        if isinstance(filter, (str, bytes)) or not isinstance(filter, (list, tuple, set, frozenset)):
+            raise TypeError(f"filter: expected a dict predicate (e.g. {{'year': {{'$gte': 2020}}}}) or a list of "
+                            f"document ids, got {type(filter).__name__}")
+        internal = []
+        for uid in filter:
+            try:
+                n = self._lookup.get(uid)
+            except TypeError:
+                raise TypeError(f"filter: ids must be str or int, got {type(uid).__name__}") from None
+            if n is not None:  # an id not in the retriever matches nothing
+                internal.append(n)
+        return np.array(internal, dtype=np.int64)
+
+    def _dense_search(self, items, k, depth, first, instruction, batch_size):
         q = self._encode_queries(self.encoder, self.index, items, instruction, batch_size)
         if self._reranker_kind == "exact":
-            scores, ids = self.index.search(q, k=k, rerank=depth, **first)
-        elif self._reranker_kind == "multivector":
+            return self.index.search(q, k=k, rerank=depth, **first)
+        if self._reranker_kind == "multivector":
             _, candidates = self.index.search(q, k=depth, **first)
-            qmv = self._encode_queries(self._reranker_encoder, self._reranker_index, items, instruction, batch_size)
-            scores, ids = self._reranker_index.search(qmv, k=k, subset=self._host(candidates))
+            return self._maxsim(items, k, self._host(candidates), instruction, batch_size)
+        return self.index.search(q, k=k, **first)
+
+    def _maxsim(self, items, k, subset, instruction, batch_size):
+        qmv = self._encode_queries(self._reranker_encoder, self._reranker_index, items, instruction, batch_size)
+        return self._reranker_index.search(qmv, k=k, subset=subset)
+
+    def _lexical_search(self, items, depth, index_filter):
+        """BM25 results as internal ids (q, depth'), restricted like the first stage."""
+        from .lexical import BM25
+
+        if self._bm25 is None:  # rebuilt over the live texts after a change
+            rows = np.fromiter(self._texts.keys(), dtype=np.int64, count=len(self._texts))
+            self._bm25 = BM25([self._texts[n] for n in rows.tolist()])
+            self._bm25_rows = rows
+        allowed = None
+        if index_filter is not None:
+            allowed = np.isin(self._bm25_rows, self.index.matches(index_filter))
+        scores, positions = self._bm25.search(items, k=min(depth, len(self._bm25_rows)), allowed=allowed)
+        ids = np.where(positions >= 0, self._bm25_rows[np.maximum(positions, 0)], -1)
+        return scores, ids
+
+    def _hybrid_search(self, hybrid: Hybrid, items, k, depth, first, instruction, batch_size):
+        depth = min(hybrid.depth if hybrid.depth is not None else depth, len(self))  # per list
+        q = self._encode_queries(self.encoder, self.index, items, instruction, batch_size)
+        if self._reranker_kind == "exact":
+            dense = self.index.search(q, k=depth, rerank=depth, **first)
         else:
-            scores, ids = self.index.search(q, k=k, **first)
-        scores, ids = self._host(scores), self._host(ids)
-        out = [self._hits(scores[i], ids[i]) for i in range(len(items))]
-        return out[0] if single else out
+            dense = self.index.search(q, k=depth, **first)
+        dense = (self._host(dense[0]), self._host(dense[1]))
+        lexical = self._lexical_search(items, depth, first.get("filter"))
+        lists = [dense, lexical]
+        if self._reranker_kind == "multivector":
+            union = union_candidates(lists)
+            late = self._maxsim(items, depth, union, instruction, batch_size)
+            late = (self._host(late[0]), self._host(late[1]))
+            if hybrid.method == "union":
+                return late[0][:, :k], late[1][:, :k]
+            lists = [dense, late, lexical]
+        return fuse(hybrid, lists, k, lexical=len(lists) - 1)
 
     def _uses_gpu(self) -> bool:
         return self.index.device != "cpu" or (
@@ -301,12 +484,18 @@ class Retriever:
             return to_numpy(x)
         return np.asarray(x)
 
-    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> List[Hit]:
+    def _metadata_of(self, ids: np.ndarray) -> Dict[int, Dict[str, Any]]:
+        found = np.unique(ids[ids >= 0])
+        if not self.index.schema or not found.size:
+            return {}
+        return dict(zip(found.tolist(), self.index.get(found, vectors=False)[1]))
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray, metadata: Dict[int, Dict[str, Any]]) -> List[Hit]:
         hits = []
         for s, i in zip(scores.tolist(), ids.tolist()):
             if i < 0:
                 continue  # padding: fewer candidates than k
-            hits.append(Hit(self._ids[i], float(s), self._texts[i]))
+            hits.append(Hit(self._ids[i], float(s), self._texts[i], metadata.get(i, {})))
         return hits
 
     # ----------------------------------------------------------- persistence
@@ -315,23 +504,32 @@ class Retriever:
 
         One flatcoat directory of kind "retriever": ``manifest.json`` (the
         encoders' names and configs, the reranker), ``ids.json``,
-        ``texts.json``, the child index directory ``index/`` and, with a
-        late-interaction reranker, ``rerank/``; every file checksummed. An
-        existing flatcoat directory at ``path`` is replaced.
+        ``texts.json``, ``internal.npy`` (the indexes' id of each document),
+        the child index directory ``index/`` (with the metadata as its
+        attributes), with a late-interaction reranker ``rerank/``, with a
+        lexical stage ``lexical/`` and ``lexical_rows.npy``; every file
+        checksummed. An existing flatcoat directory at ``path`` is replaced.
         """
         meta = {
             "count": len(self),
             "encoder": _encoder_state(self.encoder),
             "reranker": self._reranker_kind,
             "reranker_encoder": _encoder_state(self._reranker_encoder) if self._reranker_encoder else None,
+            "lexical": self._lexical,
         }
+        if self._lexical and self._bm25 is None and len(self):
+            self._lexical_search([""], 1, None)  # builds the lexical stage, so that it is saved
 
         def fill(writer) -> None:
             writer.add_child("index", self.index.save)
             if self._reranker_index is not None:
                 writer.add_child("rerank", self._reranker_index.save)
-            writer.add_json("ids", self._ids)
-            writer.add_json("texts", self._texts)
+            if self._lexical and self._bm25 is not None:
+                writer.add_child("lexical", self._bm25.save)
+                writer.add_array("lexical_rows", self._bm25_rows)
+            writer.add_array("internal", np.fromiter(self._ids.keys(), dtype=np.int64, count=len(self._ids)))
+            writer.add_json("ids", list(self._ids.values()))
+            writer.add_json("texts", list(self._texts.values()))
 
         write_directory(path, KIND, meta, fill)
 
@@ -368,24 +566,37 @@ class Retriever:
             if not ok:
                 raise IndexFormatError(f"{root}: {reason}")
 
-        count, kind = meta.get("count"), meta.get("reranker")
+        count, kind, lexical = meta.get("count"), meta.get("reranker"), meta.get("lexical", False)
         need(isinstance(count, int) and not isinstance(count, bool) and count >= 0, f"invalid count {count!r}")
         need(kind in RERANKERS, f"unknown reranker {kind!r}")
-        need(set(saved.children) == ({"index", "rerank"} if kind == "multivector" else {"index"}),
-             f"child directories {sorted(saved.children)} do not match reranker {kind!r}")
+        need(isinstance(lexical, bool), f"invalid lexical {lexical!r}")
+        children = {"index"} | ({"rerank"} if kind == "multivector" else set())
+        need(set(saved.children) - {"lexical"} == children and ("lexical" not in saved.children or lexical),
+             f"child directories {sorted(saved.children)} do not match reranker {kind!r} and lexical {lexical}")
         ids, texts = saved.documents.get("ids"), saved.documents.get("texts")
         need(isinstance(ids, list) and isinstance(texts, list) and len(ids) == len(texts) == count,
              "ids.json, texts.json and the manifest disagree on the document count")
         need(all(isinstance(i, (str, int)) and not isinstance(i, bool) for i in ids), "ids.json: ids must be str or int")
         need(len(set(ids)) == count, "ids.json: duplicate ids")
         need(all(isinstance(t, str) for t in texts), "texts.json: texts must be strings")
+        internal = saved.arrays.get("internal")
+        internal = np.arange(count, dtype=np.int64) if internal is None else np.asarray(internal)
+        need(internal.dtype == np.int64 and internal.shape == (count,) and (count == 0 or int(internal.min()) >= 0)
+             and np.unique(internal).size == count, "internal.npy: one distinct non-negative id per document")
         index = saved.open_child("index", mmap=mmap, verify=verify, device=device)
         r_index = saved.open_child("rerank", mmap=mmap, verify=verify, device=device) if kind == "multivector" else None
         for what, idx in (("index", index), ("rerank", r_index)):
             if idx is not None:
                 need(len(idx) == count, f"{what}/ holds {len(idx)} entries, the manifest says {count}")
-                need(np.array_equal(np.sort(np.asarray(idx.ids)), np.arange(count)),
-                     f"{what}/ ids are not the positions 0..{count - 1}")
+                need(np.array_equal(np.sort(np.asarray(idx.ids)), np.sort(internal)),
+                     f"{what}/ ids are not the documents' internal ids")
+        bm25 = bm25_rows = None
+        if "lexical" in saved.children:
+            bm25 = saved.open_child("lexical", mmap=mmap, verify=verify)
+            bm25_rows = np.asarray(saved.arrays.get("lexical_rows"))
+            need(bm25_rows.dtype == np.int64 and bm25_rows.shape == (len(bm25),)
+                 and np.array_equal(np.sort(bm25_rows), np.sort(internal)),
+                 "lexical_rows.npy: one internal id per lexical document")
         enc = encoder if encoder is not None else _encoder_from_state(meta.get("encoder"), "encoder", saved, providers)
         r_enc = None
         if kind == "multivector":
@@ -397,7 +608,8 @@ class Retriever:
         except (TypeError, ValueError) as exc:
             raise IndexFormatError(f"{root}: the saved stages do not fit together ({exc})") from exc
         self = cls.__new__(cls)  # the indexes are already filled: __init__ wants empty ones
-        self._set(enc, index, *checked, ids, texts)
+        order = internal.tolist()
+        self._set(enc, index, *checked, dict(zip(order, ids)), dict(zip(order, texts)), lexical, bm25, bm25_rows)
         return self
 
 
