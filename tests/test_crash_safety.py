@@ -86,8 +86,10 @@ def _retriever():
     words = "retrieval engine vectors tokens index search quantized exact rerank late interaction".split()
     texts = [f"doc {i} " + " ".join(words[(i * j) % len(words)] for j in range(600)) for i in range(600)]
     r = flatcoat.Retriever(enc, flatcoat.DenseIndex(enc.dim, storage="int8"),
-                           reranker=(mv, flatcoat.MultiVectorIndex(mv.dim, storage="f16")))
-    r.add(texts, ids=[f"t{i}" if i % 3 else i for i in range(len(texts))], batch_size=64)
+                           reranker=(mv, flatcoat.MultiVectorIndex(mv.dim, storage="f16")), lexical=True)
+    r.add(texts, ids=[f"t{i}" if i % 3 else i for i in range(len(texts))], batch_size=64,
+          metadata=[{"part": i % 4, "tags": ["even"] if i % 2 == 0 else []} for i in range(len(texts))])
+    r.remove([3, "t4"])
     return r
 
 
@@ -96,7 +98,8 @@ def _variants(root: Path):
     a = flatcoat.DenseIndex(128, metric="ip", storage="f32")
     a.add(clustered(60_000, 128, seed=1))
     b = flatcoat.DenseIndex(128, metric="l2", storage="int8")
-    b.add(clustered(50_000, 128, seed=2), ids=np.arange(50_000) * 2 + 7)
+    b.add(clustered(50_000, 128, seed=2), ids=np.arange(50_000) * 2 + 7,
+          attributes={"bucket": np.arange(50_000) % 100, "tag": [["a", "b"][i % 2] for i in range(50_000)]})
     c = flatcoat.MultiVectorIndex(64, storage="f16")
     rng = np.random.default_rng(3)
     c.add((clustered(120_000, 64, seed=3), rng.multinomial(120_000 - 4000, np.ones(4000) / 4000) + 1))
@@ -112,12 +115,16 @@ def _fingerprint(index):
     """What identifies an index (a Retriever): kind, ids and a search result."""
     if isinstance(index, flatcoat.Retriever):
         hits = index.search(RETRIEVER_QUERIES, k=5, rerank=20)
-        return "Retriever", index.ids, [[(h.id, h.score, h.text) for h in row] for row in hits]
+        filtered = index.search(RETRIEVER_QUERIES, k=5, rerank=20, filter={"part": {"$lt": 2}}, hybrid="rrf")
+        return "Retriever", index.ids, [[(h.id, h.score, h.text, h.metadata) for h in row] for row in hits + filtered]
     if isinstance(index, flatcoat.MultiVectorIndex):
         q = [clustered(8, 64, seed=11)]
     else:
         q = clustered(4, 128, seed=12)
     scores, ids = index.search(q, k=5)
+    if index.schema:  # the attributes survive too
+        scores, filtered = index.search(q, k=5, filter={"bucket": {"$lt": 3}, "tag": "b"})
+        ids = np.concatenate([ids, filtered], axis=1)
     return type(index).__name__, index.ids.tolist(), ids.tolist(), scores.tolist()
 
 

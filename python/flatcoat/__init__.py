@@ -1,8 +1,9 @@
 """flatcoat: a retrieval engine with a native core.
 
-Dense search over quantized vectors (:class:`DenseIndex`), late-interaction
-MaxSim over multi-vector documents, text encoders on ONNX Runtime, and
-evaluation on BEIR-format collections.
+Dense search over quantized vectors (:class:`DenseIndex`, partitioned
+:class:`IVFIndex`), late-interaction MaxSim over multi-vector documents,
+attributes and filters on every index, hybrid lexical + dense retrieval, text
+encoders on ONNX Runtime, and evaluation on BEIR-format collections.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from .dense import DenseIndex
 from . import eval  # noqa: F401 - flatcoat.eval; not in __all__, so `import *` keeps the builtin eval
 from .encoders import Encoder
 from .ivf import IVFIndex
+from . import fusion  # noqa: F401 - flatcoat.fusion: Hybrid and the fusion functions
+from . import lexical  # noqa: F401 - registers the "bm25" kind for flatcoat.load (bm25s is imported on use)
 from .multivector import MultiVectorIndex, maxsim
 from .retriever import Hit, Retriever
 
