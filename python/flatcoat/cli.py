@@ -180,7 +180,8 @@ def _cmd_eval(args) -> int:
     storages = [] if args.multivector and args.storage is None else (args.storage or ["f32"])
     result = evaluate_dataset(
         args.dataset, model=args.model, storages=storages, rerank=args.rerank, multivector=args.multivector,
-        bm25=args.bm25, split=args.split, metrics=metrics, batch_size=args.batch_size, cache=args.cache,
+        bm25=args.bm25, hybrid=args.hybrid, split=args.split, metrics=metrics, batch_size=args.batch_size,
+        cache=args.cache,
         log=(lambda line: print(f"  {line}", file=sys.stderr)) if args.verbose else None,
     )
     for note in result.notes:
@@ -301,6 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "a depth below the evaluation depth is raised to it (said on stderr)")
     p.add_argument("--multivector", action="store_true", help="add the exact MaxSim row (multi-vector encoder)")
     p.add_argument("--bm25", action="store_true", help="add a BM25 row (bm25s) as the lexical reference")
+    p.add_argument("--hybrid", nargs="?", const=True, default=False, choices=(True, "rrf", "convex", "union"),
+                   metavar="METHOD", help="add a hybrid row: dense f32 fused with stemmed BM25 (and MaxSim with "
+                   "--multivector); the default setting, or rrf, convex or union with their defaults")
     p.add_argument("--split", default="test")
     p.add_argument("--metrics", default="ndcg@10,recall@100,mrr@10,map")
     p.add_argument("--batch-size", type=_positive_int, default=32)

@@ -12,7 +12,7 @@ deterministic.
 
 :func:`evaluate_dataset` is ``flatcoat eval``: it encodes a collection once and
 measures every requested system (dense storages, exact re-ranking, MaxSim,
-BM25) on it.
+BM25, a hybrid fusion) on it.
 """
 
 from __future__ import annotations
@@ -280,6 +280,7 @@ def evaluate_dataset(
     rerank: Sequence[int] = (),
     multivector: bool = False,
     bm25: bool = False,
+    hybrid: Any = False,
     split: str = "test",
     metrics: Sequence[str] = DEFAULT_METRICS,
     batch_size: int = 32,
@@ -295,7 +296,18 @@ def evaluate_dataset(
     more row per depth in ``rerank`` (exact float re-ranking of that many
     candidates; a depth below the evaluation depth is raised to it, and the
     run's ``notes`` say so); the exact MaxSim row of the multi-vector encoder
-    (``multivector``); BM25 (``bm25``, needs bm25s). Empty documents are
+    (``multivector``); BM25 (``bm25``, needs bm25s; no stemming, as the
+    reference row has always been measured). ``hybrid``: False, or True (the
+    default setting, :data:`flatcoat.fusion.DEFAULT_HYBRID`), a method name, a
+    :class:`flatcoat.fusion.Hybrid` or a dict of its fields: one more row,
+    ``"hybrid <setting> (<lists>)"``, fusing the dense f32 list and the
+    Retriever's lexical stage (stemmed BM25, documents sharing no token with
+    the query left out), each ``Hybrid.candidates(depth)`` deep; with
+    ``multivector`` the MaxSim list is fused as a third list; ``"union"``
+    re-ranks the union of the dense and lexical shortlists by exact MaxSim
+    (encoding the multi-vector side if ``multivector`` did not). The lists it
+    needs are computed whether or not their own rows were asked for, and add
+    no rows. Empty documents are
     skipped and counted, as ``flatcoat index`` does. ``cache``: a directory
     where embeddings are kept between runs. ``log`` receives a line of
     progress as each step ends.
@@ -316,9 +328,15 @@ def evaluate_dataset(
             raise ValueError(f"storages: unknown storage {s!r}; expected some of {', '.join(DENSE_STORAGES)}")
     rerank = [as_int(r, "rerank", minimum=1) for r in rerank]
     multivector, bm25 = as_bool(multivector, "multivector"), as_bool(bm25, "bm25")
+    if hybrid is False or (isinstance(hybrid, np.bool_) and not hybrid):
+        fusion = None
+    else:
+        from .fusion import as_hybrid
+
+        fusion = as_hybrid(hybrid)
     batch_size = as_int(batch_size, "batch_size", minimum=1)
-    if not (storages or multivector or bm25):
-        raise ValueError("nothing to evaluate: give storages, multivector=True or bm25=True")
+    if not (storages or multivector or bm25 or fusion):
+        raise ValueError("nothing to evaluate: give storages, multivector=True, bm25=True or hybrid=True")
     say = log or (lambda message: None)
 
     corpus, queries, qrels = load_beir(dataset, split=split)
@@ -352,10 +370,11 @@ def evaluate_dataset(
         say(f"{system}: " + ", ".join(f"{m} {r[m]:.4f}" for m in metrics))
 
     encoders = []
-    if storages:
+    if storages or fusion:
         encoders.append(Encoder.from_pretrained(model, kind="dense"))
-    if multivector:
+    if multivector or (fusion and fusion.method == "union"):
         encoders.append(Encoder.from_pretrained(model, kind="multivector"))
+    lists: Dict[str, Any] = {}  # what the hybrid row fuses: (scores, ids) or the index and its queries
     store = EmbeddingCache(cache) if cache else None
     if encoders:
         docs, td = _encode(encoders, texts, "document", store, batch_size)
@@ -363,6 +382,12 @@ def evaluate_dataset(
         say(f"encoded {len(texts)} documents and {len(qtexts)} queries in {td + tq:.1f} s")
     for i, enc in enumerate(encoders):
         if enc.kind == "dense":
+            if fusion:
+                index = DenseIndex(enc.dim, metric="ip", storage="f32")
+                index.add(docs[i])
+                t0 = time.perf_counter()
+                lists["dense"] = index.search(qs[i], k=fusion.candidates(depth))
+                lists["dense_s"] = time.perf_counter() - t0
             for storage in storages:
                 depths = [None] + (result.rerank if storage in quantized else [])
                 index = DenseIndex(enc.dim, metric="ip", storage=storage, keep_float=len(depths) > 1)
@@ -376,6 +401,9 @@ def evaluate_dataset(
         else:
             index = MultiVectorIndex(enc.dim)
             index.add(docs[i])
+            lists["multivector"] = (index, qs[i])
+            if not multivector:
+                continue
             t0 = time.perf_counter()
             scores, ids = index.search(qs[i], k=depth)
             ts = time.perf_counter() - t0
@@ -389,4 +417,35 @@ def evaluate_dataset(
         t1 = time.perf_counter()
         scores, ids = lexical.search(qtexts, k=depth)
         row("BM25 (bm25s)", run_from_results(qids, scores, ids, dids), t1 - t0, time.perf_counter() - t1)
+    if fusion:
+        _hybrid_row(fusion, lists, texts, qtexts, depth, multivector, td + tq, row, qids, dids)
     return result
+
+
+def _hybrid_row(fusion, lists, texts, qtexts, depth, multivector, encode_s, row, qids, dids) -> None:
+    """The ``hybrid`` row of :func:`evaluate_dataset`: the dense (and MaxSim) lists fused with stemmed BM25."""
+    from .fusion import fuse, union_candidates
+    from .lexical import BM25, matched
+
+    t0 = time.perf_counter()
+    lexical_index = BM25(texts)  # the Retriever's lexical stage: stemmed
+    t1 = time.perf_counter()
+    cand = fusion.candidates(depth)
+    lexical = matched(*lexical_index.search(qtexts, k=cand))
+    if fusion.method == "union":
+        index, queries = lists["multivector"]
+        subset = union_candidates([lists["dense"], lexical], depth=cand)
+        scores, ids = index.search(queries, k=depth, subset=subset)
+        label, system = "union", "dense f32 | BM25 -> MaxSim"
+    else:
+        inputs = [lists["dense"]]
+        if multivector:
+            index, queries = lists["multivector"]
+            inputs.append(index.search(queries, k=cand))
+        scores, ids = fuse(fusion, inputs + [lexical], k=depth)
+        label = f"rrf k={fusion.rrf_k}" if fusion.method == "rrf" else f"convex alpha={fusion.alpha:g}"
+        system = "dense f32 + MaxSim + BM25" if multivector else "dense f32 + BM25"
+    if fusion.depth is not None:
+        label += f" depth={fusion.depth}"
+    row(f"hybrid {label} ({system})", run_from_results(qids, scores, ids, dids), encode_s + t1 - t0,
+        lists["dense_s"] + time.perf_counter() - t1)
