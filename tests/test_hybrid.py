@@ -318,3 +318,89 @@ def test_bm25_corrupt_files_are_refused(tmp_path):
     (path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(flatcoat.IndexFormatError, match="settings"):
         flatcoat.load(path)
+
+
+# ------------------------------------------------------------------ flatcoat eval --hybrid
+CORPUS = [
+    {"_id": "csv", "title": "csv.reader", "text": "Read rows from a comma-separated values file."},
+    {"_id": "argparse", "title": "argparse.ArgumentParser", "text": "Parse command-line options and arguments."},
+    {"_id": "gzip", "title": "gzip.compress", "text": "Compress bytes with the gzip format."},
+    {"_id": "shutil", "title": "shutil.copytree", "text": "Recursively copy a directory tree."},
+    {"_id": "json", "title": "json.load", "text": "Read a JSON document from a file."},
+    {"_id": "os", "title": "os.listdir", "text": "List the files of a directory."},
+]
+QUERIES = {"q1": "read a csv file", "q2": "copy a folder", "q3": "compressing files"}
+QRELS = {"q1": {"csv": 1}, "q2": {"shutil": 2, "os": 1}, "q3": {"gzip": 1}}
+
+
+def _beir(root):
+    (root / "qrels").mkdir(parents=True)
+    (root / "corpus.jsonl").write_text("".join(json.dumps(c) + "\n" for c in CORPUS))
+    (root / "queries.jsonl").write_text("".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items()))
+    (root / "qrels" / "test.tsv").write_text(
+        "query-id\tcorpus-id\tscore\n" + "".join(f"{q}\t{d}\t{g}\n" for q, r in QRELS.items() for d, g in r.items()))
+    return root
+
+
+def _reference_rows(setting, multivector=False):
+    """The hybrid row computed here from its parts: exact dense scores (numpy float64), stemmed BM25, fuse."""
+    from flatcoat import Encoder
+    from flatcoat import eval as fe
+    from flatcoat.corpus import doc_text
+
+    texts = [doc_text(c) for c in CORPUS]
+    qtexts = list(QUERIES.values())
+    enc = Encoder.from_pretrained("all-MiniLM-L6-v2")
+    s = enc.encode_queries(qtexts).astype(np.float64) @ enc.encode_documents(texts).astype(np.float64).T
+    order = np.lexsort((np.broadcast_to(np.arange(len(texts)), s.shape), -s), axis=1)
+    dense = (np.take_along_axis(s, order, 1), order)
+    lexical = matched(*BM25(texts).search(qtexts, k=len(texts)))
+    if setting.method == "union":
+        menc = Encoder.from_pretrained("all-MiniLM-L6-v2", kind="multivector")
+        docs, queries = menc.encode_documents(texts), menc.encode_queries(qtexts)
+        cands = union_candidates([dense, lexical])
+        scores = np.full((len(qtexts), len(texts)), -np.inf)
+        for qi, cand in enumerate(cands):
+            for d in cand.tolist():
+                scores[qi, d] = (queries[qi].astype(np.float64) @ docs[d].astype(np.float64).T).max(axis=1).sum()
+        order = np.lexsort((np.broadcast_to(np.arange(len(texts)), scores.shape), -scores), axis=1)
+        fused = (np.take_along_axis(scores, order, 1), np.where(np.isneginf(np.take_along_axis(scores, order, 1)), -1, order))
+    else:
+        fused = fuse(setting, [dense, lexical], k=len(texts))
+    run = fe.run_from_results(list(QUERIES), fused[0], fused[1], [c["_id"] for c in CORPUS])
+    return fe.evaluate(run, QRELS)
+
+
+@pytest.mark.parametrize("method", [None, "convex", "union"])
+def test_eval_hybrid_row(tmp_path, capsys, method):
+    from flatcoat import cli
+
+    root = _beir(tmp_path / "beir")
+    argv = ["eval", str(root), "--bm25", "--hybrid"] + ([method] if method else []) + ["--json", str(tmp_path / "r.json")]
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    rows = json.loads((tmp_path / "r.json").read_text())
+    names = [r["system"] for r in rows]
+    assert names[:2] == ["dense f32", "BM25 (bm25s)"] and len(names) == 3  # no row twice, no MaxSim row
+    assert names[2].startswith("hybrid") and names[2] in out.out
+    want = _reference_rows(as_hybrid(method or True))
+    for metric, value in want.items():
+        assert rows[2][metric] == pytest.approx(value, abs=1e-6), metric
+    if method is None:
+        assert names[2] == "hybrid rrf k=60 (dense f32 + BM25)"
+
+
+def test_eval_hybrid_alone_and_with_multivector(tmp_path):
+    from flatcoat import eval as fe
+
+    root = _beir(tmp_path / "beir")
+    alone = fe.evaluate_dataset(root, storages=(), hybrid=True)
+    assert [r["system"] for r in alone.rows] == ["hybrid rrf k=60 (dense f32 + BM25)"]
+    both = fe.evaluate_dataset(root, multivector=True, hybrid={"method": "rrf", "rrf_k": 20})
+    assert [r["system"] for r in both.rows] == ["dense f32", "multivector (stand-in) MaxSim",
+                                                 "hybrid rrf k=20 (dense f32 + MaxSim + BM25)"]
+    with pytest.raises(ValueError, match="hybrid: unknown method"):
+        fe.evaluate_dataset(root, hybrid="rank")
+    with pytest.raises(TypeError, match="hybrid"):
+        fe.evaluate_dataset(root, hybrid=1)
