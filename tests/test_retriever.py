@@ -191,7 +191,9 @@ def test_retriever_directory_is_one_checksummed_manifest(saved_retriever):
     assert sorted(m["json"]) == ["ids", "texts"] and sorted(m["children"]) == ["index"]
     child = (saved_retriever / "index" / "manifest.json").read_bytes()
     assert m["children"]["index"] == {"dir": "index", "size": len(child), "crc32": zlib.crc32(child)}
-    assert sorted(p.name for p in saved_retriever.iterdir()) == ["ids.json", "index", "manifest.json", "texts.json"]
+    assert sorted(m["files"]) == ["internal"]  # the indexes' id of each document
+    assert sorted(p.name for p in saved_retriever.iterdir()) == ["ids.json", "index", "internal.npy", "manifest.json",
+                                                                 "texts.json"]
 
 
 def test_load_rejects_inconsistent_directories(saved_retriever, tmp_path):
