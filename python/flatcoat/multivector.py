@@ -21,6 +21,11 @@ Storages:
   clustered unit-norm 128-dim tokens (``tests/test_multivector.py``): recall@10
   against the f32 ranking >= 0.99. A per-document scale was measured worse
   (see ``docs/multivector.md``).
+
+``keep_float=True`` also keeps a float32 copy of every token (``4 * dim``
+bytes per token more), so that ``search(..., rerank=R)`` re-scores the ``R``
+best documents of the int8 (or f16) scan by exact float32 MaxSim and returns
+the best ``k`` of them: near-ties that int8 swaps come out in the exact order.
 """
 
 from __future__ import annotations
@@ -40,12 +45,16 @@ from ._records import (
     positions_of,
 )
 from ._storage import MULTIVECTOR_STORAGES, RowStore, multivector_token_dtype
-from ._validate import MAX_ID, RWLock, as_choice, as_ids, as_int, as_k, auto_ids, holds_id, read_only
+from ._validate import (
+    MAX_ID, RWLock, as_bool, as_choice, as_ids, as_int, as_k, as_rerank, auto_ids, holds_id, read_only,
+)
 
 _KIND = "multivector"
 _INT64 = np.dtype(np.int64)
 # Per document: the CSR offsets (a fence 0, then each document's end) and the id.
 _DOC_FIELDS = {"offsets": ((), _INT64), "ids": ((), _INT64)}
+# The float32 copy of the tokens kept with keep_float=True (a token field: it follows every change).
+_FLOAT_TOKENS = "float_tokens"
 
 __all__ = ["MultiVectorIndex", "maxsim", "parse_queries", "parse_query_weights"]
 
@@ -306,6 +315,10 @@ class MultiVectorIndex(Mirrored):
     ----------
     dim: token vector dimension.
     storage: ``"f32"``, ``"f16"`` or ``"int8"`` (per-token scale; see the module docs).
+    keep_float: also keep a float32 copy of every token (``4 * dim`` bytes per
+        token on top of the codes, saved and memory-mapped with them) so that
+        ``search(..., rerank=R)`` can re-score the ``R`` best documents of an
+        int8 or f16 scan by exact MaxSim.
     device: ``"cpu"``, ``"cuda"`` or ``"cuda:N"`` (searches on a GPU copy; see :meth:`to`).
 
     Everything after ``dim`` is keyword-only. Documents are stored packed (one
@@ -326,9 +339,10 @@ class MultiVectorIndex(Mirrored):
 
     _KIND = _KIND  # for Mirrored
 
-    def __init__(self, dim: int, *, storage: str = "f32", device: str = "cpu"):
+    def __init__(self, dim: int, *, storage: str = "f32", keep_float: bool = False, device: str = "cpu"):
         self._dim = as_int(dim, "dim", 1)
         self._storage = as_choice(storage, "storage", MULTIVECTOR_STORAGES)
+        self._keep_float = as_bool(keep_float, "keep_float")
         self._lock = RWLock()
         self._id_map = _core.IdMap()
         self._next_id = 0
@@ -341,12 +355,16 @@ class MultiVectorIndex(Mirrored):
         fields = {"tokens": ((self._dim,), multivector_token_dtype(self._storage))}
         if self._storage == "int8":
             fields["scales"] = ((), np.dtype(np.float32))
+        if self._keep_float:
+            fields[_FLOAT_TOKENS] = ((self._dim,), np.dtype(np.float32))
         return fields
 
     # ------------------------------------------------------------------ properties
 
     dim = read_only("_dim", "Vector dimension.")
     storage = read_only("_storage", "How vectors are stored (a name of _storage).")
+    keep_float = read_only("_keep_float", "Whether a float32 copy of the tokens is kept for exact re-ranking.")
+
     @property
     def ids(self) -> np.ndarray:
         """A copy of the stored document ids, in storage order."""
@@ -365,7 +383,7 @@ class MultiVectorIndex(Mirrored):
 
     @property
     def nbytes(self) -> int:
-        """Bytes held by the stored arrays (tokens, scales, offsets, ids, attributes)."""
+        """Bytes held by the stored arrays (tokens, scales, float copy, offsets, ids, attributes)."""
         return self._tokens.nbytes + self._docs.nbytes + self._attrs.nbytes
 
     @property
@@ -378,30 +396,45 @@ class MultiVectorIndex(Mirrored):
         return self._docs.count
 
     def _views(self) -> dict:
-        """The stored arrays as views (hold the lock while using them)."""
+        """The stored arrays as views, the float copy included (hold the lock while using them)."""
         return {**self._tokens.views(), **self._docs.views()}
+
+    def _scan_views(self) -> dict:
+        """The arrays the storage's scan reads (the views without the float copy)."""
+        views = self._views()
+        views.pop(_FLOAT_TOKENS, None)
+        return views
 
     def arrays(self) -> dict:
         """Copies of the stored arrays: ``tokens`` (n_tokens, dim) codes of the
         storage (see ``flatcoat._storage.multivector_token_dtype``), ``offsets``
         int64 (n_docs + 1,), ``ids`` int64 (n_docs,), and for int8 ``scales``
-        float32 (n_tokens,)."""
+        float32 (n_tokens,). The float copy of ``keep_float`` is not among them
+        (these are what a device copy uploads); :meth:`get` returns it."""
         with self._lock.read():
-            return {name: a.copy() for name, a in self._views().items()}
+            return {name: a.copy() for name, a in self._scan_views().items()}
 
     def _source(self) -> IndexSource:
-        return IndexSource(_KIND, self._dim, None, self._storage, self._views)
+        return IndexSource(_KIND, self._dim, None, self._storage, self._scan_views)
 
     def __contains__(self, id_) -> bool:
         """True for an integer id that is present; any other object is not in the index."""
         return holds_id(self._id_map, self._lock, id_)
 
     def __repr__(self) -> str:
-        return f"MultiVectorIndex(dim={self._dim}, storage={self._storage!r}, count={len(self)}, tokens={self.num_tokens})"
+        kept = ", keep_float=True" if self._keep_float else ""
+        return (f"MultiVectorIndex(dim={self._dim}, storage={self._storage!r}{kept}, count={len(self)}, "
+                f"tokens={self.num_tokens})")
 
     # ------------------------------------------------------------------ building
 
     def _encode(self, x: np.ndarray) -> dict:
+        rows = self._encode_codes(x)
+        if self._keep_float:
+            rows[_FLOAT_TOKENS] = x
+        return rows
+
+    def _encode_codes(self, x: np.ndarray) -> dict:
         if self._storage == "f32":
             return {"tokens": x}
         if self._storage == "f16":
@@ -524,20 +557,21 @@ class MultiVectorIndex(Mirrored):
 
     def get(self, ids, *, vectors: bool = True) -> Tuple[Optional[list], list]:
         """``(documents, attributes)`` of present ids (else a KeyError), in the order asked: one float32
-        (n_tokens, dim) array per document (f16 widened, int8 ``scale * (code - 128)``) and one dict of
-        attributes per document; ``vectors=False`` returns ``(None, attributes)``."""
+        (n_tokens, dim) array per document (the float copy with ``keep_float``, else f16 widened, int8
+        ``scale * (code - 128)``) and one dict of attributes per document; ``vectors=False`` returns
+        ``(None, attributes)``."""
         with self._lock.read():
             _, positions = positions_of(ids, self._id_map)
             if not vectors:
                 return None, self._attrs.rows(positions)
             offsets = self._docs.view("offsets")
-            tokens = self._tokens.view("tokens")
+            tokens = self._tokens.view(_FLOAT_TOKENS if self._keep_float else "tokens")
             docs = []
             for p in positions.tolist():  # one slice per asked document
                 t = tokens[offsets[p] : offsets[p + 1]]
-                if self._storage == "f16":
+                if self._storage == "f16" and not self._keep_float:
                     t = t.view(np.float16).astype(np.float32)
-                elif self._storage == "int8":
+                elif self._storage == "int8" and not self._keep_float:
                     scales = self._tokens.view("scales")[offsets[p] : offsets[p + 1]]
                     t = scales[:, None] * (t.astype(np.float32) - 128.0)
                 docs.append(np.array(t, dtype=np.float32))
@@ -586,7 +620,7 @@ class MultiVectorIndex(Mirrored):
         return positions, _offsets_of(np.array([c.size for c in out], dtype=np.int64))
 
     def search(self, queries, k: int = 10, *, subset=None, query_weights=None,
-               filter=None) -> Tuple[np.ndarray, np.ndarray]:
+               filter=None, rerank: Optional[int] = None) -> Tuple[np.ndarray, np.ndarray]:
         """The ``k`` best documents of each query by MaxSim: ``(scores, ids)``, float32 and int64 (q, k').
 
         ``k' = min(k, len(self))``. ``queries``: one (t, dim) query (q = 1), a
@@ -606,13 +640,22 @@ class MultiVectorIndex(Mirrored):
         ``filter``: a dict predicate over the attributes or a 1-d sequence of
         allowed ids (docs/filters.md); only matching documents are scored (with
         ``subset``, those in both).
+
+        ``rerank=R`` (``R >= k``, needs ``keep_float=True``): the ``R`` best
+        documents of the scan over the stored codes (with the same ``subset``,
+        ``filter`` and weights) are scored again by exact float32 MaxSim over
+        the float copy, and the best ``k`` of those are returned with their
+        exact scores; ``R`` is bounded by the index size like ``k``.
         """
         k = as_k(k)
+        rerank = as_rerank(rerank, k, self._keep_float)
         with self._lock.read():
             mirror = self._mirror
             if mirror is not None:  # device queries must not reach the host-side checks
                 if filter is not None:
                     raise ValueError("filter: not supported on a GPU index yet; search a CPU index (index.to('cpu'))")
+                if rerank is not None:
+                    raise ValueError("rerank: not supported on a GPU index yet; search a CPU index (index.to('cpu'))")
                 resolved = None if subset is None else self._resolve_subset(subset, _query_count(queries))
                 return mirror.search(self._source(), queries, min(k, len(self)), subset=resolved,
                                      query_weights=query_weights)
@@ -627,9 +670,19 @@ class MultiVectorIndex(Mirrored):
             if k == 0:
                 return np.empty((nq, 0), np.float32), np.empty((nq, 0), np.int64)
             v = self._views()
-            return _core.search_maxsim(
+            depth = k if rerank is None else min(rerank, len(self))
+            scores, ids = _core.search_maxsim(
                 self._storage, self._dim, v["tokens"], v["offsets"], v.get("scales"), v["ids"],
-                q, offsets, weights, k, positions, subset_offsets, filter=bits,
+                q, offsets, weights, depth, positions, subset_offsets, filter=bits,
+            )
+            if rerank is None:
+                return scores, ids
+            # Exact MaxSim over the float copy, restricted to each query's candidates (padding dropped).
+            found = ids >= 0
+            candidates = self._id_map.find(np.ascontiguousarray(ids[found]))
+            return _core.search_maxsim(
+                "f32", self._dim, v[_FLOAT_TOKENS], v["offsets"], None, v["ids"],
+                q, offsets, weights, k, candidates, _offsets_of(found.sum(axis=1).astype(np.int64)),
             )
 
     # ------------------------------------------------------------------ persistence
@@ -638,7 +691,7 @@ class MultiVectorIndex(Mirrored):
         """Writes the index to directory ``path`` atomically (see ``flatcoat.load``)."""
         with self._lock.read():
             meta = {
-                "dim": self._dim, "storage": self._storage, "count": len(self),
+                "dim": self._dim, "storage": self._storage, "keep_float": self._keep_float, "count": len(self),
                 "tokens": self.num_tokens, "next_id": self._next_id,
             }
             arrays = self._views()
@@ -661,7 +714,9 @@ class MultiVectorIndex(Mirrored):
             need(isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= (1 if key == "dim" else 0),
                  "manifest.json", f"invalid {key} {value!r}")
         need(storage in MULTIVECTOR_STORAGES, "manifest.json", f"unknown storage {storage!r}")
-        index = cls(dim, storage=storage)
+        keep_float = meta.get("keep_float", False)  # absent in indexes saved before keep_float existed
+        need(isinstance(keep_float, bool), "manifest.json", f"invalid keep_float {keep_float!r}")
+        index = cls(dim, storage=storage, keep_float=keep_float)
         for name in (*index._token_fields(), *_DOC_FIELDS):
             need(name in arrays, f"{name}.npy", "missing from the manifest")
         try:
