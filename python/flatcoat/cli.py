@@ -239,6 +239,19 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_serve(args) -> int:
+    try:
+        from .server import ServeConfig, run
+        import fastapi, uvicorn, prometheus_client  # noqa: F401 - the serve extra, reported before loading
+    except ImportError as exc:
+        raise CLIError(f"serve needs the serve extra ({exc.name} is missing): pip install 'flatcoat[serve]'") from None
+    api_key = args.api_key if args.api_key is not None else (os.environ.get("FLATCOAT_API_KEY") or None)
+    run(args.path, ServeConfig(host=args.host, port=args.port, api_key=api_key, max_batch=args.max_batch,
+                               max_wait_ms=args.max_wait_ms, batching=not args.no_batching,
+                               snapshot_every_s=args.snapshot_every_s, max_body_mb=args.max_body_mb, max_k=args.max_k))
+    return 0
+
+
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     # No abbreviations: a prefix of an option (--rerank of --reranker) would be an alias under another name.
@@ -330,6 +343,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size-factor", type=_positive_float, default=1.0, help=argparse.SUPPRESS)  # tests: tiny sizes
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)
+
+    p = sub.add_parser("serve", allow_abbrev=False, help="serve an index or retriever directory over HTTP",
+                       description="Serve a saved index or Retriever over HTTP/JSON (docs/serving.md): search, add, "
+                                   "upsert, remove, /health, /info, /metrics. Writes are logged to PATH.wal/ and "
+                                   "fsynced before each answer.")
+    p.add_argument("path", metavar="PATH", help="a directory written by .save() or flatcoat index")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, metavar="K",
+                   help="writes need 'Authorization: Bearer K' (default: $FLATCOAT_API_KEY); without one, writes are "
+                        "refused beyond loopback")
+    p.add_argument("--max-batch", type=_positive_int, default=64, help="queries per batched core call at most")
+    p.add_argument("--max-wait-ms", type=float, default=1.0, help="how long a search waits for others to batch with")
+    p.add_argument("--no-batching", action="store_true", help="one core call per request")
+    p.add_argument("--snapshot-every-s", type=float, default=60.0,
+                   help="fold the write-ahead log into a snapshot this often when there were writes (0: only on exit)")
+    p.add_argument("--max-body-mb", type=_positive_float, default=64.0, help="larger request bodies get 413")
+    p.add_argument("--max-k", type=_positive_int, default=10000, help="largest k a search may ask for")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("info", allow_abbrev=False, help="build and CPU features")
     p.set_defaults(func=_cmd_info)
