@@ -14,6 +14,7 @@ using namespace flatcoat;
 namespace flatcoat {
 namespace bindings {
 void bind_ivf(py::module_& m);  // cpp/bindings/ivf.cpp
+void bind_plaid(py::module_& m);  // cpp/bindings/plaid.cpp
 }  // namespace bindings
 }  // namespace flatcoat
 
@@ -52,4 +53,5 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     bindings::bind_maxsim(m);
     bindings::bind_probe(m);
     bindings::bind_ivf(m);
+    bindings::bind_plaid(m);
 }
