@@ -389,6 +389,14 @@ def test_eval_hybrid_row(tmp_path, capsys, method):
         assert rows[2][metric] == pytest.approx(value, abs=1e-6), metric
     if method is None:
         assert names[2] == "hybrid rrf k=60 (dense f32 + BM25)"
+        # the --bm25 reference row stays unstemmed (as documented); the hybrid's lexical list is stemmed
+        from flatcoat import eval as fe
+        from flatcoat.corpus import doc_text
+
+        _, plain = BM25([doc_text(c) for c in CORPUS], stemmer=None).search(list(QUERIES.values()), k=len(CORPUS))
+        want = fe.evaluate({q: {CORPUS[d]["_id"]: float(len(CORPUS) - r) for r, d in enumerate(plain[i])}
+                            for i, q in enumerate(QUERIES)}, QRELS)
+        assert {m: rows[1][m] for m in want} == pytest.approx(want, abs=1e-9)
 
 
 def test_eval_hybrid_alone_and_with_multivector(tmp_path):
