@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import importlib
 import json
 import math
 import os
@@ -39,6 +40,8 @@ _CHUNK = 1 << 22
 
 _LOADERS: Dict[str, Callable[[dict, Dict[str, np.ndarray]], object]] = {}
 _OPENERS: Dict[str, Callable[..., object]] = {}
+#: Kinds whose module registers them on import but is not imported with flatcoat (optional dependencies).
+_LAZY_KINDS = {"sharded": "flatcoat.distributed"}
 
 
 class IndexFormatError(ValueError):
@@ -438,6 +441,8 @@ def read_directory(path, mmap: bool = True, verify: bool = True, *, recover: boo
 def _open(path, *, mmap, verify, device, recover: bool):
     saved = read_directory(path, mmap=mmap, verify=verify, recover=recover)
     kind, manifest = saved.kind, saved.path / MANIFEST
+    if kind not in _OPENERS and kind not in _LOADERS and kind in _LAZY_KINDS:
+        importlib.import_module(_LAZY_KINDS[kind])
     opener = _OPENERS.get(kind)
     if opener is not None:
         return opener(saved, mmap=mmap, verify=verify, device=device)
