@@ -156,7 +156,7 @@ py::tuple search_ivf_py(const std::string& storage, const std::string& metric, i
                         const py::object& slot_ids, const py::object& codebooks, const py::object& scale,
                         const py::object& offset, const py::object& sq_norms, const py::object& float_rows,
                         const py::object& slot_rows, const py::object& float_sq_norms, const py::object& queries_obj,
-                        int64_t k_arg, int64_t nprobe_arg, int64_t rerank_arg) {
+                        int64_t k_arg, int64_t nprobe_arg, int64_t rerank_arg, const py::object& filter) {
     ivf_data_t data;
     data.dim = count(dim_arg, "dim", 1);
     const size_t dim = data.dim;
@@ -217,6 +217,7 @@ py::tuple search_ivf_py(const std::string& storage, const std::string& metric, i
     query.nprobe = nprobe;
     query.metric = metric_from_name(metric);
     query.rerank = rerank;
+    query.filter = checked_filter(filter, data.total_slots, "slots");
 
     return search_results(query.nq, query.k,
                           [&](float* scores, int64_t* ids) { search_ivf(data, query, scores, ids); });
@@ -246,7 +247,11 @@ void bind_ivf(py::module_& m) {
           py::arg("list_offsets"), py::arg("codes"), py::arg("slot_ids"), py::arg("codebooks"), py::arg("scale"),
           py::arg("offset"), py::arg("sq_norms"), py::arg("float_rows"), py::arg("slot_rows"),
           py::arg("float_sq_norms"), py::arg("queries"), py::arg("k"), py::arg("nprobe"), py::arg("rerank"),
-          "IVF search: (scores float32 (q, k'), ids int64 (q, k')), k' = min(k, live slots).");
+          py::kw_only(), py::arg("filter") = py::none(),
+          "IVF search: (scores float32 (q, k'), ids int64 (q, k')), k' = min(k, live slots).\n"
+          "filter: None or uint64 (ceil(total_slots / 64),) bits over the slots (LSB first): a query probes\n"
+          "lists in centroid order until it has seen enough allowed entries, or scores the allowed slots\n"
+          "directly when that is cheaper; missing results are padded with id -1 and score -inf (+inf for l2).");
 }
 
 }  // namespace bindings

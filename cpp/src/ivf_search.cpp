@@ -9,7 +9,8 @@
 #include <vector>
 
 #include "flatcoat/dense_kernels.hpp"
-#include "flatcoat/dense_search.hpp"  // binarize
+#include "flatcoat/dense_search.hpp"  // prepare_queries, reported_score
+#include "flatcoat/filter.hpp"
 #include "flatcoat/isa.hpp"
 #include "flatcoat/pq.hpp"
 #include "flatcoat/thread_pool.hpp"
@@ -26,6 +27,12 @@ constexpr size_t lut_queries_k = 64;     // queries per table-building task
 constexpr size_t scan_blocks_k = 32;     // pq4 blocks summed before their candidates are looked at
 constexpr size_t scan_chunk_bytes_k = 24 * 1024;  // codes scanned by every query of a list in turn (L1)
 constexpr size_t row_tile_k = 512;       // rows of a dense list scored at once
+// The filtered search's cost estimate (brute_force_cheaper), in multiply-adds of streamed float32,
+// measured at 200,000 x 384 (pq4 m = 192, 894 lists): a fast-scanned pq4 slot about 10 ns
+// (0.375 per sub-quantizer), a streamed float 0.135 ns, a float of a scattered row (or of a
+// slot scored on its own from its codes) about 0.33 ns.
+constexpr double pq4_slot_cost_k = 0.375;      // per sub-quantizer of a fast-scanned pq4 slot
+constexpr double scattered_row_cost_k = 2.5;   // per element of a scattered row
 
 size_t row_bytes(codec_t codec, size_t dim) {
     switch (codec) {
@@ -165,6 +172,156 @@ struct scratch_t {
     std::vector<uint32_t> distances;
 };
 
+/// The cost estimate that picks brute force for a filtered search (see
+/// ivf_query_t::filter), per query, in float32 multiply-adds over streamed
+/// rows. Probing: the coarse step (nlist x dim), the slots of the lists it
+/// scans, for an uncorrelated filter need x total_slots / allowed of them at
+/// the codec's cost per slot, and the re-ranking of `rerank` scattered float
+/// rows. Brute force: every allowed slot, a scattered float row each with the
+/// float copy, else its codes.
+bool brute_force_cheaper(const ivf_data_t& data, const ivf_query_t& query, size_t need,
+                         size_t allowed) {
+    const double dim = double(data.dim), slots = double(data.total_slots);
+    const bool exact = data.float_rows != nullptr && data.slot_rows != nullptr;
+    double per_slot = dim;  // a dense list row, streamed
+    if (data.pq4) per_slot = pq4_slot_cost_k * double(data.m);
+    else if (data.codec == codec_t::binary_k) per_slot = double(binary_words(data.dim));
+    const double scanned = std::min(slots, double(need) * slots / double(allowed));
+    const double probe = double(data.nlist) * dim + scanned * per_slot +
+                         (query.rerank != 0 ? double(query.rerank) * dim * scattered_row_cost_k : 0.0);
+    const double each = (exact || data.pq4 ? dim : per_slot) * scattered_row_cost_k;
+    return double(allowed) * each < probe;
+}
+
+/// The allowed live slots of a filtered search, ascending, with their lists.
+struct allowed_slots_t {
+    std::vector<int64_t> slots;
+    std::vector<uint32_t> lists;
+};
+
+/// Brute force over the allowed slots (see ivf_query_t::filter): with the
+/// float copy the exact top-k by float32 dot products on the slots' rows;
+/// without it each slot scored from its list codes (dense codecs: the list
+/// scan's very values; pq4: ip from the query's float table plus <q,
+/// centroid>, l2 as -|q - decoded|^2). Writes the results like search_ivf.
+void search_allowed(const ivf_data_t& data, const ivf_query_t& query, const allowed_slots_t& allowed,
+                    const std::vector<float>& books_t, float* out_scores, int64_t* out_ids) {
+    const size_t dim = data.dim, k = query.k, m = data.m;
+    const bool l2 = query.metric == metric_t::l2_k;
+    const bool exact = data.float_rows != nullptr && data.slot_rows != nullptr;
+    const bool binary = !data.pq4 && data.codec == codec_t::binary_k;
+    const isa_t isa = active_isa();
+    const dense_kernels_t& dense = kernels_for<dense_kernels_t>(isa);
+    const size_t threads = num_threads();
+    const size_t words = binary_words(dim);
+    const size_t stored = data.pq4 ? 0 : row_bytes(data.codec, dim);
+    const size_t n = allowed.slots.size();
+    constexpr size_t chunk = 1024;  // allowed slots per task
+    const size_t chunks = (n + chunk - 1) / chunk;
+
+    for (size_t q0 = 0; q0 < query.nq; q0 += query_block_k) {
+        const size_t nq = std::min(query_block_k, query.nq - q0);
+        const float* queries = query.queries + q0 * dim;
+        std::vector<float> query_sums, tables;
+        std::vector<uint64_t> query_bits;
+        if (!exact && !data.pq4) prepare_queries(data.codec, queries, nq, dim, query_sums, query_bits);
+        if (!exact && data.pq4 && !l2) {
+            tables.resize(nq * m * pq4_centroids_k);
+            parallel_for(nq, threads, [&](size_t i, size_t) {
+                ip_table(queries + i * dim, books_t.data(), dim, m, tables.data() + i * m * pq4_centroids_k);
+            });
+        }
+        const size_t slots = std::max<size_t>(1, std::min(threads, nq * chunks));
+        std::vector<std::vector<topk_t>> selectors(slots, std::vector<topk_t>(nq, topk_t(k, data.slot_ids)));
+        std::vector<std::vector<float>> decoded(slots);
+        parallel_for(nq * chunks, slots, [&](size_t task, size_t slot) {
+            const size_t i = task / chunks, c0 = (task % chunks) * chunk, c1 = std::min(n, c0 + chunk);
+            const float* qi = queries + i * dim;
+            topk_t& top = selectors[slot][i];
+            std::vector<float>& x = decoded[slot];
+            size_t bias_list = data.nlist;
+            float bias = 0.0f;
+            for (size_t c = c0; c < c1; ++c) {
+                const size_t s = size_t(allowed.slots[c]);
+                float value;
+                if (exact) {
+                    const int64_t row = data.slot_rows[s];
+                    if (row < 0 || size_t(row) >= data.n_rows)
+                        throw error("slot_rows: slot " + std::to_string(s) + " names row " + std::to_string(row) +
+                                    ", outside the float copy's " + std::to_string(data.n_rows));
+                    float dot;
+                    dense.dot_f32(qi, 1, data.float_rows + size_t(row) * dim, 1, dim, &dot, 1);
+                    value = l2 ? 2.0f * dot - data.float_sq_norms[row] : dot;
+                } else if (data.pq4) {
+                    const size_t l = allowed.lists[c];
+                    const uint8_t* block =
+                        static_cast<const uint8_t*>(data.codes) + (s / pq4_block_k) * pq4_block_bytes(m);
+                    const size_t v = s % pq4_block_k;
+                    auto code = [&](size_t sq) {
+                        const uint8_t byte = block[sq * 16 + (v & 15)];
+                        return size_t(v < 16 ? byte & 15 : byte >> 4);
+                    };
+                    if (!l2) {
+                        if (l != bias_list) {  // <q, centroid>, once per run of slots of a list
+                            dense.dot_f32(qi, 1, data.centroids + l * dim, 1, dim, &bias, 1);
+                            bias_list = l;
+                        }
+                        const float* table = tables.data() + i * m * pq4_centroids_k;
+                        float sum = 0.0f;
+                        for (size_t sq = 0; sq < m; ++sq) sum += table[sq * pq4_centroids_k + code(sq)];
+                        value = bias + sum;
+                    } else {
+                        const size_t ds = dim / m;
+                        x.resize(dim);
+                        const float* centroid = data.centroids + l * dim;
+                        for (size_t sq = 0; sq < m; ++sq) {
+                            const float* w = data.codebooks + (sq * pq4_centroids_k + code(sq)) * ds;
+                            for (size_t t = 0; t < ds; ++t) x[sq * ds + t] = centroid[sq * ds + t] + w[t];
+                        }
+                        float sum = 0.0f;
+                        for (size_t t = 0; t < dim; ++t) sum += (qi[t] - x[t]) * (qi[t] - x[t]);
+                        value = -sum;
+                    }
+                } else if (binary) {
+                    uint32_t distance;
+                    dense.hamming(query_bits.data() + i * words, 1, static_cast<const uint64_t*>(data.codes) + s * words,
+                                  1, words, &distance, 1);
+                    value = -float(distance);
+                } else {
+                    const unsigned char* row = static_cast<const unsigned char*>(data.codes) + s * stored;
+                    switch (data.codec) {
+                        case codec_t::f32_k:
+                            dense.dot_f32(qi, 1, reinterpret_cast<const float*>(row), 1, dim, &value, 1);
+                            break;
+                        case codec_t::f16_k:
+                            dense.dot_f16(qi, 1, reinterpret_cast<const uint16_t*>(row), 1, dim, &value, 1);
+                            break;
+                        default: dense.dot_u8(qi, 1, row, 1, dim, &value, 1); break;
+                    }
+                    if (data.codec == codec_t::int8_k) value = data.scale[s] * value + data.offset[s] * query_sums[i];
+                    if (l2) value = 2.0f * value - data.sq_norms[s];
+                }
+                if (value >= top.threshold()) top.push(value, int64_t(s));
+            }
+        });
+        for (size_t i = 0; i < nq; ++i) {
+            topk_t& found = selectors[0][i];
+            for (size_t t = 1; t < slots; ++t) found.merge(selectors[t][i]);
+            double q_sq_norm = 0.0;
+            if (l2)
+                for (size_t j = 0; j < dim; ++j) q_sq_norm += double(queries[i * dim + j]) * queries[i * dim + j];
+            const size_t at = (q0 + i) * k;
+            size_t r = 0;
+            for (const topk_t::entry_t& e : found.sorted()) {
+                out_scores[at + r] = !exact && data.pq4 ? (l2 ? std::max(0.0f, -e.value) : e.value)
+                                                        : reported_score(e.value, binary && !exact, l2, dim, q_sq_norm);
+                out_ids[at + r] = data.slot_ids[e.row];
+                ++r;
+            }
+        }
+    }
+}
+
 }  // namespace
 
 void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_scores, int64_t* out_ids) {
@@ -197,6 +354,50 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
             centroid_norms[l] = float(sq);
         }
 
+    // The filter (see ivf_query_t::filter): each list's allowed live slots,
+    // what a query must see, and whether brute force over them is cheaper.
+    const filter_t filter{query.filter.words, data.total_slots};
+    std::vector<uint32_t> list_allowed;
+    size_t need = 0, first_want = 0, useful_lists = 0;
+    if (filter.active()) {
+        list_allowed.assign(nlist, 0);
+        std::vector<uint32_t> list_live(nlist, 0);
+        parallel_for((nlist + 63) / 64, threads, [&](size_t t, size_t) {
+            for (size_t l = t * 64; l < std::min(nlist, t * 64 + 64); ++l) {
+                const size_t begin = size_t(data.list_offsets[l]), end = size_t(data.list_offsets[l + 1]);
+                uint32_t live = 0, allowed = 0;
+                for (size_t p = begin; p < end; ++p) live += data.slot_ids[p] >= 0;
+                filter.for_each(begin, end, [&](size_t p) { allowed += data.slot_ids[p] >= 0; });
+                list_live[l] = live;
+                list_allowed[l] = allowed;
+            }
+        });
+        size_t total_live = 0, total_allowed = 0;
+        for (size_t l = 0; l < nlist; ++l) {
+            total_live += list_live[l];
+            total_allowed += list_allowed[l];
+            useful_lists += list_allowed[l] != 0;
+        }
+        if (total_allowed == 0) return;
+        const size_t target = (nprobe * total_live + nlist - 1) / nlist;
+        need = std::min(total_allowed, std::max(target, keep));
+        first_want = std::min(useful_lists, std::max<size_t>(1, (need * useful_lists + total_allowed - 1) / total_allowed));
+
+        if (brute_force_cheaper(data, query, need, total_allowed)) {
+            allowed_slots_t allowed;
+            allowed.slots.reserve(total_allowed);
+            allowed.lists.reserve(total_allowed);
+            for (size_t l = 0; l < nlist; ++l)
+                filter.for_each(size_t(data.list_offsets[l]), size_t(data.list_offsets[l + 1]), [&](size_t p) {
+                    if (data.slot_ids[p] < 0) return;
+                    allowed.slots.push_back(int64_t(p));
+                    allowed.lists.push_back(uint32_t(l));
+                });
+            search_allowed(data, query, allowed, books_t, out_scores, out_ids);
+            return;
+        }
+    }
+
     for (size_t q0 = 0; q0 < query.nq; q0 += query_block_k) {
         const size_t nq = std::min(query_block_k, query.nq - q0);
         const float* queries = query.queries + q0 * dim;
@@ -206,8 +407,11 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
         // tile stays in L2 while a whole block of queries is scored against it
         // (and a single query's scan of the centroids is shared by the threads);
         // then each query's best lists are selected.
-        std::vector<int64_t> probe_lists(nq * nprobe);
-        std::vector<float> probe_values(nq * nprobe);
+        // With a filter each query takes lists in centroid order, skipping those
+        // without an allowed live slot, until the allowed entries reach `need`
+        // (see ivf_query_t::filter): a variable count, so probes are a CSR.
+        std::vector<std::vector<int64_t>> query_lists(nq);
+        std::vector<std::vector<float>> query_values(nq);
         {
             const size_t q_blocks = (nq + coarse_queries_k - 1) / coarse_queries_k;
             const size_t c_tiles = (nlist + coarse_centroids_k - 1) / coarse_centroids_k;
@@ -227,14 +431,34 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
                 // centroids with one compare; ties go to the smaller list.
                 parallel_for(rows, threads, [&](size_t i, size_t) {
                     const float* row = scores.data() + i * nlist;
-                    topk_t best(nprobe, nullptr);
-                    for (size_t l = 0; l < nlist; ++l)
-                        if (row[l] >= best.threshold()) best.push(row[l], int64_t(l));
-                    size_t r = 0;
-                    for (const topk_t::entry_t& e : best.sorted()) {
-                        probe_lists[(i0 + i) * nprobe + r] = e.row;
-                        probe_values[(i0 + i) * nprobe + r] = e.value;
-                        ++r;
+                    std::vector<int64_t>& lists = query_lists[i0 + i];
+                    std::vector<float>& values = query_values[i0 + i];
+                    if (!filter.active()) {
+                        topk_t best(nprobe, nullptr);
+                        for (size_t l = 0; l < nlist; ++l)
+                            if (row[l] >= best.threshold()) best.push(row[l], int64_t(l));
+                        for (const topk_t::entry_t& e : best.sorted()) {
+                            lists.push_back(e.row);
+                            values.push_back(e.value);
+                        }
+                        return;
+                    }
+                    // The best `want` lists holding allowed slots; twice as many
+                    // while they hold fewer than `need` allowed entries.
+                    for (size_t want = first_want;; want = std::min(useful_lists, 2 * want)) {
+                        topk_t best(want, nullptr);
+                        for (size_t l = 0; l < nlist; ++l)
+                            if (list_allowed[l] != 0 && row[l] >= best.threshold()) best.push(row[l], int64_t(l));
+                        lists.clear();
+                        values.clear();
+                        size_t seen = 0;
+                        for (const topk_t::entry_t& e : best.sorted()) {
+                            lists.push_back(e.row);
+                            values.push_back(e.value);
+                            seen += list_allowed[size_t(e.row)];
+                            if (seen >= need) break;
+                        }
+                        if (seen >= need || want >= useful_lists) break;
                     }
                 });
             }
@@ -242,17 +466,26 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
 
         // Probes grouped by list, in query order within a list.
         std::vector<size_t> group_start(nlist + 1, 0);
-        for (size_t p = 0; p < nq * nprobe; ++p) ++group_start[size_t(probe_lists[p]) + 1];
+        size_t n_probes = 0;
+        for (size_t i = 0; i < nq; ++i) {
+            n_probes += query_lists[i].size();
+            for (int64_t l : query_lists[i]) ++group_start[size_t(l) + 1];
+        }
         for (size_t l = 0; l < nlist; ++l) group_start[l + 1] += group_start[l];
-        std::vector<uint32_t> group_query(nq * nprobe);
-        std::vector<float> group_value(nq * nprobe);
+        std::vector<uint32_t> group_query(n_probes);
+        std::vector<float> group_value(n_probes);
+        // Lists that are some query's best probes first (see below): each list's best rank.
+        std::vector<uint32_t> first_rank(nlist, std::numeric_limits<uint32_t>::max());
         {
             std::vector<size_t> fill(group_start.begin(), group_start.end() - 1);
-            for (size_t p = 0; p < nq * nprobe; ++p) {
-                const size_t at = fill[size_t(probe_lists[p])]++;
-                group_query[at] = uint32_t(p / nprobe);
-                group_value[at] = probe_values[p];
-            }
+            for (size_t i = 0; i < nq; ++i)
+                for (size_t r = 0; r < query_lists[i].size(); ++r) {
+                    const size_t l = size_t(query_lists[i][r]);
+                    const size_t at = fill[l]++;
+                    group_query[at] = uint32_t(i);
+                    group_value[at] = query_values[i][r];
+                    first_rank[l] = std::min(first_rank[l], uint32_t(r));
+                }
         }
         std::vector<uint32_t> tasks;
         for (size_t l = 0; l < nlist; ++l)
@@ -261,11 +494,6 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
         // Lists that are some query's best probes first (their results raise the
         // thresholds early, so later lists push fewer candidates), then the
         // largest work first, for balance; the order never changes results.
-        std::vector<uint32_t> first_rank(nlist, uint32_t(nprobe));
-        for (size_t p = 0; p < nq * nprobe; ++p) {
-            uint32_t& r = first_rank[size_t(probe_lists[p])];
-            r = std::min(r, uint32_t(p % nprobe));
-        }
         auto work = [&](uint32_t l) {
             return uint64_t(group_start[l + 1] - group_start[l]) *
                    uint64_t(data.list_offsets[l + 1] - data.list_offsets[l]);
@@ -344,6 +572,8 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
                 }
                 for (size_t b0 = 0; b0 < n_blocks; b0 += chunk) {
                     const size_t nb = std::min(chunk, n_blocks - b0);
+                    const size_t chunk_begin = begin + b0 * pq4_block_k;
+                    if (!filter.any(chunk_begin, chunk_begin + nb * pq4_block_k)) continue;  // nothing allowed
                     for (size_t g = 0; g < ng; ++g) {
                         topk_t& top = mine[group_query[g0 + g]];
                         const float a = s.probe_scale[g], inv_a = s.probe_inv[g], base = s.probe_base[g];
@@ -368,7 +598,7 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
                                 mask &= mask - 1;
                                 if (sums[p] < bar) continue;  // the bar rose within this chunk
                                 const size_t slot_index = begin + (b0 + b) * pq4_block_k + pq4_position_vector(p);
-                                if (data.slot_ids[slot_index] < 0) continue;
+                                if (data.slot_ids[slot_index] < 0 || !filter.allowed(slot_index)) continue;
                                 const float value = base + float(sums[p]) * inv_a;
                                 if (value >= top.threshold()) {
                                     top.push(value, int64_t(slot_index));
@@ -398,6 +628,7 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
             }
             for (size_t r0 = begin; r0 < end; r0 += row_tile_k) {
                 const size_t rows = std::min(row_tile_k, end - r0);
+                if (!filter.any(r0, r0 + rows)) continue;  // nothing allowed in this tile
                 if (binary) {
                     s.distances.resize(nql * rows);
                     dense.hamming(s.bits.data(), nql, static_cast<const uint64_t*>(data.codes) + r0 * words, rows,
@@ -433,7 +664,7 @@ void search_ivf(const ivf_data_t& data, const ivf_query_t& query, float* out_sco
                                 value = data.scale[slot_index] * value + data.offset[slot_index] * query_sums[i];
                             if (l2) value = 2.0f * value - data.sq_norms[slot_index];
                         }
-                        if (value >= top.threshold() && data.slot_ids[slot_index] >= 0)
+                        if (value >= top.threshold() && data.slot_ids[slot_index] >= 0 && filter.allowed(slot_index))
                             top.push(value, int64_t(slot_index));
                     }
                 }
