@@ -25,6 +25,18 @@ inline py::array array_arg(const py::handle& a, const char* name, const char* ex
     return py::reinterpret_borrow<py::array>(a);
 }
 
+/// Whether `a` is the dtype `b` in native byte order. Identity first (the
+/// common case, no call into numpy); an equal but distinct descriptor, as
+/// unpickled arrays carry, is compared by type number and byte order.
+inline bool same_dtype(const py::dtype& a, const py::dtype& b) {
+    if (a.is(b)) return true;
+    if (a.normalized_num() != b.normalized_num()) return false;
+    const char order = a.byteorder();
+    const uint16_t probe = 1;
+    const bool little = *reinterpret_cast<const unsigned char*>(&probe) == 1;
+    return order == '=' || order == '|' || order == (little ? '<' : '>');
+}
+
 /// The data of `a` after checking its dtype (T exactly), ndim and C-contiguity.
 /// Messages are formatted only on failure: formatting a dtype calls back into
 /// numpy's Python code, a few microseconds that every search would pay.
@@ -32,7 +44,7 @@ template <class T>
 const T* checked(const py::handle& a, const char* name, py::ssize_t ndim) {
     if (!py::isinstance<py::array>(a)) array_arg(a, name, (" of " + std::string(py::str(py::dtype::of<T>()))).c_str());
     const py::array array = py::reinterpret_borrow<py::array>(a);
-    if (!array.dtype().is(py::dtype::of<T>()))
+    if (!same_dtype(array.dtype(), py::dtype::of<T>()))
         throw py::type_error(std::string(name) + ": expected dtype " + std::string(py::str(py::dtype::of<T>())) +
                              ", got " + std::string(py::str(array.dtype())));
     if (array.ndim() != ndim)
@@ -114,7 +126,7 @@ inline filter_t checked_filter(const py::object& o, size_t n, const char* unit) 
         throw py::type_error("filter: expected " + expected + ", got " +
                              std::string(py::str(py::type::of(o).attr("__name__"))));
     const py::array array = py::reinterpret_borrow<py::array>(o);
-    if (!array.dtype().is(py::dtype::of<uint64_t>()))
+    if (!same_dtype(array.dtype(), py::dtype::of<uint64_t>()))
         throw py::type_error("filter: expected " + expected + ", got dtype " + std::string(py::str(array.dtype())));
     if (array.ndim() != 1)
         throw py::value_error("filter: expected " + expected + ", got a " + std::to_string(array.ndim()) + "-d array");
