@@ -6,6 +6,15 @@ dtype, ValueError otherwise). Every `storage` is one of "f32", "f16", "int8",
 "binary" (MaxSim: not "binary"), every kernel `metric` "ip" or "l2" (cosine is
 "ip" over normalised vectors); an unknown name is a ValueError naming the
 argument. Searches return `(q, k')` with `k' = min(k, rows)`.
+
+Every search takes `filter=` by keyword: None, or a 1-d C-contiguous uint64
+array of exactly ceil(n / 64) words over the index's storage positions (n:
+rows, total slots or documents); position p is allowed iff bit p % 64 of word
+p // 64 is set (`np.packbits(mask, bitorder="little")` padded to 8 bytes, viewed
+as '<u8'). Bits past n are ignored. Anything else is a TypeError (not an array,
+wrong dtype) or ValueError (rank, contiguity, length) starting with "filter:"
+and giving the expected length. Missing results are id -1 with score -inf
+(+inf for l2).
 """
 
 from typing import Iterator, List, Optional, Tuple
@@ -47,8 +56,11 @@ def search_dense(
     queries: np.ndarray,  # (q, dim) float32, normalised for cosine
     k: int,
     rerank: int = 0,
+    *,
+    filter: Optional[np.ndarray] = None,  # (ceil(rows / 64),) uint64 bits over the rows
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """(scores float32 (q, k'), ids int64 (q, k')); rerank=R >= k re-ranks the R best against float_rows."""
+    """(scores float32 (q, k'), ids int64 (q, k')); rerank=R >= k re-ranks the R best against float_rows.
+    A filter gives exactly the search of an index holding only the allowed rows (ids and scores)."""
 def binarize(x: np.ndarray) -> np.ndarray:
     """Sign bits of (n, dim) float32 rows: (n, ceil(dim / 64)) uint64, bit j set when x[j] > 0."""
 def advise_hugepages(array: np.ndarray) -> bool:
@@ -83,8 +95,11 @@ def search_maxsim(
     k: int,
     subset: Optional[np.ndarray] = None,  # document positions (not ids), int64
     subset_offsets: Optional[np.ndarray] = None,  # (q + 1,) int64, splits subset per query
+    *,
+    filter: Optional[np.ndarray] = None,  # (ceil(docs / 64),) uint64 bits over document positions
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """(scores float32 (q, k'), ids int64 (q, k')), k' = min(k, docs); subset rows padded with -1 / -inf."""
+    """(scores float32 (q, k'), ids int64 (q, k')), k' = min(k, docs); subset rows padded with -1 / -inf.
+    filter ANDs with subset; masked documents are never scored."""
 def maxsim_scores(
     storage: str,
     dim: int,
@@ -163,5 +178,10 @@ def search_ivf(
     k: int,
     nprobe: int,  # >= 1, clamped to nlist
     rerank: int,  # 0: approximate scores; R >= k: exact re-ranking of the R best from float_rows
+    *,
+    filter: Optional[np.ndarray] = None,  # (ceil(total_slots / 64),) uint64 bits over the slots
 ) -> Tuple[np.ndarray, np.ndarray]:
-    """(scores float32 (q, k'), ids int64 (q, k')), k' = min(k, live slots); -1/-inf(+inf for l2) padding."""
+    """(scores float32 (q, k'), ids int64 (q, k')), k' = min(k, live slots); -1/-inf(+inf for l2) padding.
+    With a filter each query probes lists in centroid order until it has seen nprobe lists' worth of
+    allowed entries (and at least rerank or k), or scores the allowed slots directly when cheaper
+    (exactly, from float_rows, when given); never fewer than min(k, allowed) results."""
