@@ -15,6 +15,7 @@ from .dense import DenseIndex
 from . import eval  # noqa: F401 - flatcoat.eval; not in __all__, so `import *` keeps the builtin eval
 from .encoders import Encoder
 from .ivf import IVFIndex
+from .plaid import PlaidIndex
 from . import fusion  # noqa: F401 - flatcoat.fusion: Hybrid and the fusion functions
 from . import lexical  # noqa: F401 - registers the "bm25" kind for flatcoat.load (bm25s is imported on use)
 from .multivector import MultiVectorIndex, maxsim
@@ -22,7 +23,7 @@ from .retriever import Hit, Retriever
 
 __version__ = _core.__version__
 
-__all__ = ["DenseIndex", "IVFIndex", "MultiVectorIndex", "maxsim", "Encoder", "Retriever", "Hit", "IndexFormatError", "load", "info", "set_num_threads", "get_num_threads", "__version__"]
+__all__ = ["DenseIndex", "IVFIndex", "PlaidIndex", "MultiVectorIndex", "maxsim", "Encoder", "Retriever", "Hit", "IndexFormatError", "load", "info", "set_num_threads", "get_num_threads", "__version__"]
 
 
 def info() -> dict:

@@ -185,3 +185,34 @@ def search_ivf(
     With a filter each query probes lists in centroid order until it has seen nprobe lists' worth of
     allowed entries (and at least rerank or k), or scores the allowed slots directly when cheaper
     (exactly, from float_rows, when given); never fewer than min(k, allowed) results."""
+
+# ----------------------------------------------------------------------------- PLAID (flatcoat/plaid.hpp)
+
+def search_plaid(
+    nbits: int,  # 1 | 2 | 4
+    centroids: np.ndarray,  # (ncentroids, dim) float32
+    weights: np.ndarray,  # (dim, 2 ** nbits) float32 bucket values
+    codes: np.ndarray,  # (n_tokens, ceil(dim * nbits / 8)) uint8 packed residual codes
+    centroid_ids: np.ndarray,  # (n_tokens,) int32
+    offsets: np.ndarray,  # (docs + 1,) int64
+    ids: np.ndarray,  # (docs,) int64
+    ivf_offsets: np.ndarray,  # (ncentroids + 1,) int64
+    ivf_docs: np.ndarray,  # (entries,) int32 document positions, ascending per centroid
+    queries: np.ndarray,  # (query tokens, dim) float32
+    query_offsets: np.ndarray,  # (q + 1,) int64
+    query_weights: Optional[np.ndarray],  # (query tokens,) float32
+    k: int,  # >= 1, the caller clamps it to docs
+    nprobe: int,
+    ncandidates: int,  # >= ndocs
+    ndocs: int,  # >= k
+    *,
+    centroid_threshold: Optional[float] = None,  # PLAID's centroid pruning in stage 2
+    filter: Optional[np.ndarray] = None,  # (ceil(docs / 64),) uint64 bits over document positions
+    stats: bool = False,  # a third item: per-stage seconds and sizes
+) -> tuple:
+    """(scores float32 (q, k), ids int64 (q, k)[, stats dict]); -1/-inf padding."""
+def plaid_build_ivf(centroid_ids: np.ndarray, offsets: np.ndarray, n_centroids: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(ivf_offsets int64 (n_centroids + 1,), ivf_docs int32): each centroid's distinct documents, ascending."""
+def plaid_decompress(nbits: int, codes: np.ndarray, centroid_ids: np.ndarray, centroids: np.ndarray,
+                     weights: np.ndarray) -> np.ndarray:
+    """(n, dim) float32 tokens: centroids[id] + weights[d, code_d]."""

@@ -61,24 +61,35 @@ DEFAULT_NDOCS = 256
 #: ``max(ncentroids or 1, MIN_TRAIN)`` of them.
 MIN_TRAIN = 256
 #: k-means trains on at most this many sampled tokens per centroid (see default_ncentroids).
-TRAIN_POINTS_PER_CENTROID = 32
+TRAIN_POINTS_PER_CENTROID = 16
+#: default_ncentroids never goes above this (the CPU build: k-means costs about
+#: 16 * ncentroids^2 * 2 * dim * iterations flops, 7e13 at 2^16 and dim 128).
+MAX_DEFAULT_NCENTROIDS = 1 << 16
+#: Up to this many centroids tokens are assigned exactly (n * ncentroids * 2 * dim flops); above,
+#: through a two-level quantizer (see PlaidIndex._assign).
+_FLAT_ASSIGN_MAX = 4096
 #: The residual quantiles are estimated from at most this many sampled tokens.
 _RESIDUAL_SAMPLE = 1 << 16
+#: Lloyd-Max refinements of the residual buckets after the quantile start (0: ColBERTv2's buckets).
+_LLOYD_STEPS = 8
 #: Tokens assigned and encoded at a time (the float temporaries stay near 8 MiB at dim 128).
 _ENCODE_CHUNK = 16384
 
 
 def default_ncentroids(n_tokens: int) -> int:
     """ColBERT's rule, ``2 ** floor(log2(16 * sqrt(n_tokens)))``, with at least 8 training tokens per
-    centroid (``n_tokens // 8``, rounded down to a power of two).
+    centroid (``n_tokens // 8``, rounded down to a power of two) and at most ``2 ** 16`` centroids
+    (:data:`MAX_DEFAULT_NCENTROIDS`, so that a CPU build stays in minutes).
 
     >>> default_ncentroids(10_000_000), default_ncentroids(12_000), default_ncentroids(100)
     (32768, 1024, 8)
+    >>> default_ncentroids(180_000_000)   # ColBERT's rule would give 2 ** 17
+    65536
     """
     n = max(1, int(n_tokens))
     colbert = 2 ** int(math.floor(math.log2(16 * math.sqrt(n))))
     cap = 2 ** int(math.floor(math.log2(max(1, n // 8))))
-    return max(1, min(colbert, cap))
+    return max(1, min(colbert, cap, MAX_DEFAULT_NCENTROIDS))
 
 
 def _optional_count(value, name: str, minimum: int = 1) -> Optional[int]:
@@ -142,6 +153,7 @@ class PlaidIndex:
         self._centroids: Optional[np.ndarray] = None
         self._cutoffs: Optional[np.ndarray] = None
         self._weights: Optional[np.ndarray] = None
+        self._coarse = None  # the two-level assigner (_assign), built on first use
         self._tokens = RowStore(self._token_fields())
         self._docs = RowStore(_DOC_FIELDS, fenced=("offsets",))
         self._attrs = AttributeStore()
@@ -230,22 +242,36 @@ class PlaidIndex:
         if n > _RESIDUAL_SAMPLE:
             rows = np.sort(np.random.default_rng(self._seed).choice(n, _RESIDUAL_SAMPLE, replace=False))
             sample = tokens[rows]
-        residuals = sample - centroids[_core.assign(sample, centroids, "l2")]
-        buckets = 1 << self._nbits
-        # ColBERTv2: cut-offs at the quantiles i / B of the residuals, each bucket decoded as its mean
-        # residual (a bucket left empty by ties: its centre quantile).
-        cutoffs = np.quantile(residuals, np.arange(1, buckets) / buckets, axis=0).T.astype(np.float32)  # (dim, B - 1)
-        codes = self._bucketize(residuals, cutoffs)
-        weights = np.quantile(residuals, (np.arange(buckets) + 0.5) / buckets, axis=0).T.astype(np.float64)
-        flat = (np.arange(self._dim)[None, :] * buckets + codes).ravel()
-        counts = np.bincount(flat, minlength=self._dim * buckets).reshape(self._dim, buckets)
-        sums = np.bincount(flat, weights=residuals.ravel().astype(np.float64),
-                           minlength=self._dim * buckets).reshape(self._dim, buckets)
-        weights = np.where(counts > 0, sums / np.maximum(counts, 1), weights)
-        self._centroids = centroids
+        self._centroids, self._coarse = centroids, None
+        residuals = sample - centroids[self._assign(sample)]
+        cutoffs, weights = self._buckets(residuals)
         self._cutoffs = np.ascontiguousarray(cutoffs)
         self._weights = np.ascontiguousarray(weights, dtype=np.float32)
         self._ivf = {"ivf_offsets": np.zeros(k + 1, dtype=_INT64), "ivf_docs": np.zeros(0, dtype=_INT32)}
+
+    def _buckets(self, residuals: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Per-dimension cut-offs (dim, B - 1) and bucket weights (dim, B) of the residuals, B = 2^nbits.
+
+        ColBERTv2's start: cut-offs at the quantiles i / B, each bucket decoded as the mean residual in
+        it (an empty bucket: its centre quantile). Then a few Lloyd-Max steps (1-d k-means per
+        dimension: cut-offs half-way between neighbouring weights, weights the means again), which cut
+        the mean squared error of the decoded residuals (measured in docs/plaid.md).
+        """
+        buckets = 1 << self._nbits
+        dim = residuals.shape[1]
+        cutoffs = np.quantile(residuals, np.arange(1, buckets) / buckets, axis=0).T.astype(np.float32)
+        fallback = np.quantile(residuals, (np.arange(buckets) + 0.5) / buckets, axis=0).T.astype(np.float64)
+        values = residuals.ravel().astype(np.float64)
+        base = (np.arange(dim)[None, :] * buckets)
+        for step in range(_LLOYD_STEPS + 1):
+            flat = (base + self._bucketize(residuals, cutoffs)).ravel()
+            counts = np.bincount(flat, minlength=dim * buckets).reshape(dim, buckets)
+            sums = np.bincount(flat, weights=values, minlength=dim * buckets).reshape(dim, buckets)
+            weights = np.where(counts > 0, sums / np.maximum(counts, 1), fallback)
+            weights = np.maximum.accumulate(weights, axis=1)  # keep the buckets ordered
+            if step < _LLOYD_STEPS:
+                cutoffs = (0.5 * (weights[:, 1:] + weights[:, :-1])).astype(np.float32)
+        return np.ascontiguousarray(cutoffs), np.ascontiguousarray(weights, dtype=np.float32)
 
     @staticmethod
     def _bucketize(residuals: np.ndarray, cutoffs: np.ndarray) -> np.ndarray:
@@ -273,6 +299,43 @@ class PlaidIndex:
 
     # ------------------------------------------------------------------ building
 
+    def _assign(self, x: np.ndarray) -> np.ndarray:
+        """The centroid of each token (int64 (n,)): the nearest in L2 (the smallest residual).
+
+        Up to 4096 centroids exactly. Above, through two levels, as a flat scan would cost
+        n * ncentroids * 2 * dim flops (3e15 for 180M tokens and 2^16 centroids): the centroids are
+        grouped by a k-means of their own (2^ceil(log2(sqrt(ncentroids))) groups, seeded, so the
+        same for every run), a token goes to its nearest group and takes the nearest centroid of
+        that group. A token near a group boundary may get its second-nearest centroid: a slightly
+        larger residual, never a wrong decompression. Deterministic, token by token.
+        """
+        centroids = self._centroids
+        n_c = centroids.shape[0]
+        if n_c <= _FLAT_ASSIGN_MAX:
+            return _core.assign(x, centroids, "l2")
+        if self._coarse is None:  # under the write lock (add, upsert, train)
+            groups = 2 ** int(math.ceil(math.log2(math.sqrt(n_c))))
+            coarse = _core.kmeans(centroids, groups, iterations=10, seed=self._seed, spherical=False)
+            owner = _core.assign(centroids, coarse, "l2")
+            order = np.argsort(owner, kind="stable")
+            bounds = np.searchsorted(owner[order], np.arange(groups + 1))
+            members = [order[bounds[g]:bounds[g + 1]] for g in range(groups)]
+            self._coarse = (coarse, [(m, np.ascontiguousarray(centroids[m])) for m in members])
+        coarse, members = self._coarse
+        group = _core.assign(x, coarse, "l2")
+        out = np.empty(x.shape[0], dtype=np.int64)
+        order = np.argsort(group, kind="stable")
+        bounds = np.searchsorted(group[order], np.arange(len(members) + 1))
+        for g, (ids, rows) in enumerate(members):
+            a, b = int(bounds[g]), int(bounds[g + 1])
+            if a == b:
+                continue
+            which = order[a:b]
+            part = np.ascontiguousarray(x[which])
+            # A group that no centroid joined (possible, rare): its tokens are assigned exactly.
+            out[which] = ids[_core.assign(part, rows, "l2")] if ids.size else _core.assign(part, centroids, "l2")
+        return out
+
     def _encode(self, tokens: np.ndarray) -> dict:
         """Centroid ids and packed residual codes of (n, dim) float32 tokens."""
         n = tokens.shape[0]
@@ -282,7 +345,7 @@ class PlaidIndex:
         padded = self._code_bytes * per_byte
         for start in range(0, n, _ENCODE_CHUNK):
             chunk = tokens[start : start + _ENCODE_CHUNK]
-            labels = _core.assign(chunk, self._centroids, "l2")
+            labels = self._assign(chunk)
             cids[start : start + chunk.shape[0]] = labels
             residuals = self._centroids[labels]
             np.subtract(chunk, residuals, out=residuals)
