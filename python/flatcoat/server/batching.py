@@ -76,7 +76,9 @@ class MicroBatcher:
         self._on_call = on_call
         self._groups: "OrderedDict[str, List[_Pending]]" = OrderedDict()
         self._params: Dict[str, Dict[str, Any]] = {}
-        self._wake: Optional[asyncio.Event] = None
+        self._idle: Optional[asyncio.Future] = None      # set while the dispatcher has nothing to do
+        self._filling: Optional[asyncio.Future] = None   # set while it waits for a group to fill
+        self._filling_key: Optional[str] = None
         self._task: Optional[asyncio.Task] = None
         self.calls = 0  # core calls made (tests compare it with the requests)
 
@@ -86,7 +88,6 @@ class MicroBatcher:
             return (await self._call(params, [payload], [count]))[0]
         loop = asyncio.get_running_loop()
         if self._task is None:
-            self._wake = asyncio.Event()
             self._task = loop.create_task(self._dispatch())
         key = params_key(params)
         item = _Pending(payload, count, loop.create_future())
@@ -95,7 +96,12 @@ class MicroBatcher:
             self._groups[key] = group = []
             self._params[key] = params
         group.append(item)
-        self._wake.set()
+        if self._idle is not None:
+            if not self._idle.done():
+                self._idle.set_result(None)
+        elif (self._filling is not None and key == self._filling_key and not self._filling.done()
+              and sum(p.count for p in group) >= self.max_batch):
+            self._filling.set_result(None)  # the group being waited on is full: go now
         return await item.future
 
     async def _call(self, params, payloads: List[Any], counts: List[int]) -> List[Any]:
@@ -120,22 +126,27 @@ class MicroBatcher:
         return taken
 
     async def _dispatch(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             if not self._groups:
-                self._wake.clear()
-                await self._wake.wait()
+                self._idle = loop.create_future()
+                try:
+                    await self._idle
+                finally:
+                    self._idle = None
                 continue
             key = next(iter(self._groups))
             group = self._groups[key]
-            while sum(p.count for p in group) < self.max_batch:
-                remaining = group[0].arrived + self.max_wait_s - time.perf_counter()
-                if remaining <= 0:
-                    break
-                self._wake.clear()
+            remaining = group[0].arrived + self.max_wait_s - time.perf_counter()
+            if remaining > 0 and sum(p.count for p in group) < self.max_batch:
+                # One timer, no task: woken by the deadline or by submit() when the group fills.
+                self._filling, self._filling_key = loop.create_future(), key
+                timer = loop.call_later(remaining, _resolve, self._filling)
                 try:
-                    await asyncio.wait_for(self._wake.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
+                    await self._filling
+                finally:
+                    timer.cancel()
+                    self._filling = self._filling_key = None
             params = self._params[key]
             taken = self._take(key)
             if key not in self._groups:
