@@ -12,9 +12,9 @@ Storage (all numpy, memory-mappable):
   ``present`` (bool).
 - keyword: ``codes`` (int32, -1 where missing) into the column's vocabulary,
   a list of distinct strings in first-seen order (codes never move on append).
-- keywords: CSR ``offsets`` (int64, n + 1), ``codes`` (int32, one per list
-  element, in the order given) and ``present`` (bool; a present empty list
-  has no codes).
+- keywords: int32 codes in a pool, row r's list being ``pool[starts[r]:ends[r]]``
+  (in the order given), and ``present`` (bool; a present empty list has no
+  codes). Saved as CSR (``offsets`` n + 1 and ``codes`` in row order).
 
 Filters (``evaluate``) are dicts in the style of MongoDB / Qdrant / Chroma,
 validated completely before any row is read, then evaluated with O(n) numpy
@@ -58,6 +58,7 @@ _ALL_FIELD_OPERATORS = ("$eq", "$ne", "$gt", "$gte", "$lt", "$lte", "$in", "$nin
 #: Operators that stand where a field name would.
 LOGICAL_OPERATORS = ("$and", "$or", "$not", "$id")
 
+_EXPECTS = {"int": "a number", "float": "a number", "bool": "True or False", "keyword": "a str", "keywords": "a str"}
 _EXAMPLE = "{'year': {'$gte': 2020}, 'lang': {'$in': ['en', 'de']}}"
 
 
@@ -270,17 +271,8 @@ class _Keyword:
     def extend_missing(self, m: int) -> None:
         self.codes.fill(-1, m)
 
-    def _mapping(self, other_vocab: _Vocab, other_codes: np.ndarray) -> np.ndarray:
-        """int32 table: other's code -> this column's code (adding strings), -1 -> -1 (the last entry)."""
-        mapping = np.full(len(other_vocab.strings) + 1, -1, dtype=np.int32)
-        used = np.unique(other_codes[other_codes >= 0]) if other_codes.size else np.empty(0, np.int32)
-        strings = other_vocab.strings
-        mapping[used] = [self.vocab.add(strings[c]) for c in used.tolist()]
-        return mapping
-
     def extend(self, other: "_Keyword") -> None:
-        codes = other.codes.view()
-        self.codes.extend(self._mapping(other.vocab, codes)[codes])
+        self.codes.extend(_map_codes(self.vocab, other.vocab, other.codes.view()))
 
     def take(self, rows: np.ndarray, n: int) -> "_Keyword":
         safe, valid = _take_positions(rows, n)
@@ -312,48 +304,77 @@ class _Keyword:
 
 
 class _Keywords:
-    """A keywords column: CSR offsets (n + 1) and int32 codes, plus present."""
+    """A keywords column: row r's list is ``pool[starts[r]:ends[r]]`` (int32 codes), plus present.
 
-    __slots__ = ("kind", "offsets", "codes", "present", "vocab")
+    A moved row's codes are appended to the pool, so ``move`` costs the rows moved, not ``n``; the
+    codes no row refers to any more are dropped once they outnumber the live ones (plus n / 4).
+    Built, taken and saved as CSR (offsets n + 1, codes in row order).
+    """
 
-    def __init__(self, offsets: _Buffer, codes: _Buffer, present: _Buffer, vocab: _Vocab):
-        self.kind, self.offsets, self.codes, self.present, self.vocab = "keywords", offsets, codes, present, vocab
+    __slots__ = ("kind", "starts", "ends", "pool", "present", "vocab", "live", "_csr")
+
+    def __init__(self, starts: _Buffer, ends: _Buffer, pool: _Buffer, present: _Buffer, vocab: _Vocab, live: int):
+        self.kind = "keywords"
+        self.starts, self.ends, self.pool, self.present, self.vocab, self.live = starts, ends, pool, present, vocab, live
+        self._csr = None  # (offsets, codes) while the column is still exactly that CSR (saved without a gather)
+
+    @classmethod
+    def from_csr(cls, offsets: np.ndarray, codes: np.ndarray, present: np.ndarray, vocab: _Vocab) -> "_Keywords":
+        """Starts and ends are read-only views of ``offsets`` (they share memory): the first write copies them."""
+        shared = offsets.view()
+        shared.flags.writeable = False
+        col = cls(_Buffer(shared[:-1]), _Buffer(shared[1:]), _Buffer(codes), _Buffer(present), vocab, int(offsets[-1]))
+        col._csr = (offsets, codes)
+        return col
 
     @classmethod
     def empty(cls, n: int) -> "_Keywords":
-        return cls(
-            _Buffer(np.zeros(n + 1, dtype=np.int64)),
-            _Buffer(np.empty(0, dtype=np.int32)),
-            _Buffer(np.zeros(n, dtype=np.bool_)),
-            _Vocab(),
-        )
+        return cls.from_csr(np.zeros(n + 1, np.int64), np.empty(0, np.int32), np.zeros(n, np.bool_), _Vocab())
+
+    def n(self) -> int:
+        return self.present.size
 
     def present_mask(self) -> np.ndarray:
         return self.present.view()
 
     def lengths(self) -> np.ndarray:
-        return np.diff(self.offsets.view())
+        return self.ends.view() - self.starts.view()
+
+    def pool_codes(self) -> np.ndarray:
+        return self.pool.view()
+
+    def _gather(self, rows: np.ndarray):
+        """(lengths, codes in row order) of ``rows``."""
+        starts = self.starts.view()[rows]
+        lengths = self.ends.view()[rows] - starts
+        return lengths, self.pool.data[_ranges(starts, lengths)]
+
+    def _append_lists(self, lengths: np.ndarray, codes: np.ndarray):
+        """Appends codes to the pool; returns (starts, ends) for lists of ``lengths``."""
+        starts = np.empty(lengths.shape[0], dtype=np.int64)
+        base = self.pool.size
+        if lengths.shape[0]:
+            np.cumsum(lengths, out=starts)
+            starts -= lengths
+            starts += base
+        self.pool.extend(codes)
+        return starts, starts + lengths
 
     def extend_missing(self, m: int) -> None:
-        self.offsets.fill(self.offsets.view()[-1], m)
+        self._csr = None
+        self.starts.fill(self.pool.size, m)
+        self.ends.fill(self.pool.size, m)
         self.present.fill(False, m)
 
     def extend(self, other: "_Keywords") -> None:
-        other_off = other.offsets.view()
-        other_codes = other.codes.data[: int(other_off[-1])]
-        last = int(self.offsets.view()[-1])
-        mapped = other._mapping_into(self, other_codes)
-        self.codes.size = last
-        self.codes.extend(mapped)
-        self.offsets.extend(other_off[1:] + last)
+        self._csr = None
+        lengths, codes = other._gather(np.arange(other.n(), dtype=np.int64))
+        codes = _map_codes(self.vocab, other.vocab, codes)
+        starts, ends = self._append_lists(lengths, codes)
+        self.starts.extend(starts)
+        self.ends.extend(ends)
         self.present.extend(other.present.view())
-
-    def _mapping_into(self, target: "_Keywords", codes: np.ndarray) -> np.ndarray:
-        mapping = np.full(len(self.vocab.strings) + 1, -1, dtype=np.int32)
-        used = np.unique(codes) if codes.size else np.empty(0, np.int32)
-        strings = self.vocab.strings
-        mapping[used] = [target.vocab.add(strings[c]) for c in used.tolist()]
-        return mapping[codes]
+        self.live += int(lengths.sum())
 
     def take(self, rows: np.ndarray, n: int) -> "_Keywords":
         m = len(rows)
@@ -362,54 +383,74 @@ class _Keywords:
             out.vocab = self.vocab.copy()
             return out
         safe, valid = _take_positions(rows, n)
-        off = self.offsets.view()
-        lengths = np.where(valid, off[1:][safe] - off[:-1][safe], 0)
-        new_off = np.zeros(m + 1, dtype=np.int64)
-        np.cumsum(lengths, out=new_off[1:])
-        codes = self.codes.data[_ranges(off[:-1][safe], lengths)]
+        lengths, codes = self._gather(safe)
+        lengths[~valid] = 0
+        if not valid.all():
+            codes = self.pool.data[_ranges(self.starts.view()[safe], lengths)]
+        offsets = np.zeros(m + 1, dtype=np.int64)
+        np.cumsum(lengths, out=offsets[1:])
         present = self.present.view()[safe] & valid
-        return _Keywords(_Buffer(new_off), _Buffer(codes.astype(np.int32, copy=False)), _Buffer(present), self.vocab.copy())
+        return _Keywords.from_csr(offsets, codes.astype(np.int32, copy=False), present, self.vocab.copy())
 
     def move(self, src: np.ndarray, dst: np.ndarray) -> None:
-        off = self.offsets.view()
-        lengths = off[1:] - off[:-1]
-        if np.array_equal(lengths[src], lengths[dst]):  # same lengths: copy the codes in place
-            values = self.codes.data[_ranges(off[:-1][src], lengths[src])]
-            self.codes.writable()[_ranges(off[:-1][dst], lengths[dst])] = values
-            present = self.present.view()[src]
-            self.present.writable()[dst] = present
-            return
-        n = len(lengths)
-        perm = np.arange(n, dtype=np.int64)
-        perm[dst] = src
-        rebuilt = self.take(perm, n)
-        self.offsets, self.codes, self.present = rebuilt.offsets, rebuilt.codes, rebuilt.present
+        self._csr = None
+        lengths, codes = self._gather(src)
+        present = self.present.view()[src]
+        dropped = int((self.ends.view()[dst] - self.starts.view()[dst]).sum())
+        starts, ends = self._append_lists(lengths, codes)
+        self.starts.writable()[dst] = starts
+        self.ends.writable()[dst] = ends
+        self.present.writable()[dst] = present
+        self.live += int(lengths.sum()) - dropped
+        self._compact_if_sparse()
 
     def truncate(self, n: int) -> None:
-        self.offsets.size = n + 1
-        self.present.size = n
-        self.codes.size = int(self.offsets.data[n])
+        self._csr = None
+        self.live -= int((self.ends.view()[n:] - self.starts.view()[n:]).sum())
+        self.starts.size = self.ends.size = self.present.size = n
+        self._compact_if_sparse()
+
+    def _compact_if_sparse(self) -> None:
+        if self.pool.size - self.live > self.live + self.n() // 4 + 1024:
+            n = self.n()
+            fresh = self.take(np.arange(n, dtype=np.int64), n)
+            self.starts, self.ends, self.pool, self.present = fresh.starts, fresh.ends, fresh.pool, fresh.present
+            self.live, self._csr = fresh.live, fresh._csr
 
     def python_values(self, positions: np.ndarray) -> list:
-        off = self.offsets.view()
-        starts, lengths = off[:-1][positions], off[1:][positions] - off[:-1][positions]
+        lengths, codes = self._gather(positions)
         strings = self.vocab.strings
-        flat = [strings[c] for c in self.codes.data[_ranges(starts, lengths)].tolist()]
+        flat = [strings[c] for c in codes.tolist()]
         bounds = np.concatenate([[0], np.cumsum(lengths)]).tolist()
         return [flat[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
 
     def nbytes(self) -> int:
-        return self.offsets.nbytes() + self.codes.nbytes() + self.present.nbytes() + self.vocab.nbytes
+        return self.starts.nbytes() + self.ends.nbytes() + self.pool.nbytes() + self.present.nbytes() + self.vocab.nbytes
 
     def arrays(self, prefix: str) -> Dict[str, np.ndarray]:
-        off = self.offsets.view()
-        codes, vocab = _compact(self.codes.data[: int(off[-1])], self.vocab)
+        if self._csr is not None:
+            offsets, codes = self._csr
+        else:
+            n = self.n()
+            lengths, codes = self._gather(np.arange(n, dtype=np.int64))
+            offsets = np.zeros(n + 1, dtype=np.int64)
+            np.cumsum(lengths, out=offsets[1:])
+        codes, vocab = _compact(codes, self.vocab)
         return {
-            f"{prefix}_offsets": off,
+            f"{prefix}_offsets": offsets,
             f"{prefix}_codes": codes,
             f"{prefix}_present": self.present.view(),
             f"{prefix}_vocab": vocab.encode(),
         }
+
+
+def _map_codes(target: _Vocab, source: _Vocab, codes: np.ndarray) -> np.ndarray:
+    """``codes`` of ``source``'s strings as codes of ``target`` (adding the strings it lacks); -1 stays -1."""
+    mapping = np.full(len(source.strings) + 1, -1, dtype=np.int32)
+    used = np.unique(codes[codes >= 0]) if codes.size else np.empty(0, np.int32)
+    strings = source.strings
+    mapping[used] = [target.add(strings[c]) for c in used.tolist()]
+    return mapping[codes]
 
 
 def _compact(codes: np.ndarray, vocab: _Vocab):
@@ -554,12 +595,13 @@ def _build_column(field: str, n: int, rows: List[int], values: list, declared: O
         flat_rows.extend(itertools.repeat(r, len(items)))
         lengths[r] = len(items)
     _check_strings([str(s) for s in flat], flat_rows, field, where)
-    col = _Keywords.empty(n)
-    np.cumsum(lengths, out=col.offsets.data[1:])
-    add = col.vocab.add
-    col.codes = _Buffer(np.array([add(str(s)) for s in flat], dtype=np.int32))
-    col.present.data[rows_arr] = True
-    return col
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    present = np.zeros(n, dtype=np.bool_)
+    present[rows_arr] = True
+    vocab = _Vocab()
+    add = vocab.add
+    return _Keywords.from_csr(offsets, np.array([add(str(s)) for s in flat], dtype=np.int32), present, vocab)
 
 
 def _too_big(v) -> bool:
@@ -724,37 +766,46 @@ def _numeric_in(col: _Scalar, numbers: list) -> Callable[[], np.ndarray]:
     return lambda: np.isin(col.values.view(), targets) & col.present.view()
 
 
-def _code_table(vocab: _Vocab, strings) -> Optional[np.ndarray]:
-    """bool table over codes (plus a False slot for -1) of the strings present in the vocabulary."""
-    codes = [c for c in (vocab.code(s) for s in strings) if c >= 0]
-    if not codes:
-        return None
-    table = np.zeros(len(vocab.strings) + 1, dtype=np.bool_)
-    table[codes] = True
-    return table
+_FEW_CODES = 8  # up to this many codes, equality tests beat a table gather
+
+
+def _codes_matching(vocab: _Vocab, strings) -> list:
+    """The codes of the strings the vocabulary holds (a string it lacks matches nothing)."""
+    return sorted({c for c in (vocab.code(s) for s in strings) if c >= 0})
+
+
+def _match_codes(codes: np.ndarray, wanted: list, vocab_size: int) -> np.ndarray:
+    """bool mask of ``codes`` (int32, -1 for missing) equal to one of ``wanted`` (non-empty, >= 0)."""
+    if len(wanted) <= _FEW_CODES:
+        mask = codes == wanted[0]
+        for code in wanted[1:]:
+            mask |= codes == code
+        return mask
+    table = np.zeros(vocab_size + 1, dtype=np.bool_)  # the last slot (False) is what -1 reads
+    table[wanted] = True
+    return table[codes]
 
 
 def _keyword_in(col: _Keyword, strings: list) -> Callable[[], np.ndarray]:
     def run():
-        table = _code_table(col.vocab, strings)
-        if table is None:
+        wanted = _codes_matching(col.vocab, strings)
+        if not wanted:
             return np.zeros(col.codes.size, dtype=np.bool_)
-        return table[col.codes.view()]
+        return _match_codes(col.codes.view(), wanted, len(col.vocab.strings))
     return run
 
 
 def _keywords_contains(col: _Keywords, strings: list) -> Callable[[], np.ndarray]:
-    """Rows whose list holds at least one of ``strings`` (counts per row from a cumulative sum)."""
+    """Rows whose list holds at least one of ``strings``: a running count of the matching codes over the
+    pool, read at each row's start and end (empty lists need no special case)."""
     def run():
-        n = col.present.size
-        table = _code_table(col.vocab, strings)
-        if table is None:
-            return np.zeros(n, dtype=np.bool_)
-        off = col.offsets.view()
-        hits = table[col.codes.data[: int(off[-1])]]
-        cum = np.zeros(hits.size + 1, dtype=np.int64)
+        wanted = _codes_matching(col.vocab, strings)
+        if not wanted:
+            return np.zeros(col.n(), dtype=np.bool_)
+        hits = _match_codes(col.pool.view(), wanted, len(col.vocab.strings))
+        cum = np.zeros(hits.size + 1, dtype=np.int32 if hits.size < 2**31 else np.int64)
         np.cumsum(hits, out=cum[1:])
-        return cum[off[1:]] > cum[off[:-1]]
+        return cum[col.ends.view()] > cum[col.starts.view()]
     return run
 
 
@@ -895,6 +946,8 @@ class AttributeStore:
         TypeError naming the field, and leaves this store unchanged."""
         if not isinstance(other, AttributeStore):
             raise TypeError(f"other: expected an AttributeStore, got {_type_name(other)}")
+        if other is self:
+            other = self.take(np.arange(self._n, dtype=np.int64))
         for field, col in other._columns.items():
             mine = self._columns.get(field)
             if mine is not None and mine.kind != col.kind and not (mine.kind == "float" and col.kind == "int"):
@@ -923,13 +976,19 @@ class AttributeStore:
         return out
 
     def move(self, src, dst) -> None:
-        """Row ``dst[i]`` becomes a copy of row ``src[i]`` (every source is read before any write)."""
+        """Row ``dst[i]`` becomes a copy of row ``src[i]``; every source is read before any write, and a
+        position appears at most once in ``dst``. Costs the rows moved, not ``n``."""
         src = _as_positions(src, "src", self._n)
         dst = _as_positions(dst, "dst", self._n)
         if src.shape != dst.shape:
             raise ValueError(f"dst: expected {src.shape[0]} positions (one per src), got {dst.shape[0]}")
         if src.size == 0:
             return
+        if dst.size > 1:
+            order = np.sort(dst)
+            repeated = order[1:] == order[:-1]
+            if repeated.any():
+                raise ValueError(f"dst: position {int(order[1:][repeated][0])} appears twice; write each row once")
         for col in self._columns.values():
             col.move(src, dst)
 
@@ -1087,6 +1146,10 @@ class AttributeStore:
         if op == "$exists":
             wanted = _filter_bool(value, where)
             return (lambda: col.present_mask().copy()) if wanted else (lambda: ~col.present_mask())
+        if value is None and op in ("$eq", "$ne"):
+            raise TypeError(
+                f"{where} expects {_EXPECTS[kind]}, got None; to test for a missing value use {{'$exists': False}}"
+            )
         if op in ("$ne", "$nin"):
             positive = self._compile_op(col, "$eq" if op == "$ne" else "$in", value, where)
             return lambda: ~positive()
@@ -1270,6 +1333,6 @@ def _load(cls, meta, arrays: dict, n) -> AttributeStore:
                 fail(pfile, f"attribute field {field!r} has list elements on rows marked missing")
             voc = vocab()
             check_codes(codes, cfile, len(voc.strings), 0)
-            col = _Keywords(_Buffer(offsets), _Buffer(codes), _Buffer(present), voc)
+            col = _Keywords.from_csr(offsets, codes, present, voc)
         store._columns[field] = col
     return store
