@@ -340,9 +340,6 @@ class _Keywords:
     def lengths(self) -> np.ndarray:
         return self.ends.view() - self.starts.view()
 
-    def pool_codes(self) -> np.ndarray:
-        return self.pool.view()
-
     def _gather(self, rows: np.ndarray):
         """(lengths, codes in row order) of ``rows``."""
         starts = self.starts.view()[rows]
@@ -1135,7 +1132,7 @@ class AttributeStore:
                         f"{', '.join(allowed)}"
                     )
                 raise ValueError(
-                    f"{path}: field {field!r}: unknown operator {op!r}; the operators of a {col.kind} field are "
+                    f"{path}: field {field!r}: unknown operator {op!r}; the operators of {col.kind} fields are "
                     f"{', '.join(allowed)}"
                 )
             parts.append(self._compile_op(col, op, operand, f"{path}: field {field!r}: {op}"))
