@@ -128,7 +128,8 @@ def test_filtered_search_is_the_exact_top_k_of_the_matches(kind, as_columns):
             allowed = np.array([matches(a, f) for a in attrs])
         else:
             allowed = np.isin(ids, np.asarray(f, dtype=np.int64))
-        scores, found = index.search(q, k=10, filter=f, **kw)
+        queries = [row[None, :] for row in q] if kind == "multivector" else q  # one-token queries
+        scores, found = index.search(queries, k=10, filter=f, **kw)
         k = min(10, len(index))
         assert found.shape == (5, k)
         ref_scores, ref_ids = exact_filtered(stored, ids, allowed, q, k, "ip")
