@@ -141,7 +141,7 @@ class Retriever:
     index must be built with ``keep_float=True``; its quantized scan is
     re-ranked with float vectors); or ``(multivector_encoder,
     MultiVectorIndex)``. ``lexical``: also keep a BM25 stage over the texts
-    (needs bm25s: ``pip install 'flatcoat[lexical]'``) for ``search(hybrid=)``;
+    (needs bm25s: ``pip install 'flatcoat[eval]'``) for ``search(hybrid=)``;
     a retriever with one searches hybrid by default. Indexes must be empty:
     :meth:`add` fills them.
 
