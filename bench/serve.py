@@ -10,7 +10,8 @@ latency. The server's own ``/metrics`` are read before and after each wrk run
 for the core-call times and the batch sizes of the same requests, so the
 server overhead at concurrency 1 is the HTTP round trip (wrk's mean latency)
 minus the core call (the server's mean ``flatcoat_core_call_seconds``) in the
-same run. wrk runs on the same cores as the server (2 threads at most here).
+same run (each point starts once the previous one's backlog is answered). wrk runs on the same
+cores as the server (2 threads at most here).
 
 Usage::
 
@@ -120,7 +121,20 @@ def wrk(url: str, bodies: str, concurrency: int, seconds: float) -> dict:
     raise RuntimeError(f"wrk printed no result:\n{out.stdout}\n{out.stderr}")
 
 
+def settle(url: str) -> None:
+    """Waits until the server has answered every request wrk left behind (a closed connection's
+    request still runs), so that no point measures the previous one's backlog."""
+    last = scrape(url)
+    while True:
+        time.sleep(max(0.3, 3 * last["core_sum"] / max(last["core_count"], 1)))
+        now = scrape(url)
+        if now["core_count"] == last["core_count"] and now["server_count"] == last["server_count"]:
+            return
+        last = now
+
+
 def point(server: Server, bodies: str, concurrency: int, seconds: float) -> dict:
+    settle(server.url)
     before = scrape(server.url)
     w = wrk(server.url, bodies, concurrency, seconds)
     after = scrape(server.url)

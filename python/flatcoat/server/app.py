@@ -175,7 +175,10 @@ class Service:
                                     on_call=self._on_search_call)
         self.wal: Optional[WriteAheadLog] = None
         self.replayed = 0
-        self._search_accepts = set(inspect.signature(self._searcher().search).parameters)
+        signature = inspect.signature(obj.search).parameters
+        # A wrapper taking **kwargs (a sharded index) is trusted with every argument; it refuses what it lacks.
+        self._search_accepts = (None if any(p.kind is p.VAR_KEYWORD for p in signature.values())
+                                else set(signature))
         self._closed = False
         self._fsyncs_counted = 0
         self._snapshot_lock = threading.Lock()
@@ -214,9 +217,6 @@ class Service:
         self._update_gauges()
 
     # ------------------------------------------------------------------ the served object
-    def _searcher(self):
-        return self.obj
-
     @property
     def kind(self) -> str:
         if self.is_retriever:
@@ -273,7 +273,7 @@ class Service:
         for name, value in (("filter", filter), ("rerank", rerank), ("nprobe", nprobe), ("hybrid", hybrid)):
             if value is None:
                 continue
-            if name not in self._search_accepts:
+            if self._search_accepts is not None and name not in self._search_accepts:
                 raise ApiError(400, f"{name}: the served {type(self.obj).__name__} does not take {name}"
                                     + (" (only an IVFIndex, or a Retriever over one)" if name == "nprobe" else
                                        " (only a Retriever with a lexical stage)" if name == "hybrid" else ""))
