@@ -106,6 +106,18 @@ std::vector<int64_t> interact(const plaid_index_t& index, const plaid_kernels_t&
 
 }  // namespace
 
+std::vector<float> plaid_byte_table(const float* weights, size_t dim, size_t nbits) {
+    const size_t per_byte = 8 / nbits, bytes = plaid_code_bytes(dim, nbits), buckets = size_t(1) << nbits;
+    std::vector<float> lut(bytes * 256 * per_byte, 0.0f);
+    for (size_t b = 0; b < bytes; ++b)
+        for (size_t v = 0; v < 256; ++v)
+            for (size_t i = 0; i < per_byte; ++i) {
+                const size_t d = b * per_byte + i;
+                if (d < dim) lut[(b * 256 + v) * per_byte + i] = weights[d * buckets + ((v >> (i * nbits)) & (buckets - 1))];
+            }
+    return lut;
+}
+
 void search_plaid(const plaid_index_t& index, const maxsim_query_t& query, const plaid_params_t& params,
                   float* out_scores, int64_t* out_ids, plaid_stats_t* stats) {
     check(index, query, params);
@@ -127,6 +139,7 @@ void search_plaid(const plaid_index_t& index, const maxsim_query_t& query, const
     std::vector<int64_t> allowed;
     if (direct) allowed = filter.positions();
 
+    const std::vector<float> lut = plaid_byte_table(index.weights, dim, index.nbits);
     std::vector<float> s;                 // C x Tp centroid scores
     std::vector<uint8_t> keep;            // pruning: centroids scoring >= threshold for some query token
     std::vector<uint8_t> seen(direct ? 0 : index.docs, 0);
@@ -225,7 +238,7 @@ void search_plaid(const plaid_index_t& index, const maxsim_query_t& query, const
                 for (size_t b = b0; b < b1; b += block_tokens_k) {
                     const size_t n = std::min(block_tokens_k, b1 - b);
                     kernels.decompress(index.codes + b * code_bytes, index.centroid_ids + b, n, index.centroids,
-                                       index.weights, dim, index.nbits, sc.decoded.data());
+                                       lut.data(), dim, index.nbits, sc.decoded.data());
                     maxsim.max_f32(panels.data(), n_panels, sc.decoded.data(), n, dim, sc.maxima.data());
                 }
                 const float score = weighted_sum(sc.maxima.data(), factor);
@@ -295,7 +308,8 @@ void plaid_decompress(const uint8_t* codes, const int32_t* cids, size_t n, const
         if (cids[j] < 0 || size_t(cids[j]) >= n_centroids)
             throw error("centroid_ids: token " + std::to_string(j) + " has centroid " + std::to_string(cids[j]) +
                         ", outside [0, " + std::to_string(n_centroids) + ")");
-    kernels_for<plaid_kernels_t>(active_isa()).decompress(codes, cids, n, centroids, weights, dim, nbits, out);
+    const std::vector<float> lut = plaid_byte_table(weights, dim, nbits);
+    kernels_for<plaid_kernels_t>(active_isa()).decompress(codes, cids, n, centroids, lut.data(), dim, nbits, out);
 }
 
 }  // namespace flatcoat

@@ -28,6 +28,7 @@
 
 #include <cstddef>  // size_t
 #include <cstdint>  // int64_t, int32_t, uint8_t
+#include <vector>   // plaid_byte_table
 
 #include "flatcoat/filter.hpp"          // filter_t
 #include "flatcoat/isa.hpp"             // FLATCOAT_KERNEL_FAMILY
@@ -53,12 +54,19 @@ struct plaid_kernels_t {
     void (*centroid_max)(const float* s, size_t Tp, const int32_t* cids, size_t n, const uint8_t* keep,
                          float* maxima);
     /// out (n x dim float32) = centroids[cids[j]] + weights[d * 2^nbits + code_d] for the n tokens
-    /// whose packed codes are `codes` (n x plaid_code_bytes(dim, nbits)).
+    /// whose packed codes are `codes` (n x plaid_code_bytes(dim, nbits)), read through the byte
+    /// table `lut` of plaid_byte_table().
     void (*decompress)(const uint8_t* codes, const int32_t* cids, size_t n, const float* centroids,
-                       const float* weights, size_t dim, size_t nbits, float* out);
+                       const float* lut, size_t dim, size_t nbits, float* out);
 };
 
 FLATCOAT_KERNEL_FAMILY(plaid_kernels_t)
+
+/// The decompression table of `weights` (dim x 2^nbits): for code byte position b and byte value
+/// v, the 8 / nbits residuals it encodes, lut[(b * 256 + v) * (8 / nbits) + i] = weights of
+/// dimension b * (8 / nbits) + i (0 past dim). plaid_code_bytes(dim, nbits) * 256 * (8 / nbits)
+/// floats, about 256 * dim (128 KiB at dim 128, whatever nbits): it stays in L2.
+std::vector<float> plaid_byte_table(const float* weights, size_t dim, size_t nbits);
 
 /// A read-only view of a PLAID index; nothing here is owned.
 struct plaid_index_t {

@@ -8,8 +8,9 @@
 //   product is stored (centroid-major, out[r * Tp + t]) instead of maxed;
 // - centroid_max: the running max over a document's tokens of their
 //   centroids' score rows (vertical max, up to 4 panels held in registers);
-// - decompress: centroid row plus the per-dimension bucket weight of each
-//   residual code, nbits a compile-time constant of the inner loop.
+// - decompress: centroid row plus, per code byte, the 8 / nbits decoded
+//   residuals looked up in the byte table (plaid_byte_table), nbits a
+//   compile-time constant of the inner loop.
 // Every dot product walks dimensions 0..dim-1 in order: a score never
 // depends on the blocking, the batch or the thread.
 #pragma once
@@ -97,32 +98,35 @@ void centroid_max(const float* s, size_t Tp, const int32_t* cids, size_t n, cons
     }
 }
 
+/// Each code byte looks up its PER_BYTE decoded residuals in the byte table (one 16-byte load for
+/// 2 bits, 32 for 1 bit) and adds them to the centroid's; no per-dimension shifts or masks.
 template <size_t NBITS>
 inline void decompress_bits(const uint8_t* codes, const int32_t* cids, size_t n, const float* centroids,
-                            const float* weights, size_t dim, float* out) {
-    constexpr size_t per_byte = 8 / NBITS, buckets = size_t(1) << NBITS;
-    constexpr unsigned mask = (1u << NBITS) - 1u;
-    const size_t bytes = (dim * NBITS + 7) / 8;
+                            const float* lut, size_t dim, float* out) {
+    constexpr size_t per_byte = 8 / NBITS;
+    const size_t bytes = (dim * NBITS + 7) / 8, full = dim / per_byte;
     for (size_t j = 0; j < n; ++j) {
         const float* c = centroids + size_t(cids[j]) * dim;
         const uint8_t* code = codes + j * bytes;
         float* o = out + j * dim;
-        size_t d = 0;
-        for (size_t b = 0; b < bytes; ++b) {
-            const unsigned byte = code[b];
-            for (size_t i = 0; i < per_byte && d < dim; ++i, ++d)
-                o[d] = c[d] + weights[d * buckets + ((byte >> (i * NBITS)) & mask)];
+        for (size_t b = 0; b < full; ++b) {
+            const float* e = lut + (b * 256 + code[b]) * per_byte;
+            for (size_t i = 0; i < per_byte; ++i) o[b * per_byte + i] = c[b * per_byte + i] + e[i];
+        }
+        if (full < bytes) {  // the last byte holds fewer than per_byte dimensions
+            const float* e = lut + (full * 256 + code[full]) * per_byte;
+            for (size_t d = full * per_byte; d < dim; ++d) o[d] = c[d] + e[d - full * per_byte];
         }
     }
 }
 
 template <class S>
-void decompress(const uint8_t* codes, const int32_t* cids, size_t n, const float* centroids, const float* weights,
+void decompress(const uint8_t* codes, const int32_t* cids, size_t n, const float* centroids, const float* lut,
                 size_t dim, size_t nbits, float* out) {
     switch (nbits) {
-        case 1: decompress_bits<1>(codes, cids, n, centroids, weights, dim, out); break;
-        case 2: decompress_bits<2>(codes, cids, n, centroids, weights, dim, out); break;
-        default: decompress_bits<4>(codes, cids, n, centroids, weights, dim, out); break;
+        case 1: decompress_bits<1>(codes, cids, n, centroids, lut, dim, out); break;
+        case 2: decompress_bits<2>(codes, cids, n, centroids, lut, dim, out); break;
+        default: decompress_bits<4>(codes, cids, n, centroids, lut, dim, out); break;
     }
 }
 
