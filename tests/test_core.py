@@ -52,7 +52,7 @@ def test_stub_signatures_match_the_bindings():
     functions += [(n, getattr(_core.IdMap, n.name)) for n in id_map.body
                   if isinstance(n, ast.FunctionDef) and not n.name.startswith("__")]
     for node, bound in functions:
-        names = [a.arg for a in node.args.args]
+        names = [a.arg for a in node.args.args] + (["*"] + [a.arg for a in node.args.kwonlyargs] if node.args.kwonlyargs else [])
         doc = bound.__doc__.splitlines()[0]
         bound_names = [part.split(":")[0].strip() for part in doc[doc.index("(") + 1:doc.index(")")].split(",")]
         assert names == [name for name in bound_names if name], node.name
