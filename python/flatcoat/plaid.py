@@ -56,7 +56,7 @@ NBITS = (1, 2, 4)
 DEFAULT_NPROBE = 4
 #: ``ndocs=None``: documents scored exactly, ``max(DEFAULT_NDOCS, 4 * k)``; ``ncandidates=None`` keeps
 #: ``4 * ndocs`` after the (pruned) centroid interaction.
-DEFAULT_NDOCS = 256
+DEFAULT_NDOCS = 64
 #: The first ``add`` of an untrained index trains on its own tokens if it has at least
 #: ``max(ncentroids or 1, MIN_TRAIN)`` of them.
 MIN_TRAIN = 256
@@ -572,7 +572,7 @@ class PlaidIndex:
           (MaxSim over the query's centroid scores; with ``centroid_threshold`` only tokens whose
           centroid scores at least that for some query token count, PLAID's pruning, and the
           survivors are ranked again by the full interaction);
-        * ``ndocs`` (default ``max(256, 4 * k)``, at least ``k``): documents scored exactly.
+        * ``ndocs`` (default ``max(64, 4 * k)``, at least ``k``): documents scored exactly.
 
         ``filter``: a dict predicate over the attributes or a 1-d sequence of allowed ids
         (docs/filters.md), applied to the candidates; when it allows at most ``ncandidates``
