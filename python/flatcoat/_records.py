@@ -14,7 +14,7 @@ import numpy as np
 
 from ._attributes import AttributeStore, mask_to_bits
 from ._persist import IndexFormatError
-from ._validate import MAX_ID
+from ._validate import MAX_ID, as_ids
 
 #: The manifest key of an index's attribute schema, and the prefix of its arrays.
 ATTRIBUTES_META = "attributes"
@@ -65,18 +65,37 @@ def filter_bits(filter, store: AttributeStore, id_map, positions: int, name: str
     return mask_to_bits(mask)
 
 
-def positions_of(ids, id_map, name: str = "ids") -> Tuple[np.ndarray, np.ndarray]:
-    """(ids int64, storage positions) of ids that must all be present (else a KeyError naming them)."""
-    from ._validate import as_ids
-
-    flat = np.atleast_1d(np.asarray(ids))
-    ids = as_ids(flat, name, flat.shape[0])
+def held_positions(ids: np.ndarray, id_map, consequence: str = "") -> np.ndarray:
+    """Storage positions of int64 ``ids`` that must all be present, else a KeyError naming the missing
+    ones (and ``consequence``, e.g. "nothing was removed")."""
     positions = id_map.find(ids)
     unknown = ids[positions < 0]
     if unknown.size:
         shown = ", ".join(str(int(i)) for i in unknown[:5])
-        raise KeyError(f"{name}: {unknown.size} id(s) not in the index ({shown})")
-    return ids, positions
+        raise KeyError(f"ids: {unknown.size} id(s) not in the index ({shown})" + (f"; {consequence}" if consequence else ""))
+    return positions
+
+
+def positions_of(ids, id_map, name: str = "ids") -> Tuple[np.ndarray, np.ndarray]:
+    """(ids int64, storage positions) of ids that must all be present (else a KeyError naming them)."""
+    flat = np.atleast_1d(np.asarray(ids))
+    ids = as_ids(flat, name, flat.shape[0])
+    return ids, held_positions(ids, id_map)
+
+
+def removal_ids(ids) -> np.ndarray:
+    """The distinct int64 ids of a ``remove`` call (one id or a sequence)."""
+    flat = np.atleast_1d(np.asarray(ids))
+    return np.unique(as_ids(flat, "ids", flat.shape[0]))
+
+
+def upsert_ids(ids, n: int) -> np.ndarray:
+    """The ids of an upsert of ``n`` entries: required, non-negative, each given once."""
+    if ids is None:
+        raise TypeError("ids: upsert needs the ids to add or replace (add() chooses ids itself)")
+    ids = as_ids(ids, "ids", n)
+    distinct(ids)
+    return ids
 
 
 def distinct(ids: np.ndarray, name: str = "ids") -> None:

@@ -11,8 +11,8 @@ from . import _core
 from ._device import IndexSource, Mirrored, mirror_for
 from ._persist import IndexFormatError, register_kind, save_index
 from ._records import (
-    ATTRIBUTES_META, attribute_arrays, distinct, filter_bits, load_attributes, matching_ids, parse_attributes,
-    positions_of,
+    ATTRIBUTES_META, attribute_arrays, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
+    positions_of, removal_ids, upsert_ids,
 )
 from ._attributes import AttributeStore
 from ._storage import DENSE_STORAGES, METRICS, RowStore, dense_code_layout
@@ -255,10 +255,7 @@ class DenseIndex(Mirrored):
         """
         x = self._prepare(vectors, "vectors")
         n = x.shape[0]
-        if ids is None:
-            raise TypeError("ids: upsert needs the ids to add or replace (add() chooses ids itself)")
-        ids = as_ids(ids, "ids", n)
-        distinct(ids)
+        ids = upsert_ids(ids, n)
         with self._lock.write():
             attrs = parse_attributes(attributes, n, self._attrs)
             if n == 0:
@@ -285,13 +282,9 @@ class DenseIndex(Mirrored):
 
         Freed rows are reused at once: the last rows move into the holes.
         """
-        ids = np.unique(as_ids(np.atleast_1d(np.asarray(ids)), "ids", np.atleast_1d(np.asarray(ids)).shape[0]))
+        ids = removal_ids(ids)
         with self._lock.write():
-            positions = self._ids.find(ids)
-            unknown = ids[positions < 0]
-            if unknown.size:
-                shown = ", ".join(str(int(i)) for i in unknown[:5])
-                raise KeyError(f"ids: {unknown.size} id(s) not in the index ({shown}); nothing was removed")
+            positions = held_positions(ids, self._ids, "nothing was removed")
             if ids.size:
                 self._remove_positions(ids, positions)
             return int(ids.size)

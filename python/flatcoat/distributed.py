@@ -40,7 +40,7 @@ import numpy as np
 
 from ._attributes import AttributeStore
 from ._persist import IndexFormatError, SavedDirectory, read_directory, register_opener, write_directory
-from ._records import distinct
+from ._records import removal_ids, upsert_ids
 from ._validate import RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, as_rerank, auto_ids, lookup_id
 
 _KIND = "sharded"
@@ -767,10 +767,7 @@ class ShardedIndex:
         the ids. Everything is checked before any shard changes."""
         timeout = self._timeout_of(timeout)
         rows, n = self._vectors(vectors, "vectors" if self._kind != "multivector" else "docs")
-        if ids is None:
-            raise TypeError("ids: upsert needs the ids to add or replace (add() chooses ids itself)")
-        ids = as_ids(ids, "ids", n)
-        distinct(ids)
+        ids = upsert_ids(ids, n)
         with self._lock.write():
             parsed, schema = self._attributes(attributes, n)
             if n == 0:
@@ -790,8 +787,7 @@ class ShardedIndex:
         """Removes entries by id; every id must be present (else a KeyError naming the unknown ones, and
         nothing is removed). Returns the number removed."""
         timeout = self._timeout_of(timeout)
-        flat = np.atleast_1d(np.asarray(ids))
-        ids = np.unique(as_ids(flat, "ids", flat.shape[0]))
+        ids = removal_ids(ids)
         with self._lock.write():
             if ids.size == 0:
                 return 0

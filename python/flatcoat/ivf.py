@@ -38,8 +38,8 @@ from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import IVF_STORAGES, METRICS, RowStore, dense_code_layout
 from ._attributes import AttributeStore
 from ._records import (
-    ATTRIBUTES_META, attribute_arrays, distinct, filter_bits, load_attributes, matching_ids, parse_attributes,
-    positions_of,
+    ATTRIBUTES_META, attribute_arrays, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
+    positions_of, removal_ids, upsert_ids,
 )
 from .dense import decode_rows, encode_rows
 from ._validate import (
@@ -547,10 +547,7 @@ class IVFIndex:
         failure nothing changes."""
         x = self._prepare(vectors, "vectors")
         n = x.shape[0]
-        if ids is None:
-            raise TypeError("ids: upsert needs the ids to add or replace (add() chooses ids itself)")
-        ids = as_ids(ids, "ids", n)
-        distinct(ids)
+        ids = upsert_ids(ids, n)
         with self._lock.write():
             attrs = parse_attributes(attributes, n, self._attrs)
             if n == 0:
@@ -621,14 +618,9 @@ class IVFIndex:
         skipped by the scan); they are compacted away by the next ``add``, by
         ``save``, or once they exceed a quarter of the slots.
         """
-        flat = np.atleast_1d(np.asarray(ids))
-        ids = np.unique(as_ids(flat, "ids", flat.shape[0]))
+        ids = removal_ids(ids)
         with self._lock.write():
-            slots = self._ids.find(ids)
-            unknown = ids[slots < 0]
-            if unknown.size:
-                shown = ", ".join(str(int(i)) for i in unknown[:5])
-                raise KeyError(f"ids: {unknown.size} id(s) not in the index ({shown}); nothing was removed")
+            slots = held_positions(ids, self._ids, "nothing was removed")
             if ids.size == 0:
                 return 0
             slot_ids = self._writable_slot_ids()

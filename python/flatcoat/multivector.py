@@ -41,8 +41,8 @@ from ._device import IndexSource, Mirrored, mirror_for, to_host
 from ._persist import IndexFormatError, register_kind, save_index
 from ._attributes import AttributeStore
 from ._records import (
-    ATTRIBUTES_META, attribute_arrays, distinct, filter_bits, load_attributes, matching_ids, parse_attributes,
-    positions_of,
+    ATTRIBUTES_META, attribute_arrays, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
+    positions_of, removal_ids, upsert_ids,
 )
 from ._storage import MULTIVECTOR_STORAGES, RowStore, multivector_token_dtype
 from ._validate import (
@@ -495,10 +495,7 @@ class MultiVectorIndex(Mirrored):
         the ids. Every input is checked and encoded before anything changes."""
         tokens, lengths = _packed_docs(docs, self._dim, "docs")
         n = lengths.size
-        if ids is None:
-            raise TypeError("ids: upsert needs the ids to add or replace (add() chooses ids itself)")
-        ids = as_ids(ids, "ids", n)
-        distinct(ids)
+        ids = upsert_ids(ids, n)
         rows = self._encode(tokens)
         with self._lock.write():
             attrs = parse_attributes(attributes, n, self._attrs)
@@ -517,14 +514,9 @@ class MultiVectorIndex(Mirrored):
         the memory is reused at once; the cost is one pass over the tokens after
         the first removed document.
         """
-        flat = np.atleast_1d(np.asarray(ids))
-        ids = np.unique(as_ids(flat, "ids", flat.shape[0]))
+        ids = removal_ids(ids)
         with self._lock.write():
-            positions = self._id_map.find(ids)
-            unknown = ids[positions < 0]
-            if unknown.size:
-                shown = ", ".join(str(int(i)) for i in unknown[:5])
-                raise KeyError(f"ids: {unknown.size} id(s) not in the index ({shown}); nothing was removed")
+            positions = held_positions(ids, self._id_map, "nothing was removed")
             if ids.size:
                 self._remove_positions(ids, positions)
             return int(ids.size)

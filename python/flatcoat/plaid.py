@@ -38,8 +38,8 @@ from . import _core
 from ._attributes import AttributeStore
 from ._persist import IndexFormatError, register_kind, save_index
 from ._records import (
-    ATTRIBUTES_META, attribute_arrays, distinct, filter_bits, load_attributes, matching_ids, parse_attributes,
-    positions_of,
+    ATTRIBUTES_META, attribute_arrays, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
+    positions_of, removal_ids, upsert_ids,
 )
 from ._storage import RowStore
 from ._validate import RWLock, as_ids, as_int, as_k, auto_ids, holds_id, read_only
@@ -427,10 +427,7 @@ class PlaidIndex:
         Every input is checked before anything changes; a failure leaves the index as it was."""
         tokens, lengths = _packed_docs(docs, self._dim, "docs")
         n = lengths.size
-        if ids is None:
-            raise TypeError("ids: upsert needs the ids to add or replace (add() chooses ids itself)")
-        ids = as_ids(ids, "ids", n)
-        distinct(ids)
+        ids = upsert_ids(ids, n)
         with self._lock.write():
             attrs = parse_attributes(attributes, n, self._attrs)
             if n == 0:
@@ -463,14 +460,9 @@ class PlaidIndex:
         Returns the number removed. Tokens are compacted in place (documents keep their order) and
         the inverted file rebuilt: one pass over the tokens.
         """
-        flat = np.atleast_1d(np.asarray(ids))
-        ids = np.unique(as_ids(flat, "ids", flat.shape[0]))
+        ids = removal_ids(ids)
         with self._lock.write():
-            positions = self._id_map.find(ids)
-            unknown = ids[positions < 0]
-            if unknown.size:
-                shown = ", ".join(str(int(i)) for i in unknown[:5])
-                raise KeyError(f"ids: {unknown.size} id(s) not in the index ({shown}); nothing was removed")
+            positions = held_positions(ids, self._id_map, "nothing was removed")
             if ids.size:
                 self._remove_positions(ids, positions)
             return int(ids.size)
