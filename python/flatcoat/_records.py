@@ -107,11 +107,12 @@ def distinct(ids: np.ndarray, name: str = "ids") -> None:
             raise ValueError(f"{name}: id {int(repeated[0])} is repeated in this call; give each id once")
 
 
-def attribute_arrays(store: AttributeStore) -> Tuple[Optional[dict], dict]:
-    """(manifest meta, arrays) of a store for a save; (None, {}) when it has no columns."""
-    if not store.schema:
-        return None, {}
-    return store.to_arrays()
+def save_attributes(store: AttributeStore, meta: dict, arrays: dict) -> None:
+    """Adds a store's schema to an index's manifest ``meta`` and its columns to ``arrays`` (nothing when
+    it has no columns, so indexes without attributes save as before)."""
+    if store.schema:
+        meta[ATTRIBUTES_META], columns = store.to_arrays()
+        arrays.update(columns)
 
 
 def load_attributes(meta, arrays: dict, n: int) -> AttributeStore:

@@ -11,8 +11,8 @@ from . import _core
 from ._device import IndexSource, Mirrored, mirror_for
 from ._persist import IndexFormatError, register_kind, save_index
 from ._records import (
-    ATTRIBUTES_META, attribute_arrays, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
-    positions_of, removal_ids, upsert_ids,
+    ATTRIBUTES_META, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
+    positions_of, removal_ids, save_attributes, upsert_ids,
 )
 from ._attributes import AttributeStore
 from ._storage import DENSE_STORAGES, METRICS, RowStore, dense_code_layout
@@ -372,10 +372,7 @@ class DenseIndex(Mirrored):
                 "dim": self._dim, "metric": self._metric, "storage": self._storage,
                 "keep_float": self._keep_float, "count": len(self), "next_id": self._next_id,
             }
-            attributes, attribute_files = attribute_arrays(self._attrs)
-            if attributes is not None:
-                meta[ATTRIBUTES_META] = attributes
-                arrays.update(attribute_files)
+            save_attributes(self._attrs, meta, arrays)
             save_index(os.fspath(path), _KIND, meta, arrays)
 
     @classmethod

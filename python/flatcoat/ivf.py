@@ -38,8 +38,8 @@ from ._persist import IndexFormatError, register_kind, save_index
 from ._storage import IVF_STORAGES, METRICS, RowStore, dense_code_layout
 from ._attributes import AttributeStore
 from ._records import (
-    ATTRIBUTES_META, attribute_arrays, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
-    positions_of, removal_ids, upsert_ids,
+    ATTRIBUTES_META, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
+    positions_of, removal_ids, save_attributes, upsert_ids,
 )
 from .dense import decode_rows, encode_rows
 from ._validate import (
@@ -718,10 +718,7 @@ class IVFIndex:
             self._compact()
         with self._lock.read():
             meta, arrays = self._meta(), self._arrays()
-            attributes, attribute_files = attribute_arrays(self._attrs)
-            if attributes is not None:
-                meta[ATTRIBUTES_META] = attributes
-                arrays.update(attribute_files)
+            save_attributes(self._attrs, meta, arrays)
             save_index(os.fspath(path), _KIND, meta, arrays)
 
     @classmethod

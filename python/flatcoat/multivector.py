@@ -41,8 +41,8 @@ from ._device import IndexSource, Mirrored, mirror_for, to_host
 from ._persist import IndexFormatError, register_kind, save_index
 from ._attributes import AttributeStore
 from ._records import (
-    ATTRIBUTES_META, attribute_arrays, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
-    positions_of, removal_ids, upsert_ids,
+    ATTRIBUTES_META, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
+    positions_of, removal_ids, save_attributes, upsert_ids,
 )
 from ._storage import MULTIVECTOR_STORAGES, RowStore, multivector_token_dtype
 from ._validate import (
@@ -687,10 +687,7 @@ class MultiVectorIndex(Mirrored):
                 "tokens": self.num_tokens, "next_id": self._next_id,
             }
             arrays = self._views()
-            attributes, attribute_files = attribute_arrays(self._attrs)
-            if attributes is not None:
-                meta[ATTRIBUTES_META] = attributes
-                arrays.update(attribute_files)
+            save_attributes(self._attrs, meta, arrays)
             save_index(os.fspath(path), _KIND, meta, arrays)
 
     @classmethod

@@ -38,8 +38,8 @@ from . import _core
 from ._attributes import AttributeStore
 from ._persist import IndexFormatError, register_kind, save_index
 from ._records import (
-    ATTRIBUTES_META, attribute_arrays, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
-    positions_of, removal_ids, upsert_ids,
+    ATTRIBUTES_META, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
+    positions_of, removal_ids, save_attributes, upsert_ids,
 )
 from ._storage import RowStore
 from ._validate import RWLock, as_ids, as_int, as_k, auto_ids, holds_id, read_only
@@ -599,10 +599,7 @@ class PlaidIndex:
         """Writes the index to directory ``path`` atomically (see ``flatcoat.load``)."""
         with self._lock.read():
             meta, arrays = self._meta(), self._arrays()
-            attributes, attribute_files = attribute_arrays(self._attrs)
-            if attributes is not None:
-                meta[ATTRIBUTES_META] = attributes
-                arrays.update(attribute_files)
+            save_attributes(self._attrs, meta, arrays)
             save_index(os.fspath(path), _KIND, meta, arrays)
 
     @classmethod
