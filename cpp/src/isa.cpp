@@ -47,6 +47,10 @@ bool cpu_supports(isa_t isa) {
                    __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
                    __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("fma") &&
                    __builtin_cpu_supports("f16c");
+        case isa_t::icelake_k:  // each feature checked: none implies another
+            return cpu_supports(isa_t::skylake_k) && __builtin_cpu_supports("avx512vnni") &&
+                   __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512vbmi") &&
+                   __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512bitalg");
 #endif
 #if defined(__aarch64__)
         case isa_t::neon_k: return true;  // Advanced SIMD is mandatory on arm64
