@@ -3,9 +3,21 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 
 namespace flatcoat {
 namespace simd {
+
+/// popcount(a[w] xor b[w]) summed over w < words with the scalar popcount
+/// (popcnt where the level's flags allow it): the Hamming distance of every
+/// level without a vector popcount. Templated on the SIMD type like every
+/// helper here, so each ISA's translation unit has its own copy.
+template <class S>
+inline uint32_t popcount_xor_words(const uint64_t* a, const uint64_t* b, size_t words) {
+    uint32_t distance = 0;
+    for (size_t w = 0; w < words; ++w) distance += uint32_t(__builtin_popcountll(a[w] ^ b[w]));
+    return distance;
+}
 
 /// Loads the first n < S::width elements of p, zero elsewhere (row tails).
 template <class S, class element_t>

@@ -9,6 +9,8 @@
 #include <cstdint>
 #include <cstring>  // std::memcpy
 
+#include "simd/common.hpp"
+
 namespace flatcoat {
 namespace simd {
 
@@ -53,6 +55,10 @@ struct haswell_t {
     static vi dpbusd(vi acc, vi u, vi s) {
         __m256i pairs = _mm256_maddubs_epi16(u, s);
         return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+    }
+    /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
+    static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {
+        return popcount_xor_words<haswell_t>(a, b, words);
     }
     static vf to_float(vi a) { return _mm256_cvtepi32_ps(a); }
     static vf mul(vf a, vf b) { return _mm256_mul_ps(a, b); }

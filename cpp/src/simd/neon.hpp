@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>  // std::memcpy
 
+#include "simd/common.hpp"
+
 namespace flatcoat {
 namespace simd {
 
@@ -55,6 +57,10 @@ struct neon_t {
         int32x4_t p2 = vmull_s16(vget_low_s16(u_hi), vget_low_s16(s_hi));    // lane 2
         int32x4_t p3 = vmull_s16(vget_high_s16(u_hi), vget_high_s16(s_hi));  // lane 3
         return vaddq_s32(acc, vpaddq_s32(vpaddq_s32(p0, p1), vpaddq_s32(p2, p3)));
+    }
+    /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
+    static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {
+        return popcount_xor_words<neon_t>(a, b, words);
     }
     static vf to_float(vi a) { return vcvtq_f32_s32(a); }
     static vf mul(vf a, vf b) { return vmulq_f32(a, b); }

@@ -7,6 +7,8 @@
 #include <cstdint>
 #include <cstring>  // std::memcpy
 
+#include "simd/common.hpp"
+
 namespace flatcoat {
 namespace simd {
 
@@ -114,6 +116,10 @@ struct scalar_t {
             for (size_t k = 0; k < 4; ++k) acc.v[i] += int32_t(ub[k]) * int32_t(sb[k]);
         }
         return acc;
+    }
+    /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
+    static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {
+        return popcount_xor_words<scalar_t>(a, b, words);
     }
     static vf to_float(vi a) {
         vf r;

@@ -8,6 +8,8 @@
 #include <cstdint>
 #include <cstring>  // std::memcpy
 
+#include "simd/common.hpp"
+
 namespace flatcoat {
 namespace simd {
 
@@ -53,6 +55,10 @@ struct skylake_t {
     static vi dpbusd(vi acc, vi u, vi s) {
         __m512i pairs = _mm512_maddubs_epi16(u, s);
         return _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)));
+    }
+    /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
+    static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {
+        return popcount_xor_words<skylake_t>(a, b, words);
     }
     static vf to_float(vi a) { return _mm512_cvtepi32_ps(a); }
     static vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }

@@ -72,16 +72,13 @@ void dot_block(const float* q, size_t nq, const element_t* x, size_t nx, size_t 
     }
 }
 
-/// Hamming distances between sign-bit codes. The per-ISA difference is only the
-/// popcount instruction the compiler may use (popcnt with -mpopcnt). Common
-/// code lengths get a fully unrolled loop (WORDS > 0); 4 rows at a time keep
-/// several popcounts in flight.
-template <class S, size_t WORDS>  // S only keeps each ISA's instantiation apart
+/// Hamming distances between sign-bit codes. The per-ISA difference is the
+/// popcount: S::popcount_xor (popcnt per word, or vpopcntq on 8 words at once
+/// on icelake). Common code lengths get a compile-time length (WORDS > 0) so
+/// the loop unrolls; 4 rows at a time keep several popcounts in flight.
+template <class S, size_t WORDS>
 inline uint32_t hamming_words(const uint64_t* a, const uint64_t* b, size_t words) {
-    uint32_t distance = 0;
-    const size_t n = WORDS ? WORDS : words;
-    for (size_t w = 0; w < n; ++w) distance += uint32_t(__builtin_popcountll(a[w] ^ b[w]));
-    return distance;
+    return S::popcount_xor(a, b, WORDS ? WORDS : words);
 }
 
 template <class S, size_t WORDS>
