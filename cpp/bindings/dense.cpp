@@ -65,6 +65,38 @@ static py::array_t<uint64_t> binarize_py(const py::object& x_obj) {
     return out;
 }
 
+static py::tuple quantize_queries_py(const py::object& queries_obj) {
+    const float* data = checked<float>(queries_obj, "queries", 2);
+    const py::array queries = array_arg(queries_obj, "queries");
+    const size_t nq = size_t(queries.shape(0)), dim = size_t(queries.shape(1));
+    std::vector<int8_t> codes;
+    std::vector<float> scales;
+    {
+        py::gil_scoped_release release;
+        quantize_queries(data, nq, dim, codes, scales);
+    }
+    py::array_t<int8_t> codes_out({nq, dim});
+    py::array_t<float> scales_out(nq);
+    std::copy(codes.begin(), codes.end(), codes_out.mutable_data());
+    std::copy(scales.begin(), scales.end(), scales_out.mutable_data());
+    return py::make_tuple(codes_out, scales_out);
+}
+
+static py::array_t<int32_t> int8_dots_py(const py::object& q_obj, const py::object& x_obj) {
+    const int8_t* q = checked<int8_t>(q_obj, "query_codes", 2);
+    const uint8_t* x = checked<uint8_t>(x_obj, "codes", 2);
+    const py::array qa = array_arg(q_obj, "query_codes"), xa = array_arg(x_obj, "codes");
+    const size_t nq = size_t(qa.shape(0)), nx = size_t(xa.shape(0)), dim = size_t(qa.shape(1));
+    expect_extent(xa, "codes", 1, dim, "columns");
+    py::array_t<int32_t> out({nq, nx});
+    int32_t* out_ptr = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        int8_dots(q, nq, x, nx, dim, out_ptr);
+    }
+    return out;
+}
+
 /// Asks the kernel to back an array's pages with transparent huge pages (where
 /// THP is in "madvise" mode): fewer TLB misses when a scan streams gigabytes.
 static bool advise_hugepages(const py::object& array) {
@@ -90,6 +122,11 @@ void bind_dense(py::module_& m) {
           "k' = min(k, rows). rerank=R >= k re-ranks the R best exactly against float_rows (0: none).\n"
           "filter: None or uint64 (ceil(rows / 64),) bits over the rows (LSB first); only allowed rows are\n"
           "returned, missing results padded with id -1 and score -inf (+inf for l2).");
+    m.def("quantize_queries", &quantize_queries_py, py::arg("queries"),
+          "The int8 scan's query codes: (codes int8 (q, dim), scales float32 (q,)), q ~ scale * code.");
+    m.def("int8_dots", &int8_dots_py, py::arg("query_codes"), py::arg("codes"),
+          "Exact int32 dot products of int8 query codes (q, dim) with uint8 row codes (n, dim): (q, n),\n"
+          "with the active ISA's kernel.");
     m.def("binarize", &binarize_py, py::arg("x"), "Sign bits of float32 rows as uint64 words (bit j: x[j] > 0).");
 
     py::class_<id_map_t>(m, "IdMap", "Hash map from int64 ids to row positions.")

@@ -63,6 +63,10 @@ def search_dense(
     A filter gives exactly the search of an index holding only the allowed rows (ids and scores)."""
 def binarize(x: np.ndarray) -> np.ndarray:
     """Sign bits of (n, dim) float32 rows: (n, ceil(dim / 64)) uint64, bit j set when x[j] > 0."""
+def quantize_queries(queries: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    """The int8 scan's query codes: (codes int8 (q, dim), scales float32 (q,)), q ~ scale * code."""
+def int8_dots(query_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
+    """Exact int32 (q, n) dot products of int8 query codes (q, dim) with uint8 row codes (n, dim), active ISA."""
 def advise_hugepages(array: np.ndarray) -> bool:
     """madvise(MADV_HUGEPAGE) over the array's whole pages; True if advised."""
 

@@ -25,6 +25,10 @@ _ENCODE_CHUNK = 65536
 _KIND = "dense"
 
 
+# The int8 scan sums u8 x s8 products in int32: 65536 * 255 * 127 < 2**31.
+INT8_MAX_DIM = 65536
+
+
 def encode_rows(storage: str, x: np.ndarray, sq_norms: bool = False) -> dict:
     """Encodes float32 rows (n, dim) for ``storage``: the one encoder of the exhaustive codecs.
 
@@ -117,6 +121,9 @@ class DenseIndex(Mirrored):
         self._dim = as_int(dim, "dim", 1)
         self._metric = as_choice(metric, "metric", METRICS)
         self._storage = as_choice(storage, "storage", DENSE_STORAGES)
+        if self._storage == "int8" and self._dim > INT8_MAX_DIM:
+            raise ValueError(f"dim: int8 storage takes at most {INT8_MAX_DIM} dimensions (its exact int32 sums "
+                             f"would overflow), got {self._dim}; use storage='f16' or 'f32'")
         self._keep_float = as_bool(keep_float, "keep_float")
         self._lock = RWLock()
         self._ids = _core.IdMap()
@@ -380,7 +387,10 @@ class DenseIndex(Mirrored):
         count, next_id = meta["count"], meta["next_id"]
         if not isinstance(count, int) or count < 0 or not isinstance(next_id, int) or next_id < 0:
             raise IndexFormatError(f"manifest: invalid count {count!r} or next_id {next_id!r}")
-        index = cls(meta["dim"], metric=meta["metric"], storage=meta["storage"], keep_float=meta["keep_float"])
+        try:
+            index = cls(meta["dim"], metric=meta["metric"], storage=meta["storage"], keep_float=meta["keep_float"])
+        except (TypeError, ValueError) as e:  # a manifest no index could have written
+            raise IndexFormatError(f"manifest: {e}") from e
         missing = sorted(set(index._fields()) - set(arrays))
         if missing:
             raise IndexFormatError(f"{missing[0]}.npy: missing from the manifest of a {index._storage} index")

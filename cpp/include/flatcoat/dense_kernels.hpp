@@ -24,10 +24,18 @@ using dot_block_fn = void (*)(const float* q, size_t nq, const element_t* x, siz
 using hamming_block_fn = void (*)(const uint64_t* q, size_t nq, const uint64_t* x, size_t nx,
                                   size_t words, uint32_t* out, size_t ldo);
 
+/// int8 block scoring with quantized queries: out[i * ldo + j] = sum over d
+/// of q_i[d] * x_j[d] exactly in int32, for s8 query codes (|q| <= 127) and u8
+/// row codes; dim <= max_int8_dim, so no sum can overflow.
+using dot_u8s8_fn = void (*)(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t dim, int32_t* out,
+                             size_t ldo);
+constexpr size_t max_int8_dim = 65536;  // 65536 * 255 * 127 < 2^31
+
 struct dense_kernels_t {
     dot_block_fn<float> dot_f32;
     dot_block_fn<uint16_t> dot_f16;
-    dot_block_fn<uint8_t> dot_u8;
+    dot_block_fn<uint8_t> dot_u8;  ///< float queries x u8 codes (IVF int8 lists)
+    dot_u8s8_fn dot_u8s8;          ///< quantized queries x u8 codes (dense int8)
     hamming_block_fn hamming;
     widen_fn<uint16_t> widen_f16;
     widen_fn<uint8_t> widen_u8;

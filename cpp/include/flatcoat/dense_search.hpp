@@ -64,6 +64,17 @@ void search_dense(const dense_data_t& data, const dense_query_t& query, float* o
 /// Sign bits of n float32 rows: bit j of a row is x[j] > 0; out is n x binary_words(dim).
 void binarize(const float* x, size_t n, size_t dim, uint64_t* out);
 
+/// The s8 codes of `nq` queries (nq x dim floats) for the exact int8 kernel:
+/// per query, scale = max |q| / 127 and code = round(q / scale) in [-127, 127],
+/// so q ~ scale * code; a zero query gets scale 0 and zero codes.
+void quantize_queries(const float* queries, size_t nq, size_t dim, std::vector<int8_t>& codes,
+                      std::vector<float>& scales);
+
+/// The active ISA's exact int8 kernel over whole arrays: out (nq x nx) int32
+/// = q (nq x dim s8, |q| <= 127) times x (nx x dim u8) transposed; threads split
+/// the rows. For tests and benchmarks of the kernel the int8 scan runs on.
+void int8_dots(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t dim, int32_t* out);
+
 /// What the dense codecs need of each of `nq` queries (n x dim floats): int8
 /// each query's sum (the rows' offsets multiply it) into `sums` (nq), binary
 /// the query's sign bits into `bits` (nq x binary_words(dim)); other codecs

@@ -56,6 +56,25 @@ struct haswell_t {
         __m256i pairs = _mm256_maddubs_epi16(u, s);
         return _mm256_add_epi32(acc, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
     }
+
+    // Exact int8 dot products (dense int8 storage: u8 codes x s8 query codes in
+    // [-127, 127]): 16 bytes per step zero/sign-extended to int16, vpmaddwd into
+    // int32. No int16 pair sum is formed, so nothing saturates.
+    using vw = __m256i;
+    static constexpr size_t u8s8_step = 16;
+    static vw load_u8s8_row(const uint8_t* p) {
+        return _mm256_cvtepu8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
+    static vw load_u8s8_query(const int8_t* p) {
+        return _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    }
+    static vi dot_u8s8(vi acc, vw row, vw query) { return _mm256_add_epi32(acc, _mm256_madd_epi16(row, query)); }
+    static int32_t reduce_add_i(vi a) {
+        __m128i s = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
+        s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
+        s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
+        return _mm_cvtsi128_si32(s);
+    }
     /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
     static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {
         return popcount_xor_words<haswell_t>(a, b, words);

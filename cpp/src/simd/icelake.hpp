@@ -20,6 +20,14 @@ struct icelake_t : skylake_t {
     /// acc[l] += sum over k < 4 of u8(u[4l + k]) * s8(s[4l + k]), exact (vpdpbusd).
     static vi dpbusd(vi acc, vi u, vi s) { return _mm512_dpbusd_epi32(acc, u, s); }
 
+
+    /// Exact int8 dot products on raw bytes, 64 per step: one vpdpbusd (u8 x s8,
+    /// summed in fours into int32 without saturation).
+    using vw = __m512i;
+    static constexpr size_t u8s8_step = 64;
+    static vw load_u8s8_row(const uint8_t* p) { return _mm512_loadu_si512(p); }
+    static vw load_u8s8_query(const int8_t* p) { return _mm512_loadu_si512(p); }
+    static vi dot_u8s8(vi acc, vw row, vw query) { return _mm512_dpbusd_epi32(acc, row, query); }
     /// popcount(a[w] xor b[w]) summed over w < words: eight words per vpopcntq,
     /// the tail with a zero-masked load.
     static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {

@@ -58,6 +58,17 @@ struct neon_t {
         int32x4_t p3 = vmull_s16(vget_high_s16(u_hi), vget_high_s16(s_hi));  // lane 3
         return vaddq_s32(acc, vpaddq_s32(vpaddq_s32(p0, p1), vpaddq_s32(p2, p3)));
     }
+
+    // Exact int8 dot products (dense int8 storage: u8 codes x s8 query codes):
+    // 8 bytes per step widened to int16, vmlal into int32.
+    using vw = int16x8_t;
+    static constexpr size_t u8s8_step = 8;
+    static vw load_u8s8_row(const uint8_t* p) { return vreinterpretq_s16_u16(vmovl_u8(vld1_u8(p))); }
+    static vw load_u8s8_query(const int8_t* p) { return vmovl_s8(vld1_s8(p)); }
+    static vi dot_u8s8(vi acc, vw row, vw query) {
+        return vmlal_high_s16(vmlal_s16(acc, vget_low_s16(row), vget_low_s16(query)), row, query);
+    }
+    static int32_t reduce_add_i(vi a) { return vaddvq_s32(a); }
     /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
     static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {
         return popcount_xor_words<neon_t>(a, b, words);

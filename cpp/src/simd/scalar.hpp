@@ -117,6 +117,30 @@ struct scalar_t {
         }
         return acc;
     }
+
+    // Exact int8 dot products (dense int8 storage: u8 codes x s8 query codes):
+    // 8 bytes per step, widened to int32 lanes.
+    using vw = vi;
+    static constexpr size_t u8s8_step = width;
+    static vw load_u8s8_row(const uint8_t* p) {
+        vw r;
+        for (size_t i = 0; i < width; ++i) r.v[i] = p[i];
+        return r;
+    }
+    static vw load_u8s8_query(const int8_t* p) {
+        vw r;
+        for (size_t i = 0; i < width; ++i) r.v[i] = p[i];
+        return r;
+    }
+    static vi dot_u8s8(vi acc, vw row, vw query) {
+        for (size_t i = 0; i < width; ++i) acc.v[i] += row.v[i] * query.v[i];
+        return acc;
+    }
+    static int32_t reduce_add_i(vi a) {
+        int32_t s = 0;
+        for (size_t i = 0; i < width; ++i) s += a.v[i];
+        return s;
+    }
     /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
     static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {
         return popcount_xor_words<scalar_t>(a, b, words);

@@ -56,6 +56,20 @@ struct skylake_t {
         __m512i pairs = _mm512_maddubs_epi16(u, s);
         return _mm512_add_epi32(acc, _mm512_madd_epi16(pairs, _mm512_set1_epi16(1)));
     }
+
+    // Exact int8 dot products (dense int8 storage: u8 codes x s8 query codes in
+    // [-127, 127]): 32 bytes per step zero/sign-extended to int16, vpmaddwd into
+    // int32. No int16 pair sum is formed, so nothing saturates.
+    using vw = __m512i;
+    static constexpr size_t u8s8_step = 32;
+    static vw load_u8s8_row(const uint8_t* p) {
+        return _mm512_cvtepu8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    }
+    static vw load_u8s8_query(const int8_t* p) {
+        return _mm512_cvtepi8_epi16(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    }
+    static vi dot_u8s8(vi acc, vw row, vw query) { return _mm512_add_epi32(acc, _mm512_madd_epi16(row, query)); }
+    static int32_t reduce_add_i(vi a) { return _mm512_reduce_add_epi32(a); }
     /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
     static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {
         return popcount_xor_words<skylake_t>(a, b, words);
