@@ -283,7 +283,7 @@ void int8_dots(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t d
     for (size_t i = 0; i < nq * dim; ++i)
         if (q[i] == -128) throw error("query codes: -128 is outside the kernel's range [-127, 127]");
     const dense_kernels_t& kernels = kernels_for<dense_kernels_t>(active_isa());
-    constexpr size_t chunk = 1024;
+    constexpr size_t chunk = 256;
     parallel_for((nx + chunk - 1) / chunk, num_threads(), [&](size_t c, size_t) {
         const size_t begin = c * chunk, rows = std::min(chunk, nx - begin);
         std::vector<int32_t> block(nq * rows);

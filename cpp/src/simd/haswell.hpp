@@ -38,6 +38,20 @@ struct haswell_t {
         s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         return _mm_cvtss_f32(s);
     }
+    /// out[0..3] = reduce_add(a), (b), (c), (d), bit for bit (the same pairs in
+    /// the same order), for four registers at once.
+    static void reduce4(vf a, vf b, vf c, vf d, float* out) {
+        const __m256 ab = _mm256_add_ps(_mm256_permute2f128_ps(a, b, 0x20), _mm256_permute2f128_ps(a, b, 0x31));
+        const __m256 cd = _mm256_add_ps(_mm256_permute2f128_ps(c, d, 0x20), _mm256_permute2f128_ps(c, d, 0x31));
+        __m256 s_ab = _mm256_add_ps(ab, _mm256_permute_ps(ab, _MM_SHUFFLE(3, 2, 3, 2)));
+        __m256 s_cd = _mm256_add_ps(cd, _mm256_permute_ps(cd, _MM_SHUFFLE(3, 2, 3, 2)));
+        s_ab = _mm256_add_ps(s_ab, _mm256_permute_ps(s_ab, _MM_SHUFFLE(1, 1, 1, 1)));
+        s_cd = _mm256_add_ps(s_cd, _mm256_permute_ps(s_cd, _MM_SHUFFLE(1, 1, 1, 1)));
+        // lane 0 of each 128-bit half: a, b in s_ab; c, d in s_cd
+        const __m256 firsts = _mm256_permutevar8x32_ps(_mm256_shuffle_ps(s_ab, s_cd, _MM_SHUFFLE(0, 0, 0, 0)),
+                                                       _mm256_setr_epi32(0, 4, 2, 6, 0, 0, 0, 0));
+        _mm_storeu_ps(out, _mm256_castps256_ps128(firsts));
+    }
 
     // Integer path (int8 MaxSim): 8 int32 lanes, each holding 4 bytes of a code vector.
     using vi = __m256i;
@@ -74,6 +88,13 @@ struct haswell_t {
         s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
         s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 1));
         return _mm_cvtsi128_si32(s);
+    }
+    /// out[0..3] = the lane sums of a, b, c, d: one transposing reduction (hadd)
+    /// instead of four, the int8 kernel's per-pair overhead.
+    static void reduce4_i(vi a, vi b, vi c, vi d, int32_t* out) {
+        const __m256i abcd = _mm256_hadd_epi32(_mm256_hadd_epi32(a, b), _mm256_hadd_epi32(c, d));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                         _mm_add_epi32(_mm256_castsi256_si128(abcd), _mm256_extracti128_si256(abcd, 1)));
     }
     /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
     static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {

@@ -33,6 +33,12 @@ struct neon_t {
     static vf add(vf a, vf b) { return vaddq_f32(a, b); }
     static vf max(vf a, vf b) { return vmaxq_f32(a, b); }
     static float reduce_add(vf a) { return vaddvq_f32(a); }
+    static void reduce4(vf a, vf b, vf c, vf d, float* out) {
+        out[0] = reduce_add(a);
+        out[1] = reduce_add(b);
+        out[2] = reduce_add(c);
+        out[3] = reduce_add(d);
+    }
 
     // Integer path (int8 MaxSim): 4 int32 lanes, each holding 4 bytes of a code vector.
     // Baseline arm64 has no u8 x s8 dot instruction: widen to int16, vmull to int32,
@@ -69,6 +75,9 @@ struct neon_t {
         return vmlal_high_s16(vmlal_s16(acc, vget_low_s16(row), vget_low_s16(query)), row, query);
     }
     static int32_t reduce_add_i(vi a) { return vaddvq_s32(a); }
+    static void reduce4_i(vi a, vi b, vi c, vi d, int32_t* out) {
+        vst1q_s32(out, vpaddq_s32(vpaddq_s32(a, b), vpaddq_s32(c, d)));
+    }
     /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
     static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {
         return popcount_xor_words<neon_t>(a, b, words);

@@ -86,6 +86,12 @@ struct scalar_t {
         float s1 = (a.v[1] + a.v[5]) + (a.v[3] + a.v[7]);
         return s0 + s1;
     }
+    static void reduce4(vf a, vf b, vf c, vf d, float* out) {
+        out[0] = reduce_add(a);
+        out[1] = reduce_add(b);
+        out[2] = reduce_add(c);
+        out[3] = reduce_add(d);
+    }
 
     // Integer path (int8 MaxSim): 8 int32 lanes, each holding 4 bytes of a code vector.
     struct vi {
@@ -140,6 +146,12 @@ struct scalar_t {
         int32_t s = 0;
         for (size_t i = 0; i < width; ++i) s += a.v[i];
         return s;
+    }
+    static void reduce4_i(vi a, vi b, vi c, vi d, int32_t* out) {
+        out[0] = reduce_add_i(a);
+        out[1] = reduce_add_i(b);
+        out[2] = reduce_add_i(c);
+        out[3] = reduce_add_i(d);
     }
     /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
     static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {

@@ -39,6 +39,23 @@ struct skylake_t {
         s = _mm_add_ss(s, _mm_shuffle_ps(s, s, 1));
         return _mm_cvtss_f32(s);
     }
+    /// out[0..3] = reduce_add(a), (b), (c), (d), bit for bit: the same pairs
+    /// added in the same order (lane i with i + 8, then i + 4, i + 2, i + 1),
+    /// for four registers at once, so the per-pair cost of a 384-d dot product
+    /// drops from 8 reduction instructions to about 4.
+    static void reduce4(vf a, vf b, vf c, vf d, float* out) {
+        const __m512 ab = _mm512_add_ps(_mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(1, 0, 1, 0)),
+                                        _mm512_shuffle_f32x4(a, b, _MM_SHUFFLE(3, 2, 3, 2)));
+        const __m512 cd = _mm512_add_ps(_mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(1, 0, 1, 0)),
+                                        _mm512_shuffle_f32x4(c, d, _MM_SHUFFLE(3, 2, 3, 2)));
+        // each 128-bit quarter now holds lanes i < 4 of a, b, c, d after their i + 4 fold
+        __m512 s = _mm512_add_ps(_mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(2, 0, 2, 0)),
+                                 _mm512_shuffle_f32x4(ab, cd, _MM_SHUFFLE(3, 1, 3, 1)));
+        s = _mm512_add_ps(s, _mm512_permute_ps(s, _MM_SHUFFLE(3, 2, 3, 2)));
+        s = _mm512_add_ps(s, _mm512_permute_ps(s, _MM_SHUFFLE(1, 1, 1, 1)));
+        const __m512 firsts = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), s);
+        _mm_storeu_ps(out, _mm512_castps512_ps128(firsts));
+    }
 
     // Integer path (int8 MaxSim): 16 int32 lanes, each holding 4 bytes of a code vector.
     using vi = __m512i;
@@ -70,6 +87,16 @@ struct skylake_t {
     }
     static vi dot_u8s8(vi acc, vw row, vw query) { return _mm512_add_epi32(acc, _mm512_madd_epi16(row, query)); }
     static int32_t reduce_add_i(vi a) { return _mm512_reduce_add_epi32(a); }
+    /// out[0..3] = the lane sums of a, b, c, d: one transposing reduction
+    /// (unpack and add within 128-bit lanes, then fold the lanes) instead of four.
+    static void reduce4_i(vi a, vi b, vi c, vi d, int32_t* out) {
+        const __m512i ab = _mm512_add_epi32(_mm512_unpacklo_epi32(a, b), _mm512_unpackhi_epi32(a, b));
+        const __m512i cd = _mm512_add_epi32(_mm512_unpacklo_epi32(c, d), _mm512_unpackhi_epi32(c, d));
+        const __m512i abcd = _mm512_add_epi32(_mm512_unpacklo_epi64(ab, cd), _mm512_unpackhi_epi64(ab, cd));
+        const __m256i half = _mm256_add_epi32(_mm512_castsi512_si256(abcd), _mm512_extracti64x4_epi64(abcd, 1));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out),
+                         _mm_add_epi32(_mm256_castsi256_si128(half), _mm256_extracti128_si256(half, 1)));
+    }
     /// Hamming distance of two `words`-word bit strings (simd/common.hpp).
     static uint32_t popcount_xor(const uint64_t* a, const uint64_t* b, size_t words) {
         return popcount_xor_words<skylake_t>(a, b, words);
