@@ -18,6 +18,13 @@ def random_data(n, dim, seed):
     return rng.standard_normal((n, dim)).astype(np.float32)
 
 
+def bfloat16_reference(x):
+    """float32 ``x`` rounded to bfloat16 (8 significant bits, nearest, ties to even), in float64 arithmetic."""
+    x = np.asarray(x, dtype=np.float64)
+    mantissa, exponent = np.frexp(x)  # x = mantissa * 2**exponent, 0.5 <= |mantissa| < 1
+    return np.ldexp(np.round(mantissa * 256.0), exponent - 8).astype(np.float32)  # np.round: ties to even
+
+
 def stored_values(x, storage, metric):
     """The vectors as the index stores them (f16 rounds), so 'exact' means exact over what is stored."""
     x = np.asarray(x, dtype=np.float32)
@@ -25,10 +32,12 @@ def stored_values(x, storage, metric):
         x = (x / np.linalg.norm(x.astype(np.float64), axis=1, keepdims=True)).astype(np.float32)
     if storage == "f16":
         x = x.astype(np.float16).astype(np.float32)
+    if storage == "bf16":
+        x = bfloat16_reference(x)
     return x
 
 
-@pytest.mark.parametrize("storage", ["f32", "f16"])
+@pytest.mark.parametrize("storage", ["f32", "f16", "bf16"])
 @pytest.mark.parametrize("metric", METRICS)
 @pytest.mark.parametrize("dim", DIMS)
 @pytest.mark.parametrize("nq", [1, 64])
@@ -142,7 +151,7 @@ def test_binary_scores_without_rerank_are_hamming_based():
             assert [tuple(r) for r in row] == sorted(tuple(r) for r in row)
 
 
-@pytest.mark.parametrize("storage", ["f32", "f16", "int8", "binary"])
+@pytest.mark.parametrize("storage", ["f32", "f16", "bf16", "int8", "binary"])
 def test_every_isa_agrees_with_scalar(storage, restore_isa):
     dim, k = 97, 10
     x = clustered(2000, dim, seed=7)
@@ -171,7 +180,7 @@ def test_scores_do_not_depend_on_batch_or_threads(restore_threads):
     dim = 384
     x = clustered(5000, dim, seed=9)
     q = clustered(70, dim, seed=10)
-    for storage in ["f32", "f16", "int8"]:
+    for storage in ["f32", "f16", "bf16", "int8"]:
         index = flatcoat.DenseIndex(dim, storage=storage)
         index.add(x)
         flatcoat.set_num_threads(2)
@@ -314,3 +323,29 @@ def test_flatcoat_isa_environment_variable_forces_a_level():
     env["FLATCOAT_ISA"] = "avx9"
     bad = subprocess.run([sys.executable, "-c", "import flatcoat"], capture_output=True, text=True, env=env)
     assert bad.returncode != 0 and "unknown ISA 'avx9'" in bad.stderr
+
+
+def test_bfloat16_codes_round_to_nearest_even():
+    from flatcoat.dense import from_bfloat16, to_bfloat16
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal(100_000) * np.exp2(rng.integers(-60, 60, 100_000))).astype(np.float32)
+    # exact ties: 1 + 2**-8 sits halfway between 1 and 1 + 2**-7, so it goes to the even 1
+    ties = np.array([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 0.0, -0.0], dtype=np.float32)
+    x = np.concatenate([x, ties])
+    codes = to_bfloat16(x)
+    assert codes.dtype == np.uint16
+    np.testing.assert_array_equal(from_bfloat16(codes), bfloat16_reference(x))
+    np.testing.assert_array_equal(from_bfloat16(to_bfloat16(ties)), [1.0, 1 + 2**-6, -1.0, 0.0, -0.0])
+
+
+def test_bfloat16_storage_is_half_the_bytes_and_refuses_overflow():
+    dim = 64
+    x = random_data(100, dim, seed=3)
+    index = flatcoat.DenseIndex(dim, storage="bf16")
+    index.add(x)
+    assert index.nbytes < 100 * dim * 2 + 100 * 8 + 4096
+    got, _ = index.get([5])
+    np.testing.assert_array_equal(got[0], bfloat16_reference(x[5]))
+    with pytest.raises(ValueError, match="bfloat16 range"):
+        index.add(np.full((1, dim), 3.4e38, dtype=np.float32))
+    assert len(index) == 100

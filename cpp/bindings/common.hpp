@@ -72,7 +72,8 @@ inline const void* checked_codes(codec_t codec, const py::handle& codes, size_t 
     size_t columns = dim;
     switch (codec) {
         case codec_t::f32_k: data = checked<float>(codes, "codes", 2); break;
-        case codec_t::f16_k: data = checked<uint16_t>(codes, "codes", 2); break;
+        case codec_t::f16_k:
+        case codec_t::bf16_k: data = checked<uint16_t>(codes, "codes", 2); break;
         case codec_t::int8_k: data = checked<uint8_t>(codes, "codes", 2); break;
         case codec_t::binary_k:
             data = checked<uint64_t>(codes, "codes", 2);

@@ -52,6 +52,7 @@ py::dtype code_dtype(codec_t codec) {
         case codec_t::f16_k: return dtype<uint16_t>();
         case codec_t::int8_k: return dtype<uint8_t>();
         case codec_t::binary_k: return dtype<uint64_t>();
+        case codec_t::bf16_k: return dtype<uint16_t>();
     }
     return dtype<uint8_t>();
 }

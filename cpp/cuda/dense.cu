@@ -27,6 +27,7 @@ size_t row_bytes(codec_t codec, size_t dim) {
         case codec_t::f16_k: return dim * 2;
         case codec_t::int8_k: return dim;
         case codec_t::binary_k: return binary_words(dim) * 8;
+        case codec_t::bf16_k: break;  // refused by the store's constructor
     }
     return 0;
 }
@@ -92,6 +93,7 @@ dense_store_t::dense_store_t(int device, codec_t codec, size_t dim, size_t rows,
                              bool has_float_rows, bool has_float_sq_norms)
     : impl_(new impl_t) {
     if (dim == 0) throw error("dim: must be positive");
+    if (codec == codec_t::bf16_k) throw error("storage: bf16 has no CUDA kernels yet; use f16 on the GPU");
     // A candidate key holds ~row in 32 bits; all ones is kept free.
     if (rows >= 0xFFFFFFFFull) throw error("rows: a GPU store holds at most 4294967294 rows; shard the index");
     device_guard_t guard(device);

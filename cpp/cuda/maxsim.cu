@@ -406,7 +406,8 @@ const void* pick_kernel(codec_t codec, int nt) {
         case codec_t::f32_k: return kernel_of<f32_mma_t, 4>();
         case codec_t::f16_k: return nt == 4 ? kernel_of<f16_mma_t, 4>() : kernel_of<f16_mma_t, 8>();
         case codec_t::int8_k: return nt == 4 ? kernel_of<u8_mma_t, 4>() : kernel_of<u8_mma_t, 8>();
-        case codec_t::binary_k: break;  // refused by the store's constructor
+        case codec_t::binary_k:
+        case codec_t::bf16_k: break;  // refused by the store's constructor
     }
     return nullptr;
 }
@@ -420,7 +421,8 @@ void launch_kernel(codec_t codec, int nt, dim3 grid, size_t smem, cudaStream_t s
         case codec_t::f32_k: go(maxsim_kernel<f32_mma_t, 4>); break;
         case codec_t::f16_k: nt == 4 ? go(maxsim_kernel<f16_mma_t, 4>) : go(maxsim_kernel<f16_mma_t, 8>); break;
         case codec_t::int8_k: nt == 4 ? go(maxsim_kernel<u8_mma_t, 4>) : go(maxsim_kernel<u8_mma_t, 8>); break;
-        case codec_t::binary_k: break;  // refused by the store's constructor
+        case codec_t::binary_k:
+        case codec_t::bf16_k: break;  // refused by the store's constructor
     }
 }
 

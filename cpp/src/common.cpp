@@ -5,7 +5,7 @@ namespace flatcoat {
 
 namespace {
 
-constexpr codec_t codecs_k[] = {codec_t::f32_k, codec_t::f16_k, codec_t::int8_k, codec_t::binary_k};
+constexpr codec_t codecs_k[] = {codec_t::f32_k, codec_t::f16_k, codec_t::int8_k, codec_t::binary_k, codec_t::bf16_k};
 constexpr metric_t metrics_k[] = {metric_t::ip_k, metric_t::l2_k};
 
 /// `argument`: unknown 'name'; expected one of a, b, ...
@@ -28,6 +28,7 @@ const char* codec_name(codec_t codec) {
         case codec_t::f16_k: return "f16";
         case codec_t::int8_k: return "int8";
         case codec_t::binary_k: return "binary";
+        case codec_t::bf16_k: return "bf16";
     }
     return "unknown";
 }

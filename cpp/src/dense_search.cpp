@@ -21,7 +21,7 @@ namespace {
 
 constexpr size_t tile_bytes_k = 128 * 1024;  // a tile of rows stays in L2 while a query block scores it
 constexpr size_t query_block_k = 256;         // queries scored against a tile before moving on
-constexpr size_t widen_batch_k = 8;           // from this many queries on, f16 tiles are widened once
+constexpr size_t widen_batch_k = 8;           // from this many queries on, f16 and bf16 tiles are widened once
 
 size_t row_bytes(const dense_data_t& data) {
     switch (data.codec) {
@@ -29,6 +29,7 @@ size_t row_bytes(const dense_data_t& data) {
         case codec_t::f16_k: return data.dim * sizeof(uint16_t);
         case codec_t::int8_k: return data.dim;
         case codec_t::binary_k: return binary_words(data.dim) * sizeof(uint64_t);
+        case codec_t::bf16_k: return data.dim * sizeof(bf16_t);
     }
     return 0;
 }
@@ -123,7 +124,7 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
     const bool l2 = query.metric == metric_t::l2_k;
     const bool binary = data.codec == codec_t::binary_k;
     const bool u8 = data.codec == codec_t::int8_k;
-    const bool widen_tiles = nq >= widen_batch_k && data.codec == codec_t::f16_k;
+    const bool widen_tiles = nq >= widen_batch_k && (data.codec == codec_t::f16_k || data.codec == codec_t::bf16_k);
     const size_t stored_bytes = row_bytes(data);
     const size_t bytes = widen_tiles ? dim * sizeof(float) : stored_bytes;
     const size_t tile = std::max<size_t>(16, std::min<size_t>(4096, tile_bytes_k / std::max<size_t>(bytes, 1)));
@@ -209,10 +210,15 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
             // Convert the tile once instead of once per 4 queries; the float32
             // kernel then gives the very same sums as the direct kernel.
             s.widened.resize(rows * dim);
-            kernels.widen_f16(reinterpret_cast<const uint16_t*>(codes), rows * dim, s.widened.data());
+            if (data.codec == codec_t::f16_k)
+                kernels.widen_f16(reinterpret_cast<const uint16_t*>(codes), rows * dim, s.widened.data());
+            else
+                kernels.widen_bf16(reinterpret_cast<const bf16_t*>(codes), rows * dim, s.widened.data());
             kernels.dot_f32(q, nq, s.widened.data(), rows, dim, s.scores.data(), rows);
         } else if (data.codec == codec_t::f32_k) {
             kernels.dot_f32(q, nq, reinterpret_cast<const float*>(codes), rows, dim, s.scores.data(), rows);
+        } else if (data.codec == codec_t::bf16_k) {
+            kernels.dot_bf16(q, nq, reinterpret_cast<const bf16_t*>(codes), rows, dim, s.scores.data(), rows);
         } else {
             kernels.dot_f16(q, nq, reinterpret_cast<const uint16_t*>(codes), rows, dim, s.scores.data(), rows);
         }

@@ -40,6 +40,7 @@ size_t row_bytes(codec_t codec, size_t dim) {
         case codec_t::f16_k: return dim * sizeof(uint16_t);
         case codec_t::int8_k: return dim;
         case codec_t::binary_k: return binary_words(dim) * sizeof(uint64_t);
+        case codec_t::bf16_k: return dim * sizeof(uint16_t);  // refused by check()
     }
     return 0;
 }
@@ -68,6 +69,7 @@ void check(const ivf_data_t& data, const ivf_query_t& query) {
         if (data.m == 0 || data.dim % data.m != 0) throw error("codebooks: m must divide dim");
         if (data.codebooks == nullptr) throw error("codebooks are missing");
     } else {
+        if (data.codec == codec_t::bf16_k) throw error("storage: bf16 is not an IVF list storage; use f16");
         if (data.codec == codec_t::int8_k && data.total_slots > 0 && (data.scale == nullptr || data.offset == nullptr))
             throw error("int8 lists need the slots' scales and offsets");
         if (query.metric == metric_t::l2_k && data.codec != codec_t::binary_k && data.total_slots > 0 &&

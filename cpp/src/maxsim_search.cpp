@@ -178,8 +178,9 @@ void scan_all(const maxsim_data_t& data, const std::vector<prepared_query_t>& pr
 }  // namespace
 
 codec_t maxsim_codec(codec_t codec) {
-    if (codec == codec_t::binary_k)
-        throw error("storage: binary is not a multi-vector storage; expected one of f32, f16, int8");
+    if (codec == codec_t::binary_k || codec == codec_t::bf16_k)
+        throw error(std::string("storage: ") + codec_name(codec) +
+                    " is not a multi-vector storage; expected one of f32, f16, int8");
     return codec;
 }
 

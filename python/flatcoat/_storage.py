@@ -21,7 +21,7 @@ from . import _core
 #: Dense metrics: inner product, cosine (normalised, then inner product), squared L2.
 METRICS = ("ip", "cosine", "l2")
 #: DenseIndex storages (see ``dense_code_layout``).
-DENSE_STORAGES = ("f32", "f16", "int8", "binary")
+DENSE_STORAGES = ("f32", "f16", "int8", "binary", "bf16")
 #: MultiVectorIndex storages (see ``multivector_token_dtype``).
 MULTIVECTOR_STORAGES = ("f32", "f16", "int8")
 #: IVFIndex list storages: 4-bit PQ fast-scan codes, or the dense codecs (see ``flatcoat.ivf``).
@@ -31,7 +31,8 @@ IVF_STORAGES = ("pq4", "f32", "f16", "int8", "binary")
 def dense_code_layout(storage: str, dim: int) -> Tuple[Tuple[int, ...], np.dtype]:
     """``(row_shape, dtype)`` of one stored dense code.
 
-    f32: float32 (dim,); f16: IEEE half bits as uint16 (dim,); int8: uint8
+    f32: float32 (dim,); f16: IEEE half bits as uint16 (dim,); bf16: bfloat16
+    bits (a float32's high half, rounded to nearest even) as uint16 (dim,); int8: uint8
     (dim,) per-vector affine codes (``x ~ offset + scale * code``, one float32
     scale and offset per vector); binary: sign bits packed into uint64
     (ceil(dim / 64),), bit ``j % 64`` of word ``j // 64`` set when ``x_j > 0``.
@@ -41,7 +42,7 @@ def dense_code_layout(storage: str, dim: int) -> Tuple[Tuple[int, ...], np.dtype
     """
     if storage == "f32":
         return (dim,), np.dtype(np.float32)
-    if storage == "f16":
+    if storage in ("f16", "bf16"):
         return (dim,), np.dtype(np.uint16)
     if storage == "int8":
         return (dim,), np.dtype(np.uint8)

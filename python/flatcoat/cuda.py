@@ -295,6 +295,8 @@ class CudaDenseStore(_DeviceStore):
         self._dim = as_int(dim, "dim", minimum=1)
         self._metric = as_choice(metric, "metric", METRICS)
         self._storage = as_choice(storage, "storage", DENSE_STORAGES)
+        if self._storage == "bf16":
+            raise ValueError("storage: bf16 has no CUDA kernels yet; use 'f16' on the GPU")
         self._device = _gpu_ordinal(device, "CudaDenseStore")
         ext = require(self._device)
         if metric == "l2" and storage != "binary" and sq_norms is None:

@@ -29,6 +29,18 @@ _KIND = "dense"
 INT8_MAX_DIM = 65536
 
 
+def to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """bfloat16 bits (uint16) of finite float32 ``x``, rounded to nearest, ties to even."""
+    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
+    return (rounded >> np.uint32(16)).astype(np.uint16)
+
+
+def from_bfloat16(codes: np.ndarray) -> np.ndarray:
+    """float32 values of bfloat16 bits (exact: the bits become a float32's high half)."""
+    return (np.asarray(codes, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
+
+
 def encode_rows(storage: str, x: np.ndarray, sq_norms: bool = False) -> dict:
     """Encodes float32 rows (n, dim) for ``storage``: the one encoder of the exhaustive codecs.
 
@@ -45,6 +57,11 @@ def encode_rows(storage: str, x: np.ndarray, sq_norms: bool = False) -> dict:
         if not np.isfinite(half).all():
             raise ValueError("vectors: values exceed the float16 range (|x| > 65504); use storage='f32'")
         codes, decoded = half.view(np.uint16), half.astype(np.float32)
+    elif storage == "bf16":
+        codes = to_bfloat16(x)
+        decoded = from_bfloat16(codes)
+        if not np.isfinite(decoded).all():
+            raise ValueError("vectors: values exceed the bfloat16 range (|x| > 3.39e38); use storage='f32'")
     elif storage == "int8":
         # 255 equal steps over each vector's own [min, max], decoded at step
         # centres: x ~ offset + scale * code with offset = min + scale / 2.
@@ -76,6 +93,8 @@ def decode_rows(storage: str, dim: int, views: dict, positions: np.ndarray) -> n
         return np.array(codes, dtype=np.float32)
     if storage == "f16":
         return codes.view(np.float16).astype(np.float32)
+    if storage == "bf16":
+        return from_bfloat16(codes)
     if storage == "int8":
         return views["offset"][positions, None] + views["scale"][positions, None] * codes.astype(np.float32)
     bits = np.unpackbits(codes.view(np.uint8), axis=1, bitorder="little")[:, :dim]
@@ -92,6 +111,8 @@ class DenseIndex(Mirrored):
         queries are L2-normalised, then inner product) or ``"l2"`` (squared
         Euclidean distance, smaller is better).
     storage: ``"f32"``; ``"f16"`` (half precision, float32 accumulation);
+        ``"bf16"`` (bfloat16: float32's range with 8 significant bits, half the
+        bytes, float32 accumulation);
         ``"int8"`` (per-vector scalar quantization: 255 steps over each vector's
         own [min, max]; no training; queries stay float); ``"binary"`` (one
         sign bit per dimension, Hamming scan).

@@ -28,12 +28,19 @@ enum class codec_t {
     f16_k,     ///< IEEE half, `dim` uint16 per vector, widened to float32 to accumulate
     int8_k,    ///< one byte per element plus per-vector parameters (dense: affine u8; MaxSim: symmetric +128)
     binary_k,  ///< sign bits, ceil(dim / 64) little-endian uint64 words per vector (dense only)
+    bf16_k,    ///< bfloat16, `dim` uint16 per vector (a float32's high half), widened by a shift (dense only)
 };
 
-/// Parses a storage name ("f32", "f16", "int8", "binary"); throws flatcoat::error
-/// "storage: unknown 'x'; expected one of f32, f16, int8, binary" otherwise.
+/// A bfloat16 element: the high 16 bits of a float32. Its own type so that the
+/// kernels' per-element overloads tell it from IEEE half (also 16 bits).
+struct bf16_t {
+    uint16_t bits;
+};
+
+/// Parses a storage name ("f32", "f16", "int8", "binary", "bf16"); throws flatcoat::error
+/// "storage: unknown 'x'; expected one of f32, f16, int8, binary, bf16" otherwise.
 codec_t codec_from_name(const std::string& name);
-/// The storage name of a codec ("f32", "f16", "int8", "binary").
+/// The storage name of a codec ("f32", "f16", "int8", "binary", "bf16").
 const char* codec_name(codec_t codec);
 /// Parses a kernel metric name ("ip", "l2"); throws flatcoat::error naming `metric` otherwise.
 metric_t metric_from_name(const std::string& name);

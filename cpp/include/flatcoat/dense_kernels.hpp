@@ -34,10 +34,12 @@ constexpr size_t max_int8_dim = 65536;  // 65536 * 255 * 127 < 2^31
 struct dense_kernels_t {
     dot_block_fn<float> dot_f32;
     dot_block_fn<uint16_t> dot_f16;
+    dot_block_fn<bf16_t> dot_bf16;
     dot_block_fn<uint8_t> dot_u8;  ///< float queries x u8 codes (IVF int8 lists)
     dot_u8s8_fn dot_u8s8;          ///< quantized queries x u8 codes (dense int8)
     hamming_block_fn hamming;
     widen_fn<uint16_t> widen_f16;
+    widen_fn<bf16_t> widen_bf16;
     widen_fn<uint8_t> widen_u8;
 };
 

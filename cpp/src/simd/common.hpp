@@ -5,6 +5,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "flatcoat/common.hpp"  // bf16_t
+
 namespace flatcoat {
 namespace simd {
 

@@ -28,6 +28,11 @@ struct haswell_t {
     static vf load(const uint8_t* p) {
         return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
     }
+    /// bfloat16 widens exactly: its bits become a float32's high half.
+    static vf load(const bf16_t* p) {
+        const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+    }
     static void store(float* p, vf a) { _mm256_storeu_ps(p, a); }
     static vf fma(vf a, vf b, vf acc) { return _mm256_fmadd_ps(a, b, acc); }
     static vf add(vf a, vf b) { return _mm256_add_ps(a, b); }

@@ -28,6 +28,8 @@ struct neon_t {
         uint16x8_t wide = vmovl_u8(vreinterpret_u8_u32(vdup_n_u32(word)));
         return vcvtq_f32_u32(vmovl_u16(vget_low_u16(wide)));
     }
+    /// bfloat16 widens exactly: its bits become a float32's high half.
+    static vf load(const bf16_t* p) { return vreinterpretq_f32_u32(vshll_n_u16(vld1_u16(&p->bits), 16)); }
     static void store(float* p, vf a) { vst1q_f32(p, a); }
     static vf fma(vf a, vf b, vf acc) { return vfmaq_f32(acc, a, b); }
     static vf add(vf a, vf b) { return vaddq_f32(a, b); }

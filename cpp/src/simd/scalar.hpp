@@ -65,6 +65,14 @@ struct scalar_t {
         for (size_t i = 0; i < width; ++i) r.v[i] = float(p[i]);
         return r;
     }
+    static vf load(const bf16_t* p) {  // bfloat16: its bits are a float32's high half
+        vf r;
+        for (size_t i = 0; i < width; ++i) {
+            const uint32_t bits = uint32_t(p[i].bits) << 16;
+            std::memcpy(&r.v[i], &bits, sizeof bits);
+        }
+        return r;
+    }
     static void store(float* p, vf a) {
         for (size_t i = 0; i < width; ++i) p[i] = a.v[i];
     }

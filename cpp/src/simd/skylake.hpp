@@ -27,6 +27,11 @@ struct skylake_t {
     static vf load(const uint8_t* p) {
         return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
     }
+    /// bfloat16 widens exactly: its bits become a float32's high half.
+    static vf load(const bf16_t* p) {
+        const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+        return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+    }
     static void store(float* p, vf a) { _mm512_storeu_ps(p, a); }
     static vf fma(vf a, vf b, vf acc) { return _mm512_fmadd_ps(a, b, acc); }
     static vf add(vf a, vf b) { return _mm512_add_ps(a, b); }

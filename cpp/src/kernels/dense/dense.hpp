@@ -202,10 +202,12 @@ dense_kernels_t make_dense_kernels() {
     dense_kernels_t table;
     table.dot_f32 = &dot_block<S, float>;
     table.dot_f16 = &dot_block<S, uint16_t>;
+    table.dot_bf16 = &dot_block<S, bf16_t>;
     table.dot_u8 = &dot_block<S, uint8_t>;
     table.dot_u8s8 = &dot_u8s8_block<S>;
     table.hamming = &hamming_block<S>;
     table.widen_f16 = &simd::widen<S, uint16_t>;
+    table.widen_bf16 = &simd::widen<S, bf16_t>;
     table.widen_u8 = &simd::widen<S, uint8_t>;
     return table;
 }
