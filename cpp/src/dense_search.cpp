@@ -84,32 +84,43 @@ struct scan_scratch_t {
     std::vector<float> scale, offset, norms;  // GATHER: the tile's per-row values
 };
 
-/// The shortlist an int8 scan keeps per query before refine_int8: twice the
+/// The shortlist a scan with a rounded query (int8's s8 query, bf16's bf16
+/// query on vdpbf16ps) keeps per query before refine_shortlist: twice the
 /// wanted depth plus 8. Measured on clustered 384-d unit vectors, the top 10
 /// by the float query all lie within the top 12 by the s8 query in 99.9% of
-/// cases and within the top 15 always.
-size_t int8_shortlist(size_t keep) { return 2 * keep + 8; }
+/// cases and within the top 15 always; by the bf16 query within the top 20.
+size_t rounded_query_shortlist(size_t keep) { return 2 * keep + 8; }
 
-/// Re-scores each query's int8 shortlist with the float query against the
-/// same u8 codes, scale * <q, code> + offset * sum(q), and keeps the `keep`
-/// best. The s8 query (127 steps) costs about half a point of recall@10 on its
-/// own; the float query is what the codes were meant for, and the scan stays on
-/// the exact integer kernel (vpdpbusd: 4x the float32 rate). Every query is
+/// Whether the scan ranks by a rounded query and refines (see refine_shortlist).
+bool scans_rounded_query(codec_t codec, const dense_kernels_t& kernels) {
+    return codec == codec_t::int8_k || (codec == codec_t::bf16_k && kernels.dot_bf16_pairs != nullptr);
+}
+
+/// Re-scores each query's shortlist with the float query against the same
+/// codes (int8: scale * <q, code> + offset * sum(q); bf16: <q, x> widened)
+/// and keeps the `keep` best. The rounded query (s8: 127 steps; bf16: 8
+/// significant bits) costs about half a point of recall@10 on its own; the
+/// float query is what the codes were meant for, while the scan stays on the
+/// fast kernel (vpdpbusd: 4x the float32 rate; vdpbf16ps: 2x). Every query is
 /// re-scored one row at a time, so the result does not depend on the batch.
-void refine_int8(const dense_data_t& data, const dense_query_t& query, const float* queries, size_t nq,
-                 const std::vector<float>& query_sums, size_t keep, const dense_kernels_t& kernels,
-                 std::vector<topk_t>& found) {
+void refine_shortlist(const dense_data_t& data, const dense_query_t& query, const float* queries, size_t nq,
+                      const std::vector<float>& query_sums, size_t keep, const dense_kernels_t& kernels,
+                      std::vector<topk_t>& found) {
     const size_t dim = data.dim;
     const bool l2 = query.metric == metric_t::l2_k;
-    const uint8_t* codes = static_cast<const uint8_t*>(data.codes);
+    const bool u8 = data.codec == codec_t::int8_k;
     parallel_for(nq, num_threads(), [&](size_t i, size_t) {
         topk_t refined(keep, data.ids);
         const float* qi = queries + i * dim;
         for (const topk_t::entry_t& e : found[i].sorted()) {
             const size_t row = size_t(e.row);
             float value;
-            kernels.dot_u8(qi, 1, codes + row * dim, 1, dim, &value, 1);
-            value = data.scale[row] * value + data.offset[row] * query_sums[i];
+            if (u8) {
+                kernels.dot_u8(qi, 1, static_cast<const uint8_t*>(data.codes) + row * dim, 1, dim, &value, 1);
+                value = data.scale[row] * value + data.offset[row] * query_sums[i];
+            } else {
+                kernels.dot_bf16(qi, 1, static_cast<const bf16_t*>(data.codes) + row * dim, 1, dim, &value, 1);
+            }
             if (l2) value = 2.0f * value - data.sq_norms[row];
             refined.push(value, e.row);
         }
@@ -124,7 +135,10 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
     const bool l2 = query.metric == metric_t::l2_k;
     const bool binary = data.codec == codec_t::binary_k;
     const bool u8 = data.codec == codec_t::int8_k;
-    const bool widen_tiles = nq >= widen_batch_k && (data.codec == codec_t::f16_k || data.codec == codec_t::bf16_k);
+    const bool rounded_query = scans_rounded_query(data.codec, kernels);
+    const bool bf16_pairs = rounded_query && data.codec == codec_t::bf16_k;
+    const bool widen_tiles = nq >= widen_batch_k && !rounded_query &&
+                             (data.codec == codec_t::f16_k || data.codec == codec_t::bf16_k);
     const size_t stored_bytes = row_bytes(data);
     const size_t bytes = widen_tiles ? dim * sizeof(float) : stored_bytes;
     const size_t tile = std::max<size_t>(16, std::min<size_t>(4096, tile_bytes_k / std::max<size_t>(bytes, 1)));
@@ -137,13 +151,18 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
     std::vector<float> query_sums, query_scales;
     std::vector<uint64_t> query_bits;
     std::vector<int8_t> query_codes;
+    std::vector<bf16_t> query_bf16;
     const float* q = queries;
     prepare_queries(data.codec, queries, nq, dim, query_sums, query_bits);
     if (u8) quantize_queries(queries, nq, dim, query_codes, query_scales);
+    if (bf16_pairs) {
+        query_bf16.resize(nq * dim);
+        to_bfloat16(queries, nq * dim, query_bf16.data());
+    }
 
-    // int8 ranks by the quantized query first and keeps a deeper shortlist,
-    // which refine_int8 re-scores with the float query (see there).
-    const size_t scan_keep = u8 ? int8_shortlist(keep) : keep;
+    // int8 (and bf16 on vdpbf16ps) rank by a rounded query first and keep a
+    // deeper shortlist, which refine_shortlist re-scores with the float query.
+    const size_t scan_keep = rounded_query ? rounded_query_shortlist(keep) : keep;
     std::vector<std::vector<topk_t>> selectors(slots, std::vector<topk_t>(nq, topk_t(scan_keep, data.ids)));
     std::vector<scan_scratch_t> scratch(slots);
 
@@ -217,6 +236,9 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
             kernels.dot_f32(q, nq, s.widened.data(), rows, dim, s.scores.data(), rows);
         } else if (data.codec == codec_t::f32_k) {
             kernels.dot_f32(q, nq, reinterpret_cast<const float*>(codes), rows, dim, s.scores.data(), rows);
+        } else if (bf16_pairs) {
+            kernels.dot_bf16_pairs(query_bf16.data(), nq, reinterpret_cast<const bf16_t*>(codes), rows, dim,
+                                   s.scores.data(), rows);
         } else if (data.codec == codec_t::bf16_k) {
             kernels.dot_bf16(q, nq, reinterpret_cast<const bf16_t*>(codes), rows, dim, s.scores.data(), rows);
         } else {
@@ -245,7 +267,7 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
     std::vector<topk_t>& merged = selectors[0];
     for (size_t s = 1; s < slots; ++s)
         for (size_t i = 0; i < nq; ++i) merged[i].merge(selectors[s][i]);
-    if (u8) refine_int8(data, query, queries, nq, query_sums, keep, kernels, merged);
+    if (rounded_query) refine_shortlist(data, query, queries, nq, query_sums, keep, kernels, merged);
     return std::move(merged);
 }
 
@@ -297,6 +319,14 @@ void int8_dots(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t d
         for (size_t i = 0; i < nq; ++i)
             std::memcpy(out + i * nx + begin, block.data() + i * rows, rows * sizeof(int32_t));
     });
+}
+
+void to_bfloat16(const float* x, size_t n, bf16_t* out) {
+    for (size_t i = 0; i < n; ++i) {
+        uint32_t bits;
+        std::memcpy(&bits, &x[i], sizeof bits);
+        out[i].bits = uint16_t((bits + 0x7FFFu + ((bits >> 16) & 1u)) >> 16);  // nearest, ties to even
+    }
 }
 
 void binarize(const float* x, size_t n, size_t dim, uint64_t* out) {

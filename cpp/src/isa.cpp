@@ -51,6 +51,8 @@ bool cpu_supports(isa_t isa) {
             return cpu_supports(isa_t::skylake_k) && __builtin_cpu_supports("avx512vnni") &&
                    __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512vbmi") &&
                    __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512bitalg");
+        case isa_t::genoa_k:
+            return cpu_supports(isa_t::icelake_k) && __builtin_cpu_supports("avx512bf16");
 #endif
 #if defined(__aarch64__)
         case isa_t::neon_k: return true;  // Advanced SIMD is mandatory on arm64

@@ -31,12 +31,19 @@ using dot_u8s8_fn = void (*)(const int8_t* q, size_t nq, const uint8_t* x, size_
                              size_t ldo);
 constexpr size_t max_int8_dim = 65536;  // 65536 * 255 * 127 < 2^31
 
+/// bfloat16 block scoring with bfloat16 queries: out[i * ldo + j] = sum over d
+/// of q_i[d] * x_j[d], products of bfloat16 pairs summed in float32
+/// (vdpbf16ps). Only levels with AVX512_BF16 have it (null elsewhere).
+using dot_bf16_pairs_fn = void (*)(const bf16_t* q, size_t nq, const bf16_t* x, size_t nx, size_t dim, float* out,
+                                   size_t ldo);
+
 struct dense_kernels_t {
     dot_block_fn<float> dot_f32;
     dot_block_fn<uint16_t> dot_f16;
     dot_block_fn<bf16_t> dot_bf16;
     dot_block_fn<uint8_t> dot_u8;  ///< float queries x u8 codes (IVF int8 lists)
     dot_u8s8_fn dot_u8s8;          ///< quantized queries x u8 codes (dense int8)
+    dot_bf16_pairs_fn dot_bf16_pairs = nullptr;  ///< bf16 queries x bf16 rows; null without AVX512_BF16
     hamming_block_fn hamming;
     widen_fn<uint16_t> widen_f16;
     widen_fn<bf16_t> widen_bf16;

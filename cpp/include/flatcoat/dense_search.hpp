@@ -61,6 +61,9 @@ struct dense_query_t {
 /// Validates sizes and throws flatcoat::error; never reads past the views.
 void search_dense(const dense_data_t& data, const dense_query_t& query, float* out_scores, int64_t* out_ids);
 
+/// bfloat16 of n finite float32 values: the high half, rounded to nearest, ties to even.
+void to_bfloat16(const float* x, size_t n, bf16_t* out);
+
 /// Sign bits of n float32 rows: bit j of a row is x[j] > 0; out is n x binary_words(dim).
 void binarize(const float* x, size_t n, size_t dim, uint64_t* out);
 

@@ -156,6 +156,64 @@ void dot_u8s8_block(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, siz
     }
 }
 
+/// bfloat16 queries x bfloat16 rows, QB x XB float32 accumulators, 32
+/// elements per step by S::dpbf16 (vdpbf16ps), the row tail by masked loads;
+/// four pairs reduced at once. For levels with AVX512_BF16 only (S::dpbf16).
+template <class S, size_t QB, size_t XB>
+inline void dot_bf16_pairs_micro(const bf16_t* q, const bf16_t* x, size_t dim, float* out, size_t ldo) {
+    using vf = typename S::vf;
+    using vbh = typename S::vbh;
+    vf acc[QB][XB];
+    for (size_t a = 0; a < QB; ++a)
+        for (size_t b = 0; b < XB; ++b) acc[a][b] = S::zero();
+    size_t d = 0;
+    for (; d + S::bf16_step <= dim; d += S::bf16_step) {
+        vbh xv[XB];
+        for (size_t b = 0; b < XB; ++b) xv[b] = S::load_bf16(x + b * dim + d);
+        for (size_t a = 0; a < QB; ++a) {
+            const vbh qv = S::load_bf16(q + a * dim + d);
+            for (size_t b = 0; b < XB; ++b) acc[a][b] = S::dpbf16(acc[a][b], xv[b], qv);
+        }
+    }
+    if (d < dim) {
+        vbh xv[XB];
+        for (size_t b = 0; b < XB; ++b) xv[b] = S::load_bf16_partial(x + b * dim + d, dim - d);
+        for (size_t a = 0; a < QB; ++a) {
+            const vbh qv = S::load_bf16_partial(q + a * dim + d, dim - d);
+            for (size_t b = 0; b < XB; ++b) acc[a][b] = S::dpbf16(acc[a][b], xv[b], qv);
+        }
+    }
+    for (size_t a = 0; a < QB; ++a) {
+        size_t b = 0;
+        for (; b + 4 <= XB; b += 4) S::reduce4(acc[a][b], acc[a][b + 1], acc[a][b + 2], acc[a][b + 3], out + a * ldo + b);
+        for (; b < XB; ++b) out[a * ldo + b] = S::reduce_add(acc[a][b]);
+    }
+}
+
+/// 4 queries x 4 rows for batches, 1 x 8 for the rest (32 registers).
+template <class S>
+void dot_bf16_pairs_block(const bf16_t* q, size_t nq, const bf16_t* x, size_t nx, size_t dim, float* out,
+                          size_t ldo) {
+    constexpr size_t QB = 4, XB = 4, XB1 = 8, QL1 = 16;
+    const size_t full = nq - nq % QB;
+    for (size_t i0 = 0; i0 < full; i0 += QL1) {
+        const size_t i1 = i0 + QL1 < full ? i0 + QL1 : full;
+        size_t j = 0;
+        for (; j + XB <= nx; j += XB)
+            for (size_t i = i0; i < i1; i += QB)
+                dot_bf16_pairs_micro<S, QB, XB>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+        for (; j < nx; ++j)
+            for (size_t i = i0; i < i1; i += QB)
+                dot_bf16_pairs_micro<S, QB, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+    }
+    for (size_t i = full; i < nq; ++i) {
+        size_t j = 0;
+        for (; j + XB1 <= nx; j += XB1)
+            dot_bf16_pairs_micro<S, 1, XB1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+        for (; j < nx; ++j) dot_bf16_pairs_micro<S, 1, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+    }
+}
+
 /// Hamming distances between sign-bit codes. The per-ISA difference is the
 /// popcount: S::popcount_xor (popcnt per word, or vpopcntq on 8 words at once
 /// on icelake). Common code lengths get a compile-time length (WORDS > 0) so

@@ -1,0 +1,19 @@
+// Dense kernels for the "genoa" level (icelake + AVX512_BF16); compiled with
+// those flags only (see CMakeLists.txt). As icelake, plus the bfloat16 scan on
+// vdpbf16ps (dot_bf16_pairs, simd/genoa.hpp), which only this level has.
+#include "kernels/dense/dense.hpp"
+#include "simd/genoa.hpp"
+
+namespace flatcoat {
+
+template <>
+const dense_kernels_t& kernel_table<dense_kernels_t, isa_t::genoa_k>() {
+    static const dense_kernels_t table = [] {
+        dense_kernels_t t = kernels::make_dense_kernels<simd::genoa_t>();
+        t.dot_bf16_pairs = &kernels::dot_bf16_pairs_block<simd::genoa_t>;
+        return t;
+    }();
+    return table;
+}
+
+}  // namespace flatcoat
