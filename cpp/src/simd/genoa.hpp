@@ -24,7 +24,12 @@ struct genoa_t : icelake_t {
         return _mm512_maskz_loadu_epi16(__mmask32((uint64_t(1) << n) - 1), p);
     }
     /// acc[l] += a[2l] * b[2l] + a[2l + 1] * b[2l + 1], bfloat16 products in float32 (vdpbf16ps).
-    static vf dpbf16(vf acc, vbh a, vbh b) { return _mm512_dpbf16_ps(acc, (__m512bh)a, (__m512bh)b); }
+    /// In place by inline asm, as icelake_t::dot_u8s8 (GCC copies the
+    /// accumulator around the intrinsic's destructive form).
+    static vf dpbf16(vf acc, vbh a, vbh b) {
+        __asm__("vdpbf16ps %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+        return acc;
+    }
 };
 
 }  // namespace simd
