@@ -63,6 +63,21 @@ def search_dense(
     A filter gives exactly the search of an index holding only the allowed rows (ids and scores)."""
 def binarize(x: np.ndarray) -> np.ndarray:
     """Sign bits of (n, dim) float32 rows: (n, ceil(dim / 64)) uint64, bit j set when x[j] > 0."""
+def encode_dense(
+    storage: str,
+    x: np.ndarray,  # (n, dim) float32
+    codes: np.ndarray,  # (n, ...) in the layout of _storage.dense_code_layout, written
+    *,
+    scale: Optional[np.ndarray] = None,  # (n,) float32, int8 only (required there)
+    offset: Optional[np.ndarray] = None,  # (n,) float32, int8 only (required there)
+    sq_norms: Optional[np.ndarray] = None,  # (n,) float32, of the decoded rows (not binary)
+    float_rows: Optional[np.ndarray] = None,  # (n, dim) float32 copy (normalised with normalize)
+    float_sq_norms: Optional[np.ndarray] = None,  # (n,) float32
+    normalize: bool = False,  # L2-normalise each row first (cosine)
+) -> None:
+    """Encodes x into the given arrays in the core's threads, as encode_into in flatcoat/dense.py
+    documents. A ValueError names the first row with NaN or inf, else an all-zero row under
+    normalize, else an f16 row beyond the float16 range."""
 def advise_hugepages(array: np.ndarray) -> bool:
     """madvise(MADV_HUGEPAGE) over the array's whole pages; True if advised."""
 
