@@ -1,8 +1,11 @@
 // Dense row encoding (see flatcoat/encode.hpp). Compiled at the baseline ISA
 // with -ffp-contract=off: the int8 formula must round after every operation,
-// as numpy does, so no multiply-add may be fused. Plain loops the compiler
-// vectorises; the float64 sums use fixed interleaved lanes instead of relying
-// on reassociation, so they vectorise and stay deterministic.
+// as numpy does, so no multiply-add may be fused; and -fno-trapping-math, so
+// the compiler may turn the clipping and f16 branches into vector selects
+// (no result changes; FP exception flags are never read). Plain loops the
+// compiler vectorises; the float64 sums and the int8 ranges use fixed
+// interleaved lanes instead of relying on reassociation, so they vectorise and
+// stay deterministic.
 #include "flatcoat/encode.hpp"
 
 #include <algorithm>  // std::min
@@ -72,15 +75,29 @@ struct errors_t {
 // Encodes one row `row` (already normalised if asked) as int8; writes the
 // decoded values to `decoded` (dim floats) for the squared norm.
 void encode_int8(const float* row, size_t dim, uint8_t* codes, float& scale_out, float& offset_out, float* decoded) {
-    float low = row[0], high = row[0];
-    for (size_t j = 1; j < dim; ++j) {
-        low = row[j] < low ? row[j] : low;
-        high = row[j] > high ? row[j] : high;
+    // Lane-wise minima and maxima (vectorisable, unlike one running pair); the
+    // order does not matter for min and max.
+    float lows[sum_lanes_k], highs[sum_lanes_k];
+    for (size_t l = 0; l < sum_lanes_k; ++l) lows[l] = highs[l] = row[0];
+    size_t j = 0;
+    for (; j + sum_lanes_k <= dim; j += sum_lanes_k)
+        for (size_t l = 0; l < sum_lanes_k; ++l) {
+            lows[l] = row[j + l] < lows[l] ? row[j + l] : lows[l];
+            highs[l] = row[j + l] > highs[l] ? row[j + l] : highs[l];
+        }
+    for (; j < dim; ++j) {
+        lows[0] = row[j] < lows[0] ? row[j] : lows[0];
+        highs[0] = row[j] > highs[0] ? row[j] : highs[0];
+    }
+    float low = lows[0], high = highs[0];
+    for (size_t l = 1; l < sum_lanes_k; ++l) {
+        low = lows[l] < low ? lows[l] : low;
+        high = highs[l] > high ? highs[l] : high;
     }
     const float range = high - low;
     const float scale = (range > 1e-30f ? range : 1e-30f) / 255.0f;
     const float offset = low + 0.5f * scale;
-    for (size_t j = 0; j < dim; ++j) {
+    for (j = 0; j < dim; ++j) {
         const float steps = (row[j] - offset) / scale + 0.5f;
         // floor then clip to [0, 255]: below 0 is 0, from 255 on is 255, and in
         // between floor is truncation (a vector conversion, no libm call).
