@@ -163,14 +163,14 @@ void encode_dense(codec_t codec, const float* x, size_t n, size_t dim, bool norm
     const size_t tasks = (n + block_rows_k - 1) / block_rows_k;
     const size_t slots = std::min(num_threads(), tasks);
     // Per thread: one decoded row (squared norms of f16 / int8), and where no
-    // float output receives the normalised rows, a block of them.
+    // float output receives the normalised row, room for it (used at once).
     const bool needs_scratch = normalize && !f32_codes && !out.float_rows;
     std::vector<std::vector<float>> scratch(slots);
     errors_t errors;
 
     parallel_for(tasks, slots, [&](size_t task, size_t slot) {
         std::vector<float>& buffer = scratch[slot];
-        if (buffer.empty()) buffer.resize(dim * (needs_scratch ? block_rows_k + 1 : 1));
+        if (buffer.empty()) buffer.resize(dim * (needs_scratch ? 2 : 1));
         float* decoded = buffer.data();
         const size_t begin = task * block_rows_k, end = std::min(n, begin + block_rows_k);
         for (size_t i = begin; i < end; ++i) {
@@ -187,7 +187,7 @@ void encode_dense(codec_t codec, const float* x, size_t n, size_t dim, bool norm
                 }
                 float* normalised = f32_codes ? f32_codes + i * dim
                                     : out.float_rows ? out.float_rows + i * dim
-                                                     : buffer.data() + dim * (1 + i - begin);
+                                                     : buffer.data() + dim;
                 const double norm = std::sqrt(sq);
                 for (size_t j = 0; j < dim; ++j) normalised[j] = float(double(row[j]) / norm);
                 row = normalised;
