@@ -22,9 +22,15 @@ all-threads read bandwidth (bytes scanned / latency / GB/s), Q = 256 as the
 fraction of the best float32 matmul GFLOP/s (2 * N * dim * Q / time / GFLOP/s,
 the same nominal FLOPs for every storage, so quantized rows can exceed 1).
 
+``--builds`` times only the adds instead: flatcoat f32, int8 and binary next
+to FAISS ``IndexFlatIP``, ``SQ8`` (train + add) and ``IndexBinaryFlat`` (sign
+bits packed by numpy + add) on the same data, each pair timed alternately
+(median of ``--repeats``), every index freed before the next is built.
+
 Usage::
 
     python bench/dense.py --quick                 # about a minute, N = 100k
+    python bench/dense.py --builds --data normal  # add times only, standard normal rows
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE nice python bench/dense.py --json out.json
 
 Peak memory at the default N = 1M, dim 384: the data (1.5 GB) plus one peer's
@@ -133,6 +139,86 @@ def faiss_rerank(base, queries, cand, k):
         top = np.argpartition(-s, k - 1)[:k] if len(c) > k else np.arange(len(c))
         out[i] = c[top[np.argsort(-s[top], kind="stable")]]
     return out
+
+
+#: flatcoat storage -> its FAISS peer in the add-time comparison (--builds).
+BUILD_PEERS = {"f32": "faiss IndexFlatIP", "int8": "faiss SQ8", "binary": "faiss IndexBinaryFlat"}
+
+
+def build_times(base: np.ndarray, repeats: int, threads: int, log) -> List[dict]:
+    """Seconds to build each flatcoat storage of BUILD_PEERS and its FAISS peer from ``base``
+    (median of ``repeats``; the pair alternates so both meet the same memory state)."""
+    import faiss
+
+    import flatcoat
+
+    faiss.omp_set_num_threads(threads)
+    flatcoat.set_num_threads(threads)
+    dim = base.shape[1]
+
+    def faiss_build(storage):
+        if storage == "f32":
+            index = faiss.IndexFlatIP(dim)
+        elif storage == "int8":
+            index = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT)
+            index.train(base)
+        else:
+            index = faiss.IndexBinaryFlat(dim)
+            index.add(np.packbits(base > 0, axis=1))
+            return index
+        index.add(base)
+        return index
+
+    def flatcoat_build(storage):
+        index = flatcoat.DenseIndex(dim, metric="ip", storage=storage)
+        index.add(base)
+        return index
+
+    def timed(build, storage):
+        t0 = time.perf_counter()
+        index = build(storage)
+        seconds = time.perf_counter() - t0
+        del index
+        gc.collect()
+        return seconds
+
+    rows = []
+    for storage, peer in BUILD_PEERS.items():
+        ours, theirs = [], []
+        for _ in range(repeats):
+            ours.append(timed(flatcoat_build, storage))
+            theirs.append(timed(faiss_build, storage))
+        log(f"  flatcoat {storage}: {ours} s; {peer}: {theirs} s")
+        rows.append({"storage": storage, "flatcoat_s": float(np.median(ours)), "peer": peer,
+                     "peer_s": float(np.median(theirs)), "flatcoat_runs": ours, "peer_runs": theirs})
+    return rows
+
+
+def build_table(rows: List[dict]) -> str:
+    lines = ["| flatcoat storage | flatcoat add s | FAISS peer | peer add s | flatcoat / peer |",
+             "|---|---:|---|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['storage']} | {r['flatcoat_s']:.2f} | {r['peer']} | {r['peer_s']:.2f} | "
+                     f"{r['flatcoat_s'] / r['peer_s']:.2f} |")
+    return "\n".join(lines)
+
+
+def run_builds(args) -> int:
+    log = (lambda *a: print(*a, file=sys.stderr, flush=True))
+    if args.data == "normal":
+        base = np.random.default_rng(args.seed).standard_normal((args.n, args.dim), dtype=np.float32)
+    else:
+        base, _ = clustered(args.n, args.dim, n_queries=1, seed=args.seed)
+    rows = build_times(base, args.repeats, args.threads, log)
+    print("# flatcoat add times\n")
+    print(f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}; CPU: {cpu_model()}, "
+          f"{os.cpu_count()} CPUs; threads for every library: {args.threads}")
+    print(f"- data: {args.data}, N = {args.n:,}, dim = {args.dim}, seed {args.seed}; median of {args.repeats}\n")
+    print(build_table(rows))
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"args": vars(args), "cpu": cpu_model(), "builds": rows}, f, indent=2)
+    return 0
 
 
 def run(args) -> dict:
@@ -417,11 +503,17 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="N = 100k, fewer repeats: about a minute")
     p.add_argument("--only", help="comma-separated substrings of method names to run")
     p.add_argument("--json", help="write all numbers to this file")
+    p.add_argument("--builds", action="store_true",
+                   help="time only the adds of flatcoat f32, int8, binary and their FAISS peers")
+    p.add_argument("--data", choices=("clustered", "normal"), default="clustered",
+                   help="--builds data: the clustered set or standard normal rows (default clustered)")
     args = p.parse_args(argv)
     args.n = args.n or (100_000 if args.quick else 1_000_000)
     args.q1 = args.q1 or (20 if args.quick else 50)
     args.repeats = args.repeats or (1 if args.quick else 3)
 
+    if args.builds:
+        return run_builds(args)
     command = " ".join(shlex.quote(a) for a in sys.argv)
     env_bl = ceilings.openblas_env()
     started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")

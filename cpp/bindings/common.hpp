@@ -111,6 +111,15 @@ const T* checked_or_null(const py::object& o, const char* name, py::ssize_t ndim
     return data;
 }
 
+/// Like checked_or_null, for an output the core writes into: also refuses a read-only array.
+template <class T>
+T* writable_or_null(const py::object& o, const char* name, py::ssize_t ndim, size_t length) {
+    const T* data = checked_or_null<T>(o, name, ndim, length);
+    if (data && !py::reinterpret_borrow<py::array>(o).writeable())
+        throw py::value_error(std::string(name) + ": array is read-only; pass a writable array");
+    return const_cast<T*>(data);
+}
+
 /// The optional `filter` bitset over `n` positions (`unit` names them:
 /// "rows", "slots", "documents"): None gives an inactive filter_t; else a 1-d
 /// C-contiguous uint64 array of exactly ceil(n / 64) words. Every refusal

@@ -10,6 +10,7 @@
 
 #include "common.hpp"
 #include "flatcoat/dense_search.hpp"
+#include "flatcoat/encode.hpp"
 #include "flatcoat/id_map.hpp"
 
 namespace flatcoat {
@@ -97,6 +98,32 @@ static py::array_t<int32_t> int8_dots_py(const py::object& q_obj, const py::obje
     return out;
 }
 
+static void encode_dense_py(const std::string& storage, const py::object& x_obj, const py::object& codes,
+                            const py::object& scale, const py::object& offset, const py::object& sq_norms,
+                            const py::object& float_rows, const py::object& float_sq_norms, bool normalize) {
+    const float* x = checked<float>(x_obj, "x", 2);
+    const py::array x_array = array_arg(x_obj, "x");
+    const size_t n = size_t(x_array.shape(0)), dim = size_t(x_array.shape(1));
+    if (dim == 0) throw py::value_error("x: expected at least one column");
+    const codec_t codec = codec_from_name(storage);
+    dense_encode_out_t out;
+    out.codes = const_cast<void*>(checked_codes(codec, codes, dim, n));
+    if (!py::reinterpret_borrow<py::array>(codes).writeable())
+        throw py::value_error("codes: array is read-only; pass a writable array");
+    out.scale = writable_or_null<float>(scale, "scale", 1, n);
+    out.offset = writable_or_null<float>(offset, "offset", 1, n);
+    if (codec == codec_t::int8_k && !(out.scale && out.offset))
+        throw py::value_error("scale, offset: int8 codes need both (float32 arrays of one entry per row)");
+    out.sq_norms = writable_or_null<float>(sq_norms, "sq_norms", 1, n);
+    if (codec == codec_t::binary_k && out.sq_norms) throw py::value_error("sq_norms: binary codes have none; pass None");
+    out.float_rows = writable_or_null<float>(float_rows, "float_rows", 2, n);
+    if (out.float_rows)
+        expect_extent(py::reinterpret_borrow<py::array>(float_rows), "float_rows", 1, dim, "columns");
+    out.float_sq_norms = writable_or_null<float>(float_sq_norms, "float_sq_norms", 1, n);
+    py::gil_scoped_release release;
+    encode_dense(codec, x, n, dim, normalize, out);
+}
+
 /// Asks the kernel to back an array's pages with transparent huge pages (where
 /// THP is in "madvise" mode): fewer TLB misses when a scan streams gigabytes.
 static bool advise_hugepages(const py::object& array) {
@@ -127,6 +154,14 @@ void bind_dense(py::module_& m) {
     m.def("int8_dots", &int8_dots_py, py::arg("query_codes"), py::arg("codes"),
           "Exact int32 dot products of int8 query codes (q, dim) with uint8 row codes (n, dim): (q, n),\n"
           "with the active ISA's kernel.");
+    m.def("encode_dense", &encode_dense_py, py::arg("storage"), py::arg("x"), py::arg("codes"), py::kw_only(),
+          py::arg("scale") = py::none(), py::arg("offset") = py::none(), py::arg("sq_norms") = py::none(),
+          py::arg("float_rows") = py::none(), py::arg("float_sq_norms") = py::none(), py::arg("normalize") = false,
+          "Encodes float32 rows x (n, dim) as `storage` into the given arrays of n rows (codes in the layout of\n"
+          "_storage.dense_code_layout; int8 also scale and offset; optional: sq_norms of the decoded rows,\n"
+          "float_rows and float_sq_norms), in the core's threads. normalize: L2-normalise each row first\n"
+          "(cosine). A ValueError names the first row with NaN or inf, else an all-zero row under normalize,\n"
+          "else an f16 or bf16 row beyond its range; the outputs are then partly written.");
     m.def("binarize", &binarize_py, py::arg("x"), "Sign bits of float32 rows as uint64 words (bit j: x[j] > 0).");
 
     py::class_<id_map_t>(m, "IdMap", "Hash map from int64 ids to row positions.")

@@ -332,10 +332,14 @@ void to_bfloat16(const float* x, size_t n, bf16_t* out) {
 void binarize(const float* x, size_t n, size_t dim, uint64_t* out) {
     const size_t words = binary_words(dim);
     for (size_t i = 0; i < n; ++i) {
-        uint64_t* row = out + i * words;
-        std::memset(row, 0, words * sizeof(uint64_t));
-        for (size_t j = 0; j < dim; ++j)
-            if (x[i * dim + j] > 0.0f) row[j / 64] |= uint64_t(1) << (j % 64);
+        const float* xi = x + i * dim;
+        for (size_t w = 0; w < words; ++w) {
+            // Branch-free: a sign test per element mispredicts half the time on real data.
+            uint64_t word = 0;
+            const size_t end = std::min(dim, (w + 1) * 64);
+            for (size_t j = w * 64; j < end; ++j) word |= uint64_t(xi[j] > 0.0f) << (j % 64);
+            out[i * words + w] = word;
+        }
     }
 }
 

@@ -67,6 +67,21 @@ def quantize_queries(queries: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """The int8 scan's query codes: (codes int8 (q, dim), scales float32 (q,)), q ~ scale * code."""
 def int8_dots(query_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
     """Exact int32 (q, n) dot products of int8 query codes (q, dim) with uint8 row codes (n, dim), active ISA."""
+def encode_dense(
+    storage: str,
+    x: np.ndarray,  # (n, dim) float32
+    codes: np.ndarray,  # (n, ...) in the layout of _storage.dense_code_layout, written
+    *,
+    scale: Optional[np.ndarray] = None,  # (n,) float32, int8 only (required there)
+    offset: Optional[np.ndarray] = None,  # (n,) float32, int8 only (required there)
+    sq_norms: Optional[np.ndarray] = None,  # (n,) float32, of the decoded rows (not binary)
+    float_rows: Optional[np.ndarray] = None,  # (n, dim) float32 copy (normalised with normalize)
+    float_sq_norms: Optional[np.ndarray] = None,  # (n,) float32
+    normalize: bool = False,  # L2-normalise each row first (cosine)
+) -> None:
+    """Encodes x into the given arrays in the core's threads, as encode_into in flatcoat/dense.py
+    documents. A ValueError names the first row with NaN or inf, else an all-zero row under
+    normalize, else an f16 row beyond the float16 range."""
 def advise_hugepages(array: np.ndarray) -> bool:
     """madvise(MADV_HUGEPAGE) over the array's whole pages; True if advised."""
 

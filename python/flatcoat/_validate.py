@@ -9,6 +9,8 @@ from typing import Optional
 
 import numpy as np
 
+from . import _core
+
 
 #: The largest id, and the largest k or re-ranking depth any search accepts (int64).
 MAX_ID = MAX_K = int(np.iinfo(np.int64).max)
@@ -17,11 +19,12 @@ MAX_ID = MAX_K = int(np.iinfo(np.int64).max)
 _FINITE_CHUNK_BYTES = 16 << 20
 
 
-def as_float_matrix(x, name: str, dim: int) -> np.ndarray:
+def as_float_matrix(x, name: str, dim: int, *, finite: bool = True) -> np.ndarray:
     """Returns ``x`` as a C-contiguous float32 (n, dim) array, copying only when needed.
 
     A 1-d array of length ``dim`` is one row. Rejects non-floating dtypes, other
-    ranks, a wrong dimension and NaN/inf.
+    ranks, a wrong dimension and, unless ``finite=False`` (for a caller whose
+    encoder checks while it reads, as ``dense.encode_into`` does), NaN/inf.
     """
     if not isinstance(x, np.ndarray):
         try:
@@ -48,6 +51,8 @@ def as_float_matrix(x, name: str, dim: int) -> np.ndarray:
         raise ValueError(f"{name}: expected dimension {dim}, got {x.shape[1]}")
     with np.errstate(over="ignore"):  # overflow to inf is reported just below
         x = np.ascontiguousarray(x, dtype=np.float32)
+    if not finite:
+        return x
     # In row chunks: the boolean temporary stays near 16 MiB whatever n is (a 1.24M x 384 add
     # would otherwise allocate 477 MB just to find no NaN).
     step = max(1, _FINITE_CHUNK_BYTES // max(1, x.shape[1]))
@@ -160,12 +165,13 @@ def as_k(k, name: str = "k") -> int:
 
 
 def normalize_rows(x: np.ndarray, name: str) -> np.ndarray:
-    """L2-normalises float32 rows (cosine); a zero row has no direction and is an error."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-    zero = np.flatnonzero(norms == 0)
-    if zero.size:
-        raise ValueError(f"{name}: row {int(zero[0])} is all zeros and has no direction under metric='cosine'")
-    return np.ascontiguousarray((x / norms[:, None]).astype(np.float32))
+    """L2-normalises float32 rows (cosine), in the core's threads; a zero row has no direction and is an error."""
+    out = np.empty_like(x)
+    try:
+        _core.encode_dense("f32", x, out, normalize=True)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
+    return out
 
 
 def read_only(attr: str, doc: str) -> property:

@@ -21,7 +21,6 @@ from ._validate import (
     normalize_rows, read_only,
 )
 
-_ENCODE_CHUNK = 65536
 _KIND = "dense"
 
 
@@ -29,60 +28,51 @@ _KIND = "dense"
 INT8_MAX_DIM = 65536
 
 
-def to_bfloat16(x: np.ndarray) -> np.ndarray:
-    """bfloat16 bits (uint16) of finite float32 ``x``, rounded to nearest, ties to even."""
-    bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
-    rounded = bits + (np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1)))
-    return (rounded >> np.uint32(16)).astype(np.uint16)
-
-
 def from_bfloat16(codes: np.ndarray) -> np.ndarray:
     """float32 values of bfloat16 bits (exact: the bits become a float32's high half)."""
     return (np.asarray(codes, dtype=np.uint16).astype(np.uint32) << np.uint32(16)).view(np.float32)
 
 
-def encode_rows(storage: str, x: np.ndarray, sq_norms: bool = False) -> dict:
-    """Encodes float32 rows (n, dim) for ``storage``: the one encoder of the exhaustive codecs.
+def encode_rows(storage: str, x: np.ndarray, sq_norms: bool = False, *, normalize: bool = False,
+                name: str = "vectors") -> dict:
+    """Encodes float32 rows (n, dim) for ``storage`` into new arrays (see :func:`encode_into`).
 
     Returns ``codes`` in the layout of ``_storage.dense_code_layout``; for
     int8 also ``scale`` and ``offset`` (n,); with ``sq_norms`` the squared
     norms (n,) of the decoded rows (l2 ranking; not for binary).
     """
-    rows = {}
-    if storage == "f32":
-        codes, decoded = x, x
-    elif storage == "f16":
-        with np.errstate(over="ignore"):  # reported just below
-            half = x.astype(np.float16)
-        if not np.isfinite(half).all():
-            raise ValueError("vectors: values exceed the float16 range (|x| > 65504); use storage='f32'")
-        codes, decoded = half.view(np.uint16), half.astype(np.float32)
-    elif storage == "bf16":
-        codes = to_bfloat16(x)
-        decoded = from_bfloat16(codes)
-        if not np.isfinite(decoded).all():
-            raise ValueError("vectors: values exceed the bfloat16 range (|x| > 3.39e38); use storage='f32'")
-    elif storage == "int8":
-        # 255 equal steps over each vector's own [min, max], decoded at step
-        # centres: x ~ offset + scale * code with offset = min + scale / 2.
-        # Per-vector ranges measured better than per-dimension ones
-        # (bench/int8_scale.py) and need no training.
-        low = x.min(axis=1, keepdims=True)
-        high = x.max(axis=1, keepdims=True)
-        scale = np.maximum(high - low, np.float32(1e-30)) / np.float32(255.0)
-        offset = low + np.float32(0.5) * scale
-        steps = (x - offset) / scale
-        steps += np.float32(0.5)
-        codes = np.clip(np.floor(steps, out=steps), 0, 255, out=steps).astype(np.uint8)
-        rows["scale"] = scale[:, 0]
-        rows["offset"] = offset[:, 0]
-        decoded = offset + scale * codes.astype(np.float32)
-    else:
-        codes, decoded = _core.binarize(x), None
-    rows["codes"] = codes
-    if sq_norms and decoded is not None:
-        rows["sq_norms"] = np.einsum("ij,ij->i", decoded, decoded, dtype=np.float64).astype(np.float32)
+    n, dim = x.shape
+    shape, dtype = dense_code_layout(storage, dim)
+    rows = {"codes": np.empty((n,) + shape, dtype=dtype)}
+    if storage == "int8":
+        rows["scale"] = np.empty(n, dtype=np.float32)
+        rows["offset"] = np.empty(n, dtype=np.float32)
+    if sq_norms and storage != "binary":
+        rows["sq_norms"] = np.empty(n, dtype=np.float32)
+    encode_into(storage, x, rows, normalize=normalize, name=name)
     return rows
+
+
+def encode_into(storage: str, x: np.ndarray, out: dict, *, normalize: bool = False, name: str = "vectors") -> None:
+    """The one encoder of the exhaustive codecs: writes the encoding of float32 rows ``x`` (n, dim)
+    into the arrays of ``out`` (n rows each, e.g. a RowStore's reserved rows), in the core's threads.
+
+    ``out``: ``codes`` (``_storage.dense_code_layout``); for int8 ``scale`` and
+    ``offset``; optionally ``sq_norms`` (of the decoded rows), ``float_rows``
+    and ``float_sq_norms``. ``normalize`` L2-normalises each row first
+    (cosine). Codecs: f16 and bf16 round to nearest even; int8 takes 255 steps over
+    each vector's own [min, max], decoded at step centres (x ~ offset + scale
+    * code, offset = min + scale / 2; per-vector ranges measured better than
+    per-dimension ones, bench/int8_scale.py, and need no training); binary
+    keeps sign bits. NaN or inf, a zero row under ``normalize`` and f16
+    overflow are a ValueError naming ``name`` and the first bad row.
+    """
+    try:
+        _core.encode_dense(storage, x, out["codes"], scale=out.get("scale"), offset=out.get("offset"),
+                           sq_norms=out.get("sq_norms"), float_rows=out.get("float_rows"),
+                           float_sq_norms=out.get("float_sq_norms"), normalize=normalize)
+    except ValueError as exc:
+        raise ValueError(f"{name}: {exc}") from None
 
 
 def decode_rows(storage: str, dim: int, views: dict, positions: np.ndarray) -> np.ndarray:
@@ -217,20 +207,20 @@ class DenseIndex(Mirrored):
             x = normalize_rows(x, name)
         return x
 
+    def _encoded_fields(self) -> list:
+        return [name for name in self._rows.fields if name != "ids"]
+
     def _encode(self, x: np.ndarray) -> dict:
-        rows = encode_rows(self._storage, x, sq_norms="sq_norms" in self._rows.fields)
-        if self._keep_float:
-            rows["float_rows"] = x
-            if self._metric == "l2":
-                rows["float_sq_norms"] = np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
+        """The stored fields of rows ``x`` (as given: normalised here for cosine), in new arrays."""
+        rows = {name: np.empty((x.shape[0],) + shape, dtype=dtype)
+                for name, (shape, dtype) in self._rows.fields.items() if name != "ids"}
+        encode_into(self._storage, x, rows, normalize=self._metric == "cosine")
         return rows
 
-    def _encode_all(self, x: np.ndarray) -> list:
-        # In chunks: the encoders' float temporaries stay small whatever n is.
-        return [self._encode(x[start : start + _ENCODE_CHUNK]) for start in range(0, x.shape[0], _ENCODE_CHUNK)]
-
-    def _append(self, ids: np.ndarray, chunks: list, attrs: AttributeStore) -> None:
-        """Appends encoded rows (write lock held; ids already checked new), all or nothing."""
+    def _append(self, ids: np.ndarray, attrs: AttributeStore, *, x: Optional[np.ndarray] = None,
+                rows: Optional[dict] = None) -> None:
+        """Appends vectors ``x``, encoded straight into the stored arrays, or rows already
+        encoded by _encode (write lock held; ids already checked new), all or nothing."""
         duplicate = self._ids.insert_new(ids, len(self))
         if duplicate >= 0:
             raise ValueError(
@@ -239,12 +229,14 @@ class DenseIndex(Mirrored):
             )
         count_before = len(self)
         try:
-            start = 0
-            for rows in chunks:
-                end = start + rows["codes"].shape[0]
-                rows["ids"] = ids[start:end]
-                self._rows.append(rows)
-                start = end
+            new = self._rows.reserve(ids.shape[0])
+            if rows is None:
+                encode_into(self._storage, x, new, normalize=self._metric == "cosine")
+            else:
+                for name in self._encoded_fields():
+                    new[name][...] = rows[name]
+            new["ids"][...] = ids
+            self._rows.count = count_before + ids.shape[0]
             self._attrs.append(attrs)
         except BaseException:
             self._rows.count = count_before
@@ -265,14 +257,15 @@ class DenseIndex(Mirrored):
         bool, keyword (str) or keywords (list of str), for ``search(filter=)``
         and :meth:`get` (docs/filters.md).
         """
-        x = self._prepare(vectors, "vectors")
+        # NaN/inf are found by the encoder as it reads (no extra pass), cosine normalised there.
+        x = as_float_matrix(vectors, "vectors", self._dim, finite=False)
         n = x.shape[0]
         with self._lock.write():
             ids = auto_ids(self._next_id, n) if ids is None else as_ids(ids, "ids", n)
             attrs = parse_attributes(attributes, n, self._attrs)
             if n == 0:
                 return ids
-            self._append(ids, self._encode_all(x), attrs)
+            self._append(ids, attrs, x=x)
             return ids
 
     def upsert(self, vectors, ids, *, attributes=None) -> np.ndarray:
@@ -281,19 +274,19 @@ class DenseIndex(Mirrored):
 
         Every input is checked and encoded before anything changes.
         """
-        x = self._prepare(vectors, "vectors")
+        x = as_float_matrix(vectors, "vectors", self._dim, finite=False)
         n = x.shape[0]
         ids = upsert_ids(ids, n)
         with self._lock.write():
             attrs = parse_attributes(attributes, n, self._attrs)
             if n == 0:
                 return ids
-            chunks = self._encode_all(x)
+            rows = self._encode(x)  # before anything changes
             positions = self._ids.find(ids)
             present = ids[positions >= 0]
             if present.size:
                 self._remove_positions(present, positions[positions >= 0])
-            self._append(ids, chunks, attrs)
+            self._append(ids, attrs, rows=rows)
             return ids
 
     def _remove_positions(self, ids: np.ndarray, positions: np.ndarray) -> None:

@@ -41,7 +41,7 @@ from ._records import (
     ATTRIBUTES_META, filter_bits, held_positions, load_attributes, matching_ids, parse_attributes,
     positions_of, removal_ids, save_attributes, upsert_ids,
 )
-from .dense import decode_rows, encode_rows
+from .dense import decode_rows, encode_into, encode_rows
 from ._validate import (
     RWLock, as_bool, as_choice, as_float_matrix, as_ids, as_int, as_k, as_rerank, auto_ids, holds_id,
     normalize_rows, read_only,
@@ -520,10 +520,10 @@ class IVFIndex:
                         new[name] = np.empty((n,) + rows.shape[1:], dtype=rows.dtype)
                     new[name][start:end] = rows
             if self._floats is not None:
-                float_rows = {"float_rows": x}
-                if self._metric == "l2":
-                    float_rows["float_sq_norms"] = np.einsum("ij,ij->i", x, x, dtype=np.float64).astype(np.float32)
-                self._floats.append(float_rows)
+                # The float copy and its norms, written by the core into the reserved rows.
+                reserved = self._floats.reserve(n)
+                encode_into("f32", x, {"codes": reserved["float_rows"], "sq_norms": reserved.get("float_sq_norms")})
+                self._floats.count = rows_before + n
                 new["slot_rows"] = rows_before + np.arange(n, dtype=_INT64)
             self._install(self._rebuild(new, attrs))
         except BaseException:
