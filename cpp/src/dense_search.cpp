@@ -258,9 +258,18 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
             }
             if (l2)
                 for (size_t j = 0; j < rows; ++j) row[j] = 2.0f * row[j] - norms[j];
-            for (size_t j = 0; j < rows; ++j)
-                if (row[j] >= top.threshold() && (mask == nullptr || mask->allowed(begin + j)))
-                    top.push(row[j], row_of(j));
+            // Blocks of 16 with no value at the bar are skipped by one vectorised
+            // test: past the first tile nearly every block is (k << rows).
+            for (size_t j0 = 0; j0 < rows; j0 += 16) {
+                const size_t j1 = std::min(rows, j0 + 16);
+                const float bar = top.threshold();
+                unsigned reach = 0;
+                for (size_t j = j0; j < j1; ++j) reach |= unsigned(row[j] >= bar);
+                if (reach == 0) continue;
+                for (size_t j = j0; j < j1; ++j)
+                    if (row[j] >= top.threshold() && (mask == nullptr || mask->allowed(begin + j)))
+                        top.push(row[j], row_of(j));
+            }
         }
     });
 
