@@ -322,8 +322,8 @@ def run(args) -> dict:
         index.add(base)
         return index, time.perf_counter() - t0
 
-    code_bytes = {"f32": dim * 4, "f16": dim * 2, "int8": dim, "binary": (dim + 63) // 64 * 8}
-    for storage in ("f32", "f16"):
+    code_bytes = {"f32": dim * 4, "f16": dim * 2, "bf16": dim * 2, "int8": dim, "binary": (dim + 63) // 64 * 8}
+    for storage in ("f32", "f16", "bf16"):
         if want(f"flatcoat {storage}"):
             log(f"flatcoat {storage} ...")
             index, build = fc_build(storage)

@@ -38,7 +38,7 @@ def test_query_codes_round_to_the_nearest_step(dim):
 
 @pytest.mark.parametrize("isa", USABLE_ISAS)
 @pytest.mark.parametrize("dim", [1, 3, 7, 63, 64, 65, 97, 384, 1000])
-@pytest.mark.parametrize("nq", [1, 5, 13])
+@pytest.mark.parametrize("nq", [1, 5, 13, 40, 70])  # from 8 on: query panels where the level has them
 def test_int8_kernel_is_exact_on_every_isa(isa, dim, nq, restore_isa):
     rng = np.random.default_rng(dim * 31 + nq)
     x = rng.integers(0, 256, size=(301, dim), dtype=np.uint8)  # every block shape and row tail

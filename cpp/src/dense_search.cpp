@@ -56,6 +56,19 @@ void check(const dense_data_t& data, const dense_query_t& query) {
     }
 }
 
+/// s8 query codes (nq x dim) as the panels of dense_u8s8_panels_fn: per panel
+/// of `width` queries, ceil(dim / 4) steps of width x 4 bytes, zero past dim
+/// and past the last query.
+std::vector<int8_t> pack_query_panels(const std::vector<int8_t>& codes, size_t nq, size_t dim, size_t width) {
+    const size_t steps = (dim + 3) / 4, n_panels = (nq + width - 1) / width;
+    std::vector<int8_t> panels(n_panels * steps * width * 4, 0);
+    for (size_t i = 0; i < nq; ++i) {
+        int8_t* panel = panels.data() + (i / width) * steps * width * 4 + (i % width) * 4;
+        for (size_t d = 0; d < dim; ++d) panel[(d / 4) * width * 4 + d % 4] = codes[i * dim + d];
+    }
+    return panels;
+}
+
 /// The crossover of a filtered scan (see dense_query_t::filter): GATHER when
 /// at most half the rows are allowed, or three quarters for a batch of 8
 /// queries or more (the gather is then paid once per tile for many queries).
@@ -80,6 +93,7 @@ struct scan_scratch_t {
     std::vector<float> scores, widened;
     std::vector<uint32_t> distances;
     std::vector<int32_t> dots;          // int8: exact integer dot products
+    std::vector<float> values, bars;    // int8 panels: one row's values for every query, and their bars
     std::vector<unsigned char> codes;   // GATHER: the tile's codes, contiguous
     std::vector<float> scale, offset, norms;  // GATHER: the tile's per-row values
 };
@@ -155,6 +169,12 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
     const float* q = queries;
     prepare_queries(data.codec, queries, nq, dim, query_sums, query_bits);
     if (u8) quantize_queries(queries, nq, dim, query_codes, query_scales);
+    // int8 batches on levels with VNNI: queries packed into panels, scored rows by queries.
+    const bool panels = u8 && kernels.dot_u8s8_panels != nullptr && nq >= widen_batch_k;
+    std::vector<int8_t> query_panels;
+    const size_t n_panels = panels ? (nq + kernels.panel_queries - 1) / kernels.panel_queries : 0;
+    const size_t padded_nq = n_panels * kernels.panel_queries;
+    if (panels) query_panels = pack_query_panels(query_codes, nq, dim, kernels.panel_queries);
     if (bf16_pairs) {
         query_bf16.resize(nq * dim);
         to_bfloat16(queries, nq * dim, query_bf16.data());
@@ -206,6 +226,32 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
         auto row_of = [&](size_t j) { return rowmap != nullptr ? rowmap[j] : int64_t(begin + j); };
         const filter_t* mask = visit.filter;
 
+        if (panels) {
+            // Rows by queries: each row's values for every query at once, and
+            // one vectorised test against the queries' bars before any push.
+            s.dots.resize(rows * padded_nq);
+            kernels.dot_u8s8_panels(query_panels.data(), n_panels, codes, rows, dim, s.dots.data(), padded_nq);
+            s.values.resize(nq);
+            s.bars.resize(nq);
+            for (size_t i = 0; i < nq; ++i) s.bars[i] = mine[i].threshold();
+            for (size_t j = 0; j < rows; ++j) {
+                const int32_t* dots = s.dots.data() + j * padded_nq;
+                unsigned reach = 0;
+                for (size_t i = 0; i < nq; ++i) {
+                    float value = scale[j] * (query_scales[i] * float(dots[i])) + offset[j] * query_sums[i];
+                    if (l2) value = 2.0f * value - norms[j];
+                    s.values[i] = value;
+                    reach |= unsigned(value >= s.bars[i]);
+                }
+                if (reach == 0 || (mask != nullptr && !mask->allowed(begin + j))) continue;
+                for (size_t i = 0; i < nq; ++i)
+                    if (s.values[i] >= s.bars[i]) {
+                        mine[i].push(s.values[i], row_of(j));
+                        s.bars[i] = mine[i].threshold();
+                    }
+            }
+            return;
+        }
         if (binary) {
             s.distances.resize(nq * rows);
             kernels.hamming(query_bits.data(), nq, reinterpret_cast<const uint64_t*>(codes), rows, words,
@@ -320,10 +366,22 @@ void int8_dots(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t d
     for (size_t i = 0; i < nq * dim; ++i)
         if (q[i] == -128) throw error("query codes: -128 is outside the kernel's range [-127, 127]");
     const dense_kernels_t& kernels = kernels_for<dense_kernels_t>(active_isa());
+    // The kernel the scan would use: query panels for batches where the level has them.
+    const bool panels = kernels.dot_u8s8_panels != nullptr && nq >= widen_batch_k;
+    const size_t width = kernels.panel_queries, padded_nq = panels ? (nq + width - 1) / width * width : 0;
+    const std::vector<int8_t> packed =
+        panels ? pack_query_panels(std::vector<int8_t>(q, q + nq * dim), nq, dim, width) : std::vector<int8_t>();
     constexpr size_t chunk = 256;
     parallel_for((nx + chunk - 1) / chunk, num_threads(), [&](size_t c, size_t) {
         const size_t begin = c * chunk, rows = std::min(chunk, nx - begin);
-        std::vector<int32_t> block(nq * rows);
+        std::vector<int32_t> block(std::max(nq, padded_nq) * rows);
+        if (panels) {
+            kernels.dot_u8s8_panels(packed.data(), padded_nq / width, x + begin * dim, rows, dim, block.data(),
+                                    padded_nq);
+            for (size_t j = 0; j < rows; ++j)
+                for (size_t i = 0; i < nq; ++i) out[i * nx + begin + j] = block[j * padded_nq + i];
+            return;
+        }
         kernels.dot_u8s8(q, nq, x + begin * dim, rows, dim, block.data(), rows);
         for (size_t i = 0; i < nq; ++i)
             std::memcpy(out + i * nx + begin, block.data() + i * rows, rows * sizeof(int32_t));

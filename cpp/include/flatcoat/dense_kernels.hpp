@@ -37,6 +37,14 @@ constexpr size_t max_int8_dim = 65536;  // 65536 * 255 * 127 < 2^31
 using dot_bf16_pairs_fn = void (*)(const bf16_t* q, size_t nq, const bf16_t* x, size_t nx, size_t dim, float* out,
                                    size_t ldo);
 
+/// int8 scoring of query panels: `panels` holds n_panels panels of
+/// `panel_queries` s8 queries, each panel ceil(dim / 4) steps of
+/// panel_queries x 4 bytes (query l's dimensions 4s..4s+3 at bytes 4l..4l+3 of
+/// step s, zero past dim). out[j * ldo + p * panel_queries + l] = exact int32
+/// dot of row j with query l of panel p: rows by queries, no reduction.
+using dot_u8s8_panels_fn = void (*)(const int8_t* panels, size_t n_panels, const uint8_t* x, size_t nx,
+                                    size_t dim, int32_t* out, size_t ldo);
+
 struct dense_kernels_t {
     dot_block_fn<float> dot_f32;
     dot_block_fn<uint16_t> dot_f16;
@@ -44,6 +52,8 @@ struct dense_kernels_t {
     dot_block_fn<uint8_t> dot_u8;  ///< float queries x u8 codes (IVF int8 lists)
     dot_u8s8_fn dot_u8s8;          ///< quantized queries x u8 codes (dense int8)
     dot_bf16_pairs_fn dot_bf16_pairs = nullptr;  ///< bf16 queries x bf16 rows; null without AVX512_BF16
+    dot_u8s8_panels_fn dot_u8s8_panels = nullptr;  ///< int8 query panels; null without an exact vpdpbusd (VNNI)
+    size_t panel_queries = 0;                      ///< queries per panel of dot_u8s8_panels
     hamming_block_fn hamming;
     widen_fn<uint16_t> widen_f16;
     widen_fn<bf16_t> widen_bf16;

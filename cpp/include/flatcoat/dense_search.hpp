@@ -75,7 +75,8 @@ void quantize_queries(const float* queries, size_t nq, size_t dim, std::vector<i
 
 /// The active ISA's exact int8 kernel over whole arrays: out (nq x nx) int32
 /// = q (nq x dim s8, |q| <= 127) times x (nx x dim u8) transposed; threads split
-/// the rows. For tests and benchmarks of the kernel the int8 scan runs on.
+/// the rows. For tests and benchmarks of the kernel the int8 scan runs on (query
+/// panels for 8 queries or more where the level has them).
 void int8_dots(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t dim, int32_t* out);
 
 /// What the dense codecs need of each of `nq` queries (n x dim floats): int8

@@ -66,6 +66,7 @@ struct skylake_t {
     using vi = __m512i;
     static vi zero_i() { return _mm512_setzero_si512(); }
     static vi load_i(const void* p) { return _mm512_loadu_si512(p); }
+    static void store_i(void* p, vi a) { _mm512_storeu_si512(p, a); }
     /// The 4 bytes at p repeated in every lane (vpbroadcastd).
     static vi set1_u32(const uint8_t* p) {
         int32_t word;

@@ -167,6 +167,71 @@ void dot_u8s8_block(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, siz
     }
 }
 
+/// J rows x QV query panels, exact int32 (vpdpbusd, levels with VNNI only):
+/// per step one broadcast of each row's next 4 bytes is multiplied into QV
+/// panel registers, so every accumulator lane ends as a finished dot product
+/// and nothing is reduced (the dot form's reduction costs about as much as
+/// its products at 384 dimensions). Stored rows by queries.
+template <class S, size_t QV, size_t J>
+inline void dot_u8s8_panel_micro(const int8_t* panels, size_t panel_bytes, const uint8_t* x, size_t dim,
+                                 int32_t* out, size_t ldo) {
+    using vi = typename S::vi;
+    vi acc[QV][J];
+    for (size_t v = 0; v < QV; ++v)
+        for (size_t j = 0; j < J; ++j) acc[v][j] = S::zero_i();
+    const size_t full = dim / 4;
+    for (size_t s = 0; s < full; ++s) {
+        vi xb[J];
+        for (size_t j = 0; j < J; ++j) xb[j] = S::set1_u32(x + j * dim + 4 * s);
+        for (size_t v = 0; v < QV; ++v) {
+            const vi qv = S::load_i(panels + v * panel_bytes + s * 4 * S::width);
+            for (size_t j = 0; j < J; ++j) acc[v][j] = S::dpbusd(acc[v][j], xb[j], qv);
+        }
+    }
+    if (full * 4 < dim) {  // the last 1..3 dimensions, without reading past the row
+        vi xb[J];
+        for (size_t j = 0; j < J; ++j) {
+            uint8_t word[4] = {0, 0, 0, 0};  // the panels' padding is zero: any value works
+            for (size_t t = full * 4; t < dim; ++t) word[t - full * 4] = x[j * dim + t];
+            xb[j] = S::set1_u32(word);
+        }
+        for (size_t v = 0; v < QV; ++v) {
+            const vi qv = S::load_i(panels + v * panel_bytes + full * 4 * S::width);
+            for (size_t j = 0; j < J; ++j) acc[v][j] = S::dpbusd(acc[v][j], xb[j], qv);
+        }
+    }
+    for (size_t j = 0; j < J; ++j)
+        for (size_t v = 0; v < QV; ++v) S::store_i(out + j * ldo + v * S::width, acc[v][j]);
+}
+
+/// Panels in groups of 4 (their 4 x 64 bytes per step stay in L1 while the
+/// tile's rows stream from L2), rows 5 at a time (20 accumulators, 5
+/// broadcasts: no spill with 32 registers).
+template <class S>
+void dot_u8s8_panels_block(const int8_t* panels, size_t n_panels, const uint8_t* x, size_t nx, size_t dim,
+                           int32_t* out, size_t ldo) {
+    constexpr size_t QV = 4, J = 5;
+    const size_t panel_bytes = (dim + 3) / 4 * 4 * S::width;
+    for (size_t v = 0; v < n_panels; v += QV) {
+        const int8_t* pv = panels + v * panel_bytes;
+        int32_t* ov = out + v * S::width;
+        const size_t left = n_panels - v;
+        size_t j = 0;
+        for (; j + J <= nx; j += J) {
+            if (left >= QV) dot_u8s8_panel_micro<S, QV, J>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
+            else if (left == 3) dot_u8s8_panel_micro<S, 3, J>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
+            else if (left == 2) dot_u8s8_panel_micro<S, 2, J>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
+            else dot_u8s8_panel_micro<S, 1, J>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
+        }
+        for (; j < nx; ++j) {
+            if (left >= QV) dot_u8s8_panel_micro<S, QV, 1>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
+            else if (left == 3) dot_u8s8_panel_micro<S, 3, 1>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
+            else if (left == 2) dot_u8s8_panel_micro<S, 2, 1>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
+            else dot_u8s8_panel_micro<S, 1, 1>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
+        }
+    }
+}
+
 /// bfloat16 queries x bfloat16 rows, QB x XB float32 accumulators, 32
 /// elements per step by S::dpbf16 (vdpbf16ps), the row tail by masked loads;
 /// four pairs reduced at once. For levels with AVX512_BF16 only (S::dpbf16).
@@ -279,6 +344,13 @@ dense_kernels_t make_dense_kernels() {
     table.widen_bf16 = &simd::widen<S, bf16_t>;
     table.widen_u8 = &simd::widen<S, uint8_t>;
     return table;
+}
+
+/// The kernels of levels with an exact vpdpbusd (VNNI): int8 query panels.
+template <class S>
+void add_vnni_kernels(dense_kernels_t& table) {
+    table.dot_u8s8_panels = &dot_u8s8_panels_block<S>;
+    table.panel_queries = S::width;
 }
 
 }  // namespace kernels

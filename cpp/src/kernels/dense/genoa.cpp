@@ -10,6 +10,7 @@ template <>
 const dense_kernels_t& kernel_table<dense_kernels_t, isa_t::genoa_k>() {
     static const dense_kernels_t table = [] {
         dense_kernels_t t = kernels::make_dense_kernels<simd::genoa_t>();
+        kernels::add_vnni_kernels<simd::genoa_t>(t);
         t.dot_bf16_pairs = &kernels::dot_bf16_pairs_block<simd::genoa_t>;
         return t;
     }();
