@@ -18,12 +18,35 @@ namespace {
 // Keeps results alive so the optimiser cannot drop the probe loops.
 std::atomic<double> g_sink{0.0};
 
+using steady_clock_t = std::chrono::steady_clock;
+
+double seconds_since(steady_clock_t::time_point start) {
+    return std::chrono::duration<double>(steady_clock_t::now() - start).count();
+}
+
 template <class body_t>
 double timed_on_threads(size_t threads, const body_t& body) {
     threads = std::max<size_t>(1, threads);
-    auto start = std::chrono::steady_clock::now();
+    auto start = steady_clock_t::now();
     parallel_for(threads, threads, [&](size_t task, size_t) { body(task); });
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return seconds_since(start);
+}
+
+// Runs `loop(thread)` on every thread, each timing its own call; `work` is one
+// thread's. The rate sums the threads' own rates (see probe_result_t::rate).
+template <class loop_t>
+probe_result_t per_core_probe(size_t threads, double work, const loop_t& loop) {
+    threads = std::max<size_t>(1, threads);
+    std::vector<double> own_seconds(threads);
+    const double wall = timed_on_threads(threads, [&](size_t t) {
+        auto start = steady_clock_t::now();
+        const double result = loop(t);
+        own_seconds[t] = seconds_since(start);
+        g_sink.store(g_sink.load() + result);
+    });
+    double rate = 0.0;
+    for (double s : own_seconds) rate += work / s;
+    return {wall, work * double(threads), rate};
 }
 
 }  // namespace
@@ -36,34 +59,28 @@ probe_result_t probe_read_bandwidth(const float* x, size_t n, size_t threads) {
         size_t begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
         g_sink.store(g_sink.load() + double(k.read_sum(x + begin, end - begin)));
     });
-    return {seconds, double(n) * sizeof(float)};
+    const double bytes = double(n) * sizeof(float);
+    return {seconds, bytes, bytes / seconds};
 }
 
 probe_result_t probe_fma(size_t rounds, size_t threads) {
     const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
-    double seconds = timed_on_threads(threads, [&](size_t t) {
-        g_sink.store(g_sink.load() + double(k.fma_loop(rounds, float(t) * 1e-3f)));
-    });
-    return {seconds, 2.0 * double(rounds) * double(k.fma_per_round) * double(std::max<size_t>(1, threads))};
+    return per_core_probe(threads, 2.0 * double(rounds) * double(k.fma_per_round),
+                          [&](size_t t) { return double(k.fma_loop(rounds, float(t) * 1e-3f)); });
 }
 
 probe_result_t probe_int8(size_t rounds, size_t threads) {
     const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
-    double seconds = timed_on_threads(threads, [&](size_t t) {
-        g_sink.store(g_sink.load() + double(k.int8_loop(rounds, uint8_t(t))));
-    });
-    return {seconds, 2.0 * double(rounds) * double(k.int8_per_round) * double(std::max<size_t>(1, threads))};
+    return per_core_probe(threads, 2.0 * double(rounds) * double(k.int8_per_round),
+                          [&](size_t t) { return double(k.int8_loop(rounds, uint8_t(t))); });
 }
 
 probe_result_t probe_popcount(size_t rounds, size_t threads) {
     const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
-    constexpr size_t words = 512;  // 4 KiB: L1-resident, so the loop measures popcount, not memory
-    std::vector<uint64_t> data(words);
-    for (size_t i = 0; i < words; ++i) data[i] = 0x9e3779b97f4a7c15ull * (i + 1);
-    double seconds = timed_on_threads(threads, [&](size_t) {
-        g_sink.store(g_sink.load() + double(k.popcount_loop(data.data(), words, rounds)));
-    });
-    return {seconds, double(rounds) * double(words) * double(std::max<size_t>(1, threads))};
+    std::vector<uint64_t> data(k.popcount_input_words);
+    for (size_t i = 0; i < data.size(); ++i) data[i] = 0x9e3779b97f4a7c15ull * (i + 1);
+    return per_core_probe(threads, double(rounds) * double(k.popcount_per_round),
+                          [&](size_t) { return double(k.popcount_loop(data.data(), rounds)); });
 }
 
 void select_topk(const float* scores, size_t rows, size_t n, size_t k, float* out_values, int64_t* out_indices) {

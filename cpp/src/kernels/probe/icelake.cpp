@@ -1,13 +1,32 @@
-// Ceiling probes for the "icelake" level; compiled with its flags only. The
-// int8 probe runs vpdpbusd, the popcount probe vpopcntq.
+// Ceiling probes for the "icelake" level; compiled with its flags only.
+// FMA on zmm, int8 on vpdpbusd (icelake_t::dpbusd), popcount on vpopcntq.
+#include <immintrin.h>
+
 #include "kernels/probe/probe.hpp"
 #include "simd/icelake.hpp"
 
 namespace flatcoat {
 
+namespace {
+
+// vpopcntq on eight words at once, the popcount of icelake_t::popcount_xor.
+struct vpopcntq_step_t {
+    using bits_t = __m512i;
+    static constexpr size_t words = 8;
+    static constexpr size_t chains = 12;  // latency x pipes, as for FMA
+    static bits_t zero() { return _mm512_setzero_si512(); }
+    static bits_t load(const uint64_t* p) { return _mm512_loadu_si512(p); }
+    static bits_t xor_popcount_add(bits_t acc, bits_t x, bits_t key) {
+        return _mm512_add_epi64(acc, _mm512_popcnt_epi64(_mm512_xor_si512(x, key)));
+    }
+    static uint64_t total(bits_t acc) { return uint64_t(_mm512_reduce_add_epi64(acc)); }
+};
+
+}  // namespace
+
 template <>
 const probe_kernels_t& kernel_table<probe_kernels_t, isa_t::icelake_k>() {
-    static const probe_kernels_t table = kernels::make_probe_kernels<simd::icelake_t>();
+    static const probe_kernels_t table = kernels::make_probe_kernels<simd::icelake_t, vpopcntq_step_t>();
     return table;
 }
 
