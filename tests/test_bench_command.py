@@ -131,3 +131,43 @@ def test_ceilings_script_runs_against_the_installed_package(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / "maxsim.py"), "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--quick" in done.stdout, done.stderr
+
+
+def test_info_lists_each_levels_cpu_features_and_they_decide_support(capsys):
+    features = flatcoat.info()["cpu_features"]
+    levels = list(features)  # least to most capable
+    assert levels == [isa for isa in ("haswell", "skylake", "icelake", "neon") if isa in levels]
+    if "icelake" in levels:
+        assert set(features["icelake"]) == {"avx512vnni", "avx512vpopcntdq", "avx512vbmi", "avx512vbmi2",
+                                            "avx512bitalg"}
+    for at, isa in enumerate(levels):
+        needed = [present for level in levels[: at + 1] for present in features[level].values()]
+        assert flatcoat._core.cpu_supports(isa) == all(needed), isa
+    from flatcoat.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for isa, found in features.items():
+        line = next(l for l in out.splitlines() if l.startswith(f"features {isa} "))
+        for name, present in found.items():
+            assert (name if present else f"{name}(missing)") in line.split()
+
+
+def test_probes_count_each_levels_own_work():
+    """Work per probe call follows the level's instruction width; rates are positive and finite."""
+    usable = [i for i in flatcoat.info()["compiled_isas"] if flatcoat._core.cpu_supports(i)]
+    before = flatcoat._core.active_isa()
+    fma_work = {}
+    try:
+        for isa in usable:
+            flatcoat._core.set_active_isa(isa)
+            for probe in (flatcoat._core.probe_fma, flatcoat._core.probe_int8, flatcoat._core.probe_popcount):
+                one, two = probe(1000, 1), probe(1000, 2)
+                assert two.work == 2 * one.work and one.rate > 0 and math.isfinite(one.rate)
+            fma_work[isa] = flatcoat._core.probe_fma(1000, 1).work
+    finally:
+        flatcoat._core.set_active_isa(before)
+    # 12 zmm chains (16 lanes) on the AVX-512 levels, 10 ymm chains (8 lanes) on haswell; an FMA counts 2.
+    for isa, lanes_x_chains in (("haswell", 8 * 10), ("skylake", 16 * 12), ("icelake", 16 * 12)):
+        if isa in fma_work:
+            assert fma_work[isa] == 2 * 1000 * lanes_x_chains, isa

@@ -35,6 +35,8 @@ def active_isa() -> str:
 def set_active_isa(name: str) -> None:
     """ValueError if `name` is unknown, not compiled in or not supported by this CPU."""
 def cpu_supports(name: str) -> bool: ...
+def cpu_features() -> List[Tuple[str, str, bool]]:
+    """(isa, feature, present) for each CPU feature a level adds to the one below, level by level."""
 def num_threads() -> int: ...
 def set_num_threads(n: int) -> None:
     """0 restores the default (all cores); flatcoat.set_num_threads checks the range."""

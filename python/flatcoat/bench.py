@@ -82,15 +82,8 @@ def _cpu_model() -> str:
 
 
 def _cpu_flags() -> List[str]:
-    wanted = {"avx2", "fma", "f16c", "popcnt", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "asimd", "sve"}
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return sorted(wanted & set(line.split(":", 1)[1].split()))
-    except OSError:
-        pass
-    return []
+    """The CPU features the ISA levels check that this CPU has (``flatcoat.info()["cpu_features"]``)."""
+    return [name for _, name, present in _core.cpu_features() if present]
 
 
 class _Progress:
