@@ -65,6 +65,30 @@ def test_every_isa_gets_a_row_with_isa_all(tmp_path):
     assert flatcoat.info()["isa"] == flatcoat._core.active_isa()  # restored
 
 
+def test_roofline_of_every_isa_is_written(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+
+    usable = [i for i in flatcoat.info()["compiled_isas"] if flatcoat._core.cpu_supports(i)]
+    drawn = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        drawn.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    path = tmp_path / "roofline.png"
+    with open(tmp_path / "t", "w") as out:
+        bench.run(quick=True, isa="all", size_factor=0.001, repeats=1, progress=False, plot_path=str(path), out=out)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = drawn
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == usable  # one panel per ISA, each with its own roofs
+    assert all(len(ax.get_lines()) == 3 for ax in panels)
+    assert len(fig.legends) == 1  # one legend, for the figure, outside the panels
+
+
 def test_bad_isa_is_a_clear_error(capsys):
     from flatcoat.cli import main
 

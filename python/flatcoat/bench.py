@@ -410,27 +410,78 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+_FAMILY_COLOURS = {"dense": "tab:blue", "maxsim": "tab:orange", "pq4": "tab:green"}
+_STORAGE_MARKERS = {"f32": "o", "f16": "s", "int8": "^", "binary": "D", "fast-scan": "P"}
+# (ceiling, name, line style, the kernels it bounds)
+_ROOF_STYLES = (("fma_gflops", "float32 FMA", "-", "dense f32/f16/int8, maxsim f32/f16"),
+                ("int8_gops", "int8 dot", "--", "maxsim int8"),
+                ("popcount_g_per_s", "popcount", ":", "dense binary"))
+
+
 def plot_roofline(report: dict, path: str) -> None:
-    """Operational intensity (ops per byte) against achieved GOP/s, under the two roofs."""
+    """One roofline panel per ISA: operations per byte of stored data against achieved GOP/s.
+
+    Each panel draws that ISA's own roofs (its float32 FMA, int8 dot and
+    popcount probes, under the shared memory-bandwidth slope) and its kernels:
+    colour by family (dense, maxsim, pq4), marker by storage, hollow for a
+    batch; the legend sits outside the panels.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
 
-    c = report["ceilings"]
-    fig, ax = plt.subplots(figsize=(7, 5))
-    intensities = np.logspace(-2, 3, 200)
-    ax.plot(intensities, np.minimum(c["fma_gflops"], intensities * c["read_gb_per_s"]), "k-", label="float32 roof")
-    ax.plot(intensities, np.minimum(c["int8_gops"], intensities * c["read_gb_per_s"]), "k--", label="int8 roof")
-    for r in report["rows"]:
-        if r["operations"] > 0 and r["bytes_moved"] > 0:
-            ax.scatter(r["operations"] / r["bytes_moved"], r["gops"], label=f"{r['kernel']} ({r['isa']})", s=18)
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("operations per byte of stored data")
-    ax.set_ylabel("GOP/s")
-    ax.set_title(f"flatcoat roofline: {report['machine']['cpu']}")
-    ax.legend(fontsize=6, loc="lower right")
+    roofs_by_isa = report.get("ceilings_by_isa") or {report["settings"]["isas"][0]: report["ceilings"]}
+    isas = list(roofs_by_isa)
+    points = [r for r in report["rows"] if r["operations"] > 0 and r["bytes_moved"] > 0]
+    intensities = [r["operations"] / r["bytes_moved"] for r in points] or [1.0]
+    x_lo, x_hi = min(intensities) / 4, max(intensities) * 4
+    peaks = [c[key] for c in roofs_by_isa.values() for key, _, _, _ in _ROOF_STYLES]
+    y_lo = min([r["gops"] for r in points if r["gops"] > 0] + [x_lo * report["ceilings"]["read_gb_per_s"]]) / 2
+    y_hi = max(peaks) * 2
+    columns = min(len(isas), 2)
+    rows = (len(isas) + columns - 1) // columns
+    fig, axes = plt.subplots(rows, columns, figsize=(5.2 * columns + 2.4, 4.2 * rows), sharex=True, sharey=True,
+                             squeeze=False)
+    xs = np.logspace(np.log10(x_lo), np.log10(x_hi), 200)
+    for ax, isa in zip(axes.flat, isas):
+        c = roofs_by_isa[isa]
+        for key, label, style, _ in _ROOF_STYLES:
+            ax.plot(xs, np.minimum(c[key], xs * c["read_gb_per_s"]), color="0.35", linestyle=style, linewidth=1.2)
+            ax.annotate(f"{label} {c[key]:.0f}", (x_hi, c[key]), xytext=(-3, 2), textcoords="offset points",
+                        ha="right", va="bottom", fontsize=7, color="0.25")
+        for r in (r for r in points if r["isa"] == isa):
+            family, rest = r["kernel"].split(" ", 1)
+            storage = rest.split(" ")[0]
+            colour = _FAMILY_COLOURS.get(family, "tab:gray")
+            batch = not r["kernel"].endswith("Q=1") and family != "maxsim"
+            ax.scatter(r["operations"] / r["bytes_moved"], r["gops"], s=36, marker=_STORAGE_MARKERS.get(storage, "x"),
+                       facecolors="none" if batch else colour, edgecolors=colour, linewidths=1.3, zorder=3)
+        ax.set_title(isa, fontsize=10)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlim(x_lo, x_hi)
+        ax.set_ylim(y_lo, y_hi)
+        ax.grid(True, which="major", linewidth=0.3, alpha=0.5)
+    for ax in axes.flat[len(isas):]:
+        ax.set_visible(False)
+    for ax in axes[-1]:
+        ax.set_xlabel("operations per byte of stored data")
+    for ax in axes[:, 0]:
+        ax.set_ylabel("GOP/s (FLOP/s, int8 ops/s, popcounts/s)")
+    family_labels = {"pq4": "pq4 (4-bit look-ups; bandwidth roof only)"}
+    handles = [Line2D([], [], color=colour, marker="o", linestyle="", label=family_labels.get(family, family))
+               for family, colour in _FAMILY_COLOURS.items()]
+    handles += [Line2D([], [], color="0.3", marker=marker, linestyle="", label=storage)
+                for storage, marker in _STORAGE_MARKERS.items()]
+    handles += [Line2D([], [], color="0.3", marker="o", markerfacecolor="none", linestyle="", label="batch (Q > 1)"),
+                Line2D([], [], color="0.3", marker="o", linestyle="", label="one query")]
+    handles += [Line2D([], [], color="0.35", linestyle=style, label=f"{label} roof: {bounds}")
+                for _, label, style, bounds in _ROOF_STYLES]
+    fig.legend(handles=handles, loc="center left", bbox_to_anchor=(1.0, 0.5), fontsize=8, frameon=False)
+    fig.suptitle(f"flatcoat roofline: {report['machine']['cpu']}, {report['settings']['threads']} threads",
+                 fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
