@@ -39,11 +39,11 @@ FLATCOAT_KERNEL_FAMILY(probe_kernels_t)
 struct probe_result_t {
     double seconds;  ///< wall time, every thread
     double work;     ///< bytes read, or operations (an FMA or a multiply-add counts 2)
-    /// Work per second. Arithmetic probes: the sum over threads of each
-    /// thread's work over its own loop time, so a thread that another process
-    /// delays lowers only its own term and the rate stays that of `threads`
-    /// cores (the resources are per core). Read bandwidth: work / seconds,
-    /// since threads share the memory.
+    /// Work per second. Arithmetic probes: each thread times its rounds in 16
+    /// slices on its own clock and the rate sums each thread's best slice, so
+    /// a thread that another process delays does not lower the figure: the
+    /// peak of `threads` cores (the units are per core). Read bandwidth:
+    /// work / seconds, since the threads share the memory.
     double rate;
 };
 
