@@ -4,8 +4,8 @@ First the ceilings: memory read bandwidth (a buffer far larger than the
 last-level cache), then for each ISA benchmarked its float32 FMA, int8 dot
 and 64-bit popcount throughput, each probe with the instruction that ISA's
 kernels use (vpdpbusd and vpopcntq on icelake, vpmaddubsw + vpmaddwd and
-popcnt below), so a kernel is set against the roof of its own instructions
-and cannot exceed it. Then every
+popcnt below), from registers: a kernel is set against the roof of its own
+instructions, which it cannot exceed unless the probe is wrong. Then every
 kernel on generated data sized beyond the caches: dense f32/f16/int8/binary
 scans at Q = 1 and batched, MaxSim f32/f16/int8, the 4-bit PQ fast-scan (IVF
 lists, read once per batch), and top-k over 10M scores.
