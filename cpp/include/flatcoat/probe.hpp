@@ -42,8 +42,9 @@ struct probe_result_t {
     /// Work per second. Arithmetic probes: each thread times its rounds in 16
     /// slices on its own clock and the rate sums each thread's best slice, so
     /// a thread that another process delays does not lower the figure: the
-    /// peak of `threads` cores (the units are per core). Read bandwidth:
-    /// work / seconds, since the threads share the memory.
+    /// peak of `threads` cores (the units are per core). Read bandwidth: every
+    /// thread reads each 64 MiB slice together (the memory is shared) and the
+    /// rate is the best slice's bytes per second of wall time.
     double rate;
 };
 
