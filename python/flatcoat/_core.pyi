@@ -119,7 +119,7 @@ def maxsim_scores(
 class ProbeResult:
     seconds: float  # wall time
     work: float
-    rate: float  # work per second; arithmetic probes sum each thread's own rate (one per core)
+    rate: float  # work per second: arithmetic probes sum each thread's best self-timed slice; read bandwidth is its best 64 MiB slice
     def __iter__(self) -> Iterator[float]:
         """Unpacks as (seconds, work)."""
 
