@@ -31,9 +31,11 @@ constexpr size_t probe_chains() {
 /// Chains of the int8 probe, each with its own operand register. vpdpbusd has
 /// its accumulator in the chain, as FMA; below icelake the chain is only the
 /// vpaddd after vpmaddubsw + vpmaddwd, so 6 chains keep the pipes busy and
-/// fit 16 registers with their operands.
+/// fit 16 registers with their operands. The scalar level's vector is already
+/// `width` independent integer accumulators: one keeps them in registers.
 template <class S>
 constexpr size_t probe_int8_chains() {
+    if (std::is_class<typename S::vi>::value) return 1;
     return S::registers >= 32 ? 12 : 6;
 }
 
