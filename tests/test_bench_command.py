@@ -50,8 +50,9 @@ def test_every_kernel_is_measured_and_figures_are_consistent(report):
         # bytes moved / time = GB/s, operations / time = GOP/s
         assert math.isclose(row["gb_per_s"], row["bytes_moved"] / row["seconds"] / 1e9, rel_tol=1e-9)
         assert math.isclose(row["gops"], row["operations"] / row["seconds"] / 1e9, rel_tol=1e-9)
-        ceiling = {"bandwidth": report["ceilings"]["read_gb_per_s"], "fma": report["ceilings"]["fma_gflops"],
-                   "int8": report["ceilings"]["int8_gops"], "popcount": report["ceilings"]["popcount_g_per_s"]}[row["bound"]]
+        roofs = report["ceilings_by_isa"][row["isa"]]  # each ISA is set against its own instructions' roofs
+        ceiling = {"bandwidth": roofs["read_gb_per_s"], "fma": roofs["fma_gflops"], "int8": roofs["int8_gops"],
+                   "popcount": roofs["popcount_g_per_s"]}[row["bound"]]
         achieved = row["gb_per_s"] if row["bound"] == "bandwidth" else row["gops"]
         assert math.isclose(row["percent_of_ceiling"], 100 * achieved / ceiling, rel_tol=1e-9)
 
@@ -62,6 +63,30 @@ def test_every_isa_gets_a_row_with_isa_all(tmp_path):
         r = bench.run(quick=True, isa="all", size_factor=0.001, repeats=1, progress=False, out=out)
     assert sorted({row["isa"] for row in r["rows"]}) == sorted(usable)
     assert flatcoat.info()["isa"] == flatcoat._core.active_isa()  # restored
+
+
+def test_roofline_of_every_isa_is_written(tmp_path, monkeypatch):
+    pytest.importorskip("matplotlib")
+    import matplotlib.figure
+
+    usable = [i for i in flatcoat.info()["compiled_isas"] if flatcoat._core.cpu_supports(i)]
+    drawn = []
+    real_savefig = matplotlib.figure.Figure.savefig
+
+    def savefig(fig, *args, **kwargs):
+        drawn.append(fig)
+        return real_savefig(fig, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.figure.Figure, "savefig", savefig)
+    path = tmp_path / "roofline.png"
+    with open(tmp_path / "t", "w") as out:
+        bench.run(quick=True, isa="all", size_factor=0.001, repeats=1, progress=False, plot_path=str(path), out=out)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (fig,) = drawn
+    panels = [ax for ax in fig.axes if ax.get_visible()]
+    assert [ax.get_title() for ax in panels] == usable  # one panel per ISA, each with its own roofs
+    assert all(len(ax.get_lines()) == 3 for ax in panels)
+    assert len(fig.legends) == 1  # one legend, for the figure, outside the panels
 
 
 def test_bad_isa_is_a_clear_error(capsys):
@@ -130,3 +155,43 @@ def test_ceilings_script_runs_against_the_installed_package(tmp_path):
     done = subprocess.run([sys.executable, str(BENCH / "maxsim.py"), "--help"], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0 and "--quick" in done.stdout, done.stderr
+
+
+def test_info_lists_each_levels_cpu_features_and_they_decide_support(capsys):
+    features = flatcoat.info()["cpu_features"]
+    levels = list(features)  # least to most capable
+    assert levels == [isa for isa in ("haswell", "skylake", "icelake", "neon") if isa in levels]
+    if "icelake" in levels:
+        assert set(features["icelake"]) == {"avx512vnni", "avx512vpopcntdq", "avx512vbmi", "avx512vbmi2",
+                                            "avx512bitalg"}
+    for at, isa in enumerate(levels):
+        needed = [present for level in levels[: at + 1] for present in features[level].values()]
+        assert flatcoat._core.cpu_supports(isa) == all(needed), isa
+    from flatcoat.cli import main
+
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    for isa, found in features.items():
+        line = next(l for l in out.splitlines() if l.startswith(f"features {isa} "))
+        for name, present in found.items():
+            assert (name if present else f"{name}(missing)") in line.split()
+
+
+def test_probes_count_each_levels_own_work():
+    """Work per probe call follows the level's instruction width; rates are positive and finite."""
+    usable = [i for i in flatcoat.info()["compiled_isas"] if flatcoat._core.cpu_supports(i)]
+    before = flatcoat._core.active_isa()
+    fma_work = {}
+    try:
+        for isa in usable:
+            flatcoat._core.set_active_isa(isa)
+            for probe in (flatcoat._core.probe_fma, flatcoat._core.probe_int8, flatcoat._core.probe_popcount):
+                one, two = probe(1000, 1), probe(1000, 2)
+                assert two.work == 2 * one.work and one.rate > 0 and math.isfinite(one.rate)
+            fma_work[isa] = flatcoat._core.probe_fma(1000, 1).work
+    finally:
+        flatcoat._core.set_active_isa(before)
+    # 12 zmm chains (16 lanes) on the AVX-512 levels, 10 ymm chains (8 lanes) on haswell; an FMA counts 2.
+    for isa, lanes_x_chains in (("haswell", 8 * 10), ("skylake", 16 * 12), ("icelake", 16 * 12)):
+        if isa in fma_work:
+            assert fma_work[isa] == 2 * 1000 * lanes_x_chains, isa

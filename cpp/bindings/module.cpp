@@ -45,6 +45,11 @@ PYBIND11_MODULE(_core, m, py::mod_gil_not_used()) {
     m.def("active_isa", [] { return std::string(isa_name(active_isa())); });
     m.def("set_active_isa", [](const std::string& name) { set_active_isa(isa_from_name(name)); }, py::arg("name"));
     m.def("cpu_supports", [](const std::string& name) { return cpu_supports(isa_from_name(name)); }, py::arg("name"));
+    m.def("cpu_features", [] {
+        std::vector<py::tuple> features;
+        for (const cpu_feature_t& f : cpu_features()) features.push_back(py::make_tuple(isa_name(f.isa), f.name, f.present));
+        return features;
+    });
     m.def("num_threads", [] { return num_threads(); });
     m.def("set_num_threads", [](int64_t n) { set_num_threads(bindings::count(n, "n", 0)); }, py::arg("n"));
     m.def("hardware_threads", [] { return hardware_threads(); });

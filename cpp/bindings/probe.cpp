@@ -62,6 +62,7 @@ void bind_probe(py::module_& m) {
     py::class_<probe_result_t>(m, "ProbeResult")
         .def_readonly("seconds", &probe_result_t::seconds)
         .def_readonly("work", &probe_result_t::work)
+        .def_readonly("rate", &probe_result_t::rate)
         .def("__iter__", [as_tuple](const probe_result_t& r) { return py::iter(as_tuple(r)); });
 }
 

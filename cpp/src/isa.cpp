@@ -35,30 +35,39 @@ isa_t isa_from_name(const std::string& name) {
     throw error("unknown ISA '" + name + "': expected one of " + compiled_isa_list());
 }
 
-bool cpu_supports(isa_t isa) {
-    switch (isa) {
-        case isa_t::scalar_k: return true;
+// The x86 levels' features, each level listing what it adds to the one below
+// (the compile flags of its files in CMakeLists.txt); none implies another.
+#define FLATCOAT_X86_FEATURES_(X)                                                                              \
+    X(haswell, "avx2") X(haswell, "fma") X(haswell, "f16c") X(haswell, "popcnt") X(haswell, "bmi2")             \
+    X(skylake, "avx512f") X(skylake, "avx512bw") X(skylake, "avx512vl") X(skylake, "avx512dq")                  \
+    X(skylake, "avx512cd")                                                                                      \
+    X(icelake, "avx512vnni") X(icelake, "avx512vpopcntdq") X(icelake, "avx512vbmi") X(icelake, "avx512vbmi2") \
+    X(icelake, "avx512bitalg")                                                                                  \
+    X(genoa, "avx512bf16")
+
+std::vector<cpu_feature_t> cpu_features() {
+    std::vector<cpu_feature_t> features;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-        case isa_t::haswell_k:
-            return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") &&
-                   __builtin_cpu_supports("f16c") && __builtin_cpu_supports("popcnt");
-        case isa_t::skylake_k:
-            return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-                   __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq") &&
-                   __builtin_cpu_supports("avx512cd") && __builtin_cpu_supports("fma") &&
-                   __builtin_cpu_supports("f16c");
-        case isa_t::icelake_k:  // each feature checked: none implies another
-            return cpu_supports(isa_t::skylake_k) && __builtin_cpu_supports("avx512vnni") &&
-                   __builtin_cpu_supports("avx512vpopcntdq") && __builtin_cpu_supports("avx512vbmi") &&
-                   __builtin_cpu_supports("avx512vbmi2") && __builtin_cpu_supports("avx512bitalg");
-        case isa_t::genoa_k:
-            return cpu_supports(isa_t::icelake_k) && __builtin_cpu_supports("avx512bf16");
+#define FLATCOAT_X86_FEATURE_(isa, name) features.push_back({isa_t::isa##_k, name, bool(__builtin_cpu_supports(name))});
+    FLATCOAT_X86_FEATURES_(FLATCOAT_X86_FEATURE_)
+#undef FLATCOAT_X86_FEATURE_
+#elif defined(__aarch64__)
+    features.push_back({isa_t::neon_k, "asimd", true});  // Advanced SIMD is mandatory on arm64
 #endif
-#if defined(__aarch64__)
-        case isa_t::neon_k: return true;  // Advanced SIMD is mandatory on arm64
-#endif
-        default: return false;
+    return features;
+}
+
+bool cpu_supports(isa_t isa) {
+    if (isa == isa_t::scalar_k) return true;
+    // The levels of one architecture are listed in order: `isa` needs its own
+    // features (at least one, or it is another architecture's) and those before.
+    bool own = false;
+    for (const cpu_feature_t& feature : cpu_features()) {
+        if (feature.isa != isa && own) break;  // past `isa`'s own: the levels above do not matter
+        if (!feature.present) return false;
+        own |= feature.isa == isa;
     }
+    return own;
 }
 
 isa_t detected_isa() {

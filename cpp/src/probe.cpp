@@ -18,52 +18,96 @@ namespace {
 // Keeps results alive so the optimiser cannot drop the probe loops.
 std::atomic<double> g_sink{0.0};
 
+using steady_clock_t = std::chrono::steady_clock;
+
+double seconds_since(steady_clock_t::time_point start) {
+    return std::chrono::duration<double>(steady_clock_t::now() - start).count();
+}
+
 template <class body_t>
 double timed_on_threads(size_t threads, const body_t& body) {
     threads = std::max<size_t>(1, threads);
-    auto start = std::chrono::steady_clock::now();
+    auto start = steady_clock_t::now();
     parallel_for(threads, threads, [&](size_t task, size_t) { body(task); });
-    return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    return seconds_since(start);
+}
+
+// Slices each thread times on its own: the best one is likeliest to have had
+// the core to itself on a machine that other processes share.
+constexpr size_t probe_slices_k = 16;
+
+// Runs `loop(thread, rounds)` on every thread, `rounds` in all per thread, in
+// probe_slices_k slices that each thread times on its own clock. The rate sums
+// each thread's best slice (see probe_result_t::rate).
+template <class loop_t>
+probe_result_t per_core_probe(size_t threads, size_t rounds, double work_per_round, const loop_t& loop) {
+    threads = std::max<size_t>(1, threads);
+    const size_t slices = std::max<size_t>(1, std::min(rounds, probe_slices_k));
+    std::vector<double> best_rate(threads, 0.0);
+    const double wall = timed_on_threads(threads, [&](size_t t) {
+        for (size_t slice = 0; slice < slices; ++slice) {
+            const size_t slice_rounds = rounds / slices + (slice < rounds % slices ? 1 : 0);
+            auto start = steady_clock_t::now();
+            const double result = loop(t, slice_rounds);
+            const double seconds = std::max(seconds_since(start), 1e-9);  // a clock tick at least
+            best_rate[t] = std::max(best_rate[t], double(slice_rounds) * work_per_round / seconds);
+            g_sink.store(g_sink.load() + result);
+        }
+    });
+    double rate = 0.0;
+    for (double r : best_rate) rate += r;
+    return {wall, double(rounds) * work_per_round * double(threads), rate};
 }
 
 }  // namespace
 
 probe_result_t probe_read_bandwidth(const float* x, size_t n, size_t threads) {
     const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
-    threads = std::max<size_t>(1, std::min(threads, n / 4096 + 1));
-    const size_t chunk = (n + threads - 1) / threads;
-    double seconds = timed_on_threads(threads, [&](size_t t) {
-        size_t begin = std::min(n, t * chunk), end = std::min(n, begin + chunk);
-        g_sink.store(g_sink.load() + double(k.read_sum(x + begin, end - begin)));
-    });
-    return {seconds, double(n) * sizeof(float)};
+    // 1 MiB chunks claimed by whichever thread is free: a thread that another
+    // process delays reads fewer chunks instead of holding up the end.
+    constexpr size_t chunk = (1 << 20) / sizeof(float);
+    // Timed in slices of 64 MiB (beyond the last-level caches), each read by
+    // every thread: the rate is the best slice's, the likeliest to have had
+    // the memory to itself on a shared machine.
+    constexpr size_t slice = 64 * chunk;
+    const size_t chunks = (n + chunk - 1) / chunk;
+    threads = std::max<size_t>(1, std::min(threads, chunks));
+    double seconds = 0.0, rate = 0.0;
+    for (size_t slice_begin = 0, slice_end = 0; slice_begin < n; slice_begin = slice_end) {
+        // The last slice takes the remainder when it is under half a slice.
+        slice_end = std::min(n, slice_begin + slice);
+        if (n - slice_end < slice / 2) slice_end = n;
+        const size_t slice_chunks = (slice_end - slice_begin + chunk - 1) / chunk;
+        auto start = steady_clock_t::now();
+        parallel_for(slice_chunks, threads, [&](size_t c, size_t) {
+            const size_t begin = slice_begin + c * chunk, end = std::min(slice_end, begin + chunk);
+            g_sink.store(g_sink.load() + double(k.read_sum(x + begin, end - begin)));
+        });
+        const double slice_seconds = std::max(seconds_since(start), 1e-9);
+        seconds += slice_seconds;
+        rate = std::max(rate, double(slice_end - slice_begin) * sizeof(float) / slice_seconds);
+    }
+    return {seconds, double(n) * sizeof(float), rate};
 }
 
 probe_result_t probe_fma(size_t rounds, size_t threads) {
     const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
-    double seconds = timed_on_threads(threads, [&](size_t t) {
-        g_sink.store(g_sink.load() + double(k.fma_loop(rounds, float(t) * 1e-3f)));
-    });
-    return {seconds, 2.0 * double(rounds) * double(k.fma_per_round) * double(std::max<size_t>(1, threads))};
+    return per_core_probe(threads, rounds, 2.0 * double(k.fma_per_round),
+                          [&](size_t t, size_t r) { return double(k.fma_loop(r, float(t) * 1e-3f)); });
 }
 
 probe_result_t probe_int8(size_t rounds, size_t threads) {
     const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
-    double seconds = timed_on_threads(threads, [&](size_t t) {
-        g_sink.store(g_sink.load() + double(k.int8_loop(rounds, uint8_t(t))));
-    });
-    return {seconds, 2.0 * double(rounds) * double(k.int8_per_round) * double(std::max<size_t>(1, threads))};
+    return per_core_probe(threads, rounds, 2.0 * double(k.int8_per_round),
+                          [&](size_t t, size_t r) { return double(k.int8_loop(r, uint8_t(t))); });
 }
 
 probe_result_t probe_popcount(size_t rounds, size_t threads) {
     const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
-    constexpr size_t words = 512;  // 4 KiB: L1-resident, so the loop measures popcount, not memory
-    std::vector<uint64_t> data(words);
-    for (size_t i = 0; i < words; ++i) data[i] = 0x9e3779b97f4a7c15ull * (i + 1);
-    double seconds = timed_on_threads(threads, [&](size_t) {
-        g_sink.store(g_sink.load() + double(k.popcount_loop(data.data(), words, rounds)));
-    });
-    return {seconds, double(rounds) * double(words) * double(std::max<size_t>(1, threads))};
+    std::vector<uint64_t> data(k.popcount_input_words);
+    for (size_t i = 0; i < data.size(); ++i) data[i] = 0x9e3779b97f4a7c15ull * (i + 1);
+    return per_core_probe(threads, rounds, double(k.popcount_per_round),
+                          [&](size_t, size_t r) { return double(k.popcount_loop(data.data(), r)); });
 }
 
 void select_topk(const float* scores, size_t rows, size_t n, size_t k, float* out_values, int64_t* out_indices) {

@@ -27,7 +27,8 @@ __all__ = ["DenseIndex", "IVFIndex", "PlaidIndex", "MultiVectorIndex", "maxsim",
 
 
 def info() -> dict:
-    """What this build and machine offer: version, ISAs, threads, CUDA."""
+    """What this build and machine offer: version, ISAs, threads, CUDA, and the CPU features
+    each ISA level needs (``cpu_features``: ``{isa: {feature: present}}``)."""
     return {
         "version": __version__,
         "compiled_isas": list(_core.compiled_isas()),
@@ -36,7 +37,16 @@ def info() -> dict:
         "threads": _core.num_threads(),
         "hardware_threads": _core.hardware_threads(),
         "cuda_compiled": bool(_core.cuda_compiled),
+        "cpu_features": _cpu_features(),
     }
+
+
+def _cpu_features() -> dict:
+    """``{isa: {feature: present}}``: what each level checks beyond the one below."""
+    features: dict = {}
+    for isa, name, present in _core.cpu_features():
+        features.setdefault(isa, {})[name] = present
+    return features
 
 
 def set_num_threads(n: int) -> None:

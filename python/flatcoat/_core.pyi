@@ -35,6 +35,8 @@ def active_isa() -> str:
 def set_active_isa(name: str) -> None:
     """ValueError if `name` is unknown, not compiled in or not supported by this CPU."""
 def cpu_supports(name: str) -> bool: ...
+def cpu_features() -> List[Tuple[str, str, bool]]:
+    """(isa, feature, present) for each CPU feature a level adds to the one below, level by level."""
 def num_threads() -> int: ...
 def set_num_threads(n: int) -> None:
     """0 restores the default (all cores); flatcoat.set_num_threads checks the range."""
@@ -134,8 +136,9 @@ def maxsim_scores(
 # ----------------------------------------------------------------------------- ceilings and top-k
 
 class ProbeResult:
-    seconds: float
+    seconds: float  # wall time
     work: float
+    rate: float  # work per second: arithmetic probes sum each thread's best self-timed slice; read bandwidth is its best 64 MiB slice
     def __iter__(self) -> Iterator[float]:
         """Unpacks as (seconds, work)."""
 
@@ -144,9 +147,11 @@ def probe_read_bandwidth(x: np.ndarray, threads: int) -> ProbeResult:
 def probe_fma(rounds: int, threads: int) -> ProbeResult:
     """float32 FMA chains of the active ISA; work is flops (an FMA counts 2)."""
 def probe_int8(rounds: int, threads: int) -> ProbeResult:
-    """u8 x s8 -> i32 dot products as the int8 MaxSim kernel issues them; work is integer ops."""
+    """u8 x s8 -> i32 dot products with the active ISA's instruction (vpdpbusd on icelake,
+    vpmaddubsw + vpmaddwd below), as the int8 MaxSim kernel issues them; work is integer ops."""
 def probe_popcount(rounds: int, threads: int) -> ProbeResult:
-    """64-bit popcounts of an L1-resident buffer; work is popcounts."""
+    """Hamming distances of L1-resident words with the active ISA's popcount (vpopcntq on
+    icelake, popcnt below), as the binary kernel runs it; work is 64-bit words."""
 def topk(scores: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k of each row of (rows, n) float32: (values float32 (rows, k'), indices int64 (rows, k')),
     k' = min(k, n), largest first, ties by smaller index."""

@@ -233,9 +233,14 @@ def _cmd_info(args) -> int:
     import flatcoat
 
     info = flatcoat.info()
+    features = info.pop("cpu_features")
     width = max(len(k) for k in info)
     for key, value in info.items():
         print(f"{key.ljust(width)}  {value}")
+    # One line per level: the CPU features it needs beyond the level below, those missing marked.
+    for isa, found in features.items():
+        marked = " ".join(name if present else f"{name}(missing)" for name, present in found.items())
+        print(f"{('features ' + isa).ljust(width)}  {marked}")
     return 0
 
 

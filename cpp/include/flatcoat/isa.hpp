@@ -25,6 +25,17 @@ const char* isa_name(isa_t isa);
 /// Parses an ISA name; throws flatcoat::error listing the compiled ones otherwise.
 isa_t isa_from_name(const std::string& name);
 
+/// A CPU feature that an ISA level needs beyond the level below it (x86: haswell <
+/// skylake < icelake), and whether the running CPU has it.
+struct cpu_feature_t {
+    isa_t isa;
+    const char* name;  ///< as /proc/cpuinfo and __builtin_cpu_supports spell it, e.g. "avx512vnni"
+    bool present;
+};
+/// Every feature the levels of this architecture check, level by level; a level
+/// is supported when its features and those of the levels below are present.
+std::vector<cpu_feature_t> cpu_features();
+
 /// ISAs whose kernels are compiled into this build, least to most capable.
 std::vector<isa_t> compiled_isas();
 /// The best ISA that this CPU supports among the compiled ones.

@@ -1,13 +1,15 @@
-// Ceiling probes for the "genoa" level; compiled with its flags only. As
-// icelake: the int8 probe runs vpdpbusd, the popcount probe vpopcntq.
+// Ceiling probes for the "genoa" level; compiled with its flags only.
+// As icelake: FMA on zmm, int8 on vpdpbusd, popcount on vpopcntq.
 #include "kernels/probe/probe.hpp"
+#include "kernels/probe/vpopcntq.hpp"
 #include "simd/genoa.hpp"
 
 namespace flatcoat {
 
 template <>
 const probe_kernels_t& kernel_table<probe_kernels_t, isa_t::genoa_k>() {
-    static const probe_kernels_t table = kernels::make_probe_kernels<simd::genoa_t>();
+    static const probe_kernels_t table =
+        kernels::make_probe_kernels<simd::genoa_t, kernels::vpopcntq_step_t<simd::genoa_t>>();
     return table;
 }
 

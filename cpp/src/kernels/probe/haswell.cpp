@@ -1,4 +1,5 @@
 // Ceiling probes for the "haswell" level; compiled with that ISA's flags only.
+// FMA on ymm, int8 on vpmaddubsw + vpmaddwd, popcount on scalar popcnt.
 #include "kernels/probe/probe.hpp"
 #include "simd/haswell.hpp"
 

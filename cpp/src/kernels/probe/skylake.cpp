@@ -1,4 +1,5 @@
 // Ceiling probes for the "skylake" level; compiled with that ISA's flags only.
+// FMA on zmm, int8 on vpmaddubsw + vpmaddwd, popcount on scalar popcnt.
 #include "kernels/probe/probe.hpp"
 #include "simd/skylake.hpp"
 
