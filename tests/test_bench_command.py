@@ -160,10 +160,12 @@ def test_ceilings_script_runs_against_the_installed_package(tmp_path):
 def test_info_lists_each_levels_cpu_features_and_they_decide_support(capsys):
     features = flatcoat.info()["cpu_features"]
     levels = list(features)  # least to most capable
-    assert levels == [isa for isa in ("haswell", "skylake", "icelake", "neon") if isa in levels]
+    assert levels == [isa for isa in ("haswell", "skylake", "icelake", "genoa", "neon") if isa in levels]
     if "icelake" in levels:
         assert set(features["icelake"]) == {"avx512vnni", "avx512vpopcntdq", "avx512vbmi", "avx512vbmi2",
                                             "avx512bitalg"}
+    if "genoa" in levels:
+        assert set(features["genoa"]) == {"avx512bf16"}
     for at, isa in enumerate(levels):
         needed = [present for level in levels[: at + 1] for present in features[level].values()]
         assert flatcoat._core.cpu_supports(isa) == all(needed), isa
@@ -192,6 +194,6 @@ def test_probes_count_each_levels_own_work():
     finally:
         flatcoat._core.set_active_isa(before)
     # 12 zmm chains (16 lanes) on the AVX-512 levels, 10 ymm chains (8 lanes) on haswell; an FMA counts 2.
-    for isa, lanes_x_chains in (("haswell", 8 * 10), ("skylake", 16 * 12), ("icelake", 16 * 12)):
+    for isa, lanes_x_chains in (("haswell", 8 * 10), ("skylake", 16 * 12), ("icelake", 16 * 12), ("genoa", 16 * 12)):
         if isa in fma_work:
             assert fma_work[isa] == 2 * 1000 * lanes_x_chains, isa
