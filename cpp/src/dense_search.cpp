@@ -56,15 +56,17 @@ void check(const dense_data_t& data, const dense_query_t& query) {
     }
 }
 
-/// s8 query codes (nq x dim) as the panels of dense_u8s8_panels_fn: per panel
-/// of `width` queries, ceil(dim / 4) steps of width x 4 bytes, zero past dim
-/// and past the last query.
-std::vector<int8_t> pack_query_panels(const std::vector<int8_t>& codes, size_t nq, size_t dim, size_t width) {
-    const size_t steps = (dim + 3) / 4, n_panels = (nq + width - 1) / width;
-    std::vector<int8_t> panels(n_panels * steps * width * 4, 0);
+/// Query codes (nq x dim) as the panels of the panel kernels: per panel of
+/// `width` queries, ceil(dim / lane) steps of width words of `lane` elements
+/// (4 int8 or 2 bf16: 32 bits), zero past dim and past the last query.
+template <class element_t>
+std::vector<element_t> pack_query_panels(const element_t* codes, size_t nq, size_t dim, size_t width,
+                                         size_t lane) {
+    const size_t steps = (dim + lane - 1) / lane, n_panels = (nq + width - 1) / width;
+    std::vector<element_t> panels(n_panels * steps * width * lane, element_t{});
     for (size_t i = 0; i < nq; ++i) {
-        int8_t* panel = panels.data() + (i / width) * steps * width * 4 + (i % width) * 4;
-        for (size_t d = 0; d < dim; ++d) panel[(d / 4) * width * 4 + d % 4] = codes[i * dim + d];
+        element_t* panel = panels.data() + (i / width) * steps * width * lane + (i % width) * lane;
+        for (size_t d = 0; d < dim; ++d) panel[(d / lane) * width * lane + d % lane] = codes[i * dim + d];
     }
     return panels;
 }
@@ -169,16 +171,20 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
     const float* q = queries;
     prepare_queries(data.codec, queries, nq, dim, query_sums, query_bits);
     if (u8) quantize_queries(queries, nq, dim, query_codes, query_scales);
-    // int8 batches on levels with VNNI: queries packed into panels, scored rows by queries.
-    const bool panels = u8 && kernels.dot_u8s8_panels != nullptr && nq >= widen_batch_k;
-    std::vector<int8_t> query_panels;
-    const size_t n_panels = panels ? (nq + kernels.panel_queries - 1) / kernels.panel_queries : 0;
-    const size_t padded_nq = n_panels * kernels.panel_queries;
-    if (panels) query_panels = pack_query_panels(query_codes, nq, dim, kernels.panel_queries);
     if (bf16_pairs) {
         query_bf16.resize(nq * dim);
         to_bfloat16(queries, nq * dim, query_bf16.data());
     }
+    // int8 batches on levels with VNNI, bf16 batches with AVX512_BF16: queries
+    // packed into panels, scored rows by queries.
+    const bool panels = nq >= widen_batch_k && ((u8 && kernels.dot_u8s8_panels != nullptr) ||
+                                                (bf16_pairs && kernels.dot_bf16_panels != nullptr));
+    std::vector<int8_t> query_panels;
+    std::vector<bf16_t> query_panels_bf16;
+    const size_t n_panels = panels ? (nq + kernels.panel_queries - 1) / kernels.panel_queries : 0;
+    const size_t padded_nq = n_panels * kernels.panel_queries;
+    if (panels && u8) query_panels = pack_query_panels(query_codes.data(), nq, dim, kernels.panel_queries, 4);
+    if (panels && !u8) query_panels_bf16 = pack_query_panels(query_bf16.data(), nq, dim, kernels.panel_queries, 2);
 
     // int8 (and bf16 on vdpbf16ps) rank by a rounded query first and keep a
     // deeper shortlist, which refine_shortlist re-scores with the float query.
@@ -229,16 +235,28 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
         if (panels) {
             // Rows by queries: each row's values for every query at once, and
             // one vectorised test against the queries' bars before any push.
-            s.dots.resize(rows * padded_nq);
-            kernels.dot_u8s8_panels(query_panels.data(), n_panels, codes, rows, dim, s.dots.data(), padded_nq);
+            if (u8) {
+                s.dots.resize(rows * padded_nq);
+                kernels.dot_u8s8_panels(query_panels.data(), n_panels, codes, rows, dim, s.dots.data(), padded_nq);
+            } else {
+                s.scores.resize(rows * padded_nq);
+                kernels.dot_bf16_panels(query_panels_bf16.data(), n_panels, reinterpret_cast<const bf16_t*>(codes),
+                                        rows, dim, s.scores.data(), padded_nq);
+            }
             s.values.resize(nq);
             s.bars.resize(nq);
             for (size_t i = 0; i < nq; ++i) s.bars[i] = mine[i].threshold();
             for (size_t j = 0; j < rows; ++j) {
-                const int32_t* dots = s.dots.data() + j * padded_nq;
+                if (u8) {
+                    const int32_t* dots = s.dots.data() + j * padded_nq;
+                    for (size_t i = 0; i < nq; ++i)
+                        s.values[i] = scale[j] * (query_scales[i] * float(dots[i])) + offset[j] * query_sums[i];
+                } else {
+                    std::memcpy(s.values.data(), s.scores.data() + j * padded_nq, nq * sizeof(float));
+                }
                 unsigned reach = 0;
                 for (size_t i = 0; i < nq; ++i) {
-                    float value = scale[j] * (query_scales[i] * float(dots[i])) + offset[j] * query_sums[i];
+                    float value = s.values[i];
                     if (l2) value = 2.0f * value - norms[j];
                     s.values[i] = value;
                     reach |= unsigned(value >= s.bars[i]);
@@ -370,7 +388,7 @@ void int8_dots(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t d
     const bool panels = kernels.dot_u8s8_panels != nullptr && nq >= widen_batch_k;
     const size_t width = kernels.panel_queries, padded_nq = panels ? (nq + width - 1) / width * width : 0;
     const std::vector<int8_t> packed =
-        panels ? pack_query_panels(std::vector<int8_t>(q, q + nq * dim), nq, dim, width) : std::vector<int8_t>();
+        panels ? pack_query_panels(q, nq, dim, width, 4) : std::vector<int8_t>();
     constexpr size_t chunk = 256;
     parallel_for((nx + chunk - 1) / chunk, num_threads(), [&](size_t c, size_t) {
         const size_t begin = c * chunk, rows = std::min(chunk, nx - begin);

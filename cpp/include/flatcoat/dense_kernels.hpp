@@ -45,6 +45,12 @@ using dot_bf16_pairs_fn = void (*)(const bf16_t* q, size_t nq, const bf16_t* x, 
 using dot_u8s8_panels_fn = void (*)(const int8_t* panels, size_t n_panels, const uint8_t* x, size_t nx,
                                     size_t dim, int32_t* out, size_t ldo);
 
+/// bf16 scoring of query panels, as dot_u8s8_panels_fn with two bfloat16 per
+/// 32-bit word (query l's elements 2s, 2s + 1 at elements 2l, 2l + 1 of step s)
+/// and float32 sums (vdpbf16ps).
+using dot_bf16_panels_fn = void (*)(const bf16_t* panels, size_t n_panels, const bf16_t* x, size_t nx,
+                                    size_t dim, float* out, size_t ldo);
+
 struct dense_kernels_t {
     dot_block_fn<float> dot_f32;
     dot_block_fn<uint16_t> dot_f16;
@@ -53,6 +59,7 @@ struct dense_kernels_t {
     dot_u8s8_fn dot_u8s8;          ///< quantized queries x u8 codes (dense int8)
     dot_bf16_pairs_fn dot_bf16_pairs = nullptr;  ///< bf16 queries x bf16 rows; null without AVX512_BF16
     dot_u8s8_panels_fn dot_u8s8_panels = nullptr;  ///< int8 query panels; null without an exact vpdpbusd (VNNI)
+    dot_bf16_panels_fn dot_bf16_panels = nullptr;  ///< bf16 query panels; null without AVX512_BF16
     size_t panel_queries = 0;                      ///< queries per panel of dot_u8s8_panels
     hamming_block_fn hamming;
     widen_fn<uint16_t> widen_f16;

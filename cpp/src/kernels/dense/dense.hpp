@@ -10,6 +10,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>  // std::memcpy
 
 #include "flatcoat/dense_kernels.hpp"
 #include "simd/common.hpp"
@@ -167,69 +168,112 @@ void dot_u8s8_block(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, siz
     }
 }
 
-/// J rows x QV query panels, exact int32 (vpdpbusd, levels with VNNI only):
-/// per step one broadcast of each row's next 4 bytes is multiplied into QV
-/// panel registers, so every accumulator lane ends as a finished dot product
-/// and nothing is reduced (the dot form's reduction costs about as much as
-/// its products at 384 dimensions). Stored rows by queries.
-template <class S, size_t QV, size_t J>
-inline void dot_u8s8_panel_micro(const int8_t* panels, size_t panel_bytes, const uint8_t* x, size_t dim,
-                                 int32_t* out, size_t ldo) {
+/// The element paths of the panel kernels: int8 (u8 rows x s8 queries, four
+/// per 32-bit word, exact int32 sums by vpdpbusd) and bf16 (two per word,
+/// float32 sums by vdpbf16ps). Only levels with those instructions use them.
+template <class S>
+struct u8s8_panel_path_t {
+    using x_t = uint8_t;
+    using out_t = int32_t;
+    using acc_t = typename S::vi;
+    static constexpr size_t lane = 4;  // elements per 32-bit word
+    static acc_t zero() { return S::zero_i(); }
+    static acc_t mac(acc_t acc, typename S::vi x, typename S::vi q) { return S::dpbusd(acc, x, q); }
+    static void store(int32_t* out, acc_t acc) { S::store_i(out, acc); }
+};
+
+template <class S>
+struct bf16_panel_path_t {
+    using x_t = bf16_t;
+    using out_t = float;
+    using acc_t = typename S::vf;
+    static constexpr size_t lane = 2;
+    static acc_t zero() { return S::zero(); }
+    static acc_t mac(acc_t acc, typename S::vi x, typename S::vi q) { return S::dpbf16(acc, x, q); }
+    static void store(float* out, acc_t acc) { S::store(out, acc); }
+};
+
+/// J rows x QV query panels: per step one broadcast of each row's next 32-bit
+/// word (4 int8 or 2 bf16 elements) is multiplied into QV panel registers, so
+/// every accumulator lane ends as a finished dot product and nothing is
+/// reduced (the dot form's reduction costs about as much as its products at
+/// 384 dimensions). Stored rows by queries.
+template <class S, class P, size_t QV, size_t J>
+inline void panel_micro(const void* panels, size_t panel_bytes, const typename P::x_t* x, size_t dim,
+                        typename P::out_t* out, size_t ldo) {
     using vi = typename S::vi;
-    vi acc[QV][J];
+    using acc_t = typename P::acc_t;
+    const unsigned char* bytes = static_cast<const unsigned char*>(panels);
+    acc_t acc[QV][J];
     for (size_t v = 0; v < QV; ++v)
-        for (size_t j = 0; j < J; ++j) acc[v][j] = S::zero_i();
-    const size_t full = dim / 4;
+        for (size_t j = 0; j < J; ++j) acc[v][j] = P::zero();
+    const size_t full = dim / P::lane;
     for (size_t s = 0; s < full; ++s) {
         vi xb[J];
-        for (size_t j = 0; j < J; ++j) xb[j] = S::set1_u32(x + j * dim + 4 * s);
+        for (size_t j = 0; j < J; ++j) xb[j] = S::set1_u32(reinterpret_cast<const uint8_t*>(x + j * dim + P::lane * s));
         for (size_t v = 0; v < QV; ++v) {
-            const vi qv = S::load_i(panels + v * panel_bytes + s * 4 * S::width);
-            for (size_t j = 0; j < J; ++j) acc[v][j] = S::dpbusd(acc[v][j], xb[j], qv);
+            const vi qv = S::load_i(bytes + v * panel_bytes + s * 4 * S::width);
+            for (size_t j = 0; j < J; ++j) acc[v][j] = P::mac(acc[v][j], xb[j], qv);
         }
     }
-    if (full * 4 < dim) {  // the last 1..3 dimensions, without reading past the row
+    if (full * P::lane < dim) {  // the last elements of a word, without reading past the row
+        const size_t rest = (dim - full * P::lane) * sizeof(typename P::x_t);
         vi xb[J];
         for (size_t j = 0; j < J; ++j) {
             uint8_t word[4] = {0, 0, 0, 0};  // the panels' padding is zero: any value works
-            for (size_t t = full * 4; t < dim; ++t) word[t - full * 4] = x[j * dim + t];
+            std::memcpy(word, x + j * dim + full * P::lane, rest);
             xb[j] = S::set1_u32(word);
         }
         for (size_t v = 0; v < QV; ++v) {
-            const vi qv = S::load_i(panels + v * panel_bytes + full * 4 * S::width);
-            for (size_t j = 0; j < J; ++j) acc[v][j] = S::dpbusd(acc[v][j], xb[j], qv);
+            const vi qv = S::load_i(bytes + v * panel_bytes + full * 4 * S::width);
+            for (size_t j = 0; j < J; ++j) acc[v][j] = P::mac(acc[v][j], xb[j], qv);
         }
     }
     for (size_t j = 0; j < J; ++j)
-        for (size_t v = 0; v < QV; ++v) S::store_i(out + j * ldo + v * S::width, acc[v][j]);
+        for (size_t v = 0; v < QV; ++v) P::store(out + j * ldo + v * S::width, acc[v][j]);
 }
 
 /// Panels in groups of 4 (their 4 x 64 bytes per step stay in L1 while the
 /// tile's rows stream from L2), rows 5 at a time (20 accumulators, 5
 /// broadcasts: no spill with 32 registers).
+template <class S, class P>
+void panels_block(const void* panels, size_t n_panels, const typename P::x_t* x, size_t nx, size_t dim,
+                  typename P::out_t* out, size_t ldo) {
+    constexpr size_t QV = 4, J = 5;
+    const size_t panel_bytes = (dim + P::lane - 1) / P::lane * 4 * S::width;
+    for (size_t v = 0; v < n_panels; v += QV) {
+        const void* pv = static_cast<const unsigned char*>(panels) + v * panel_bytes;
+        typename P::out_t* ov = out + v * S::width;
+        const size_t left = n_panels - v;
+        for (size_t j = 0; j < nx;) {
+            const size_t step = j + J <= nx ? J : 1;
+            const typename P::x_t* xj = x + j * dim;
+            if (step == J) {
+                if (left >= QV) panel_micro<S, P, QV, J>(pv, panel_bytes, xj, dim, ov + j * ldo, ldo);
+                else if (left == 3) panel_micro<S, P, 3, J>(pv, panel_bytes, xj, dim, ov + j * ldo, ldo);
+                else if (left == 2) panel_micro<S, P, 2, J>(pv, panel_bytes, xj, dim, ov + j * ldo, ldo);
+                else panel_micro<S, P, 1, J>(pv, panel_bytes, xj, dim, ov + j * ldo, ldo);
+            } else {
+                if (left >= QV) panel_micro<S, P, QV, 1>(pv, panel_bytes, xj, dim, ov + j * ldo, ldo);
+                else if (left == 3) panel_micro<S, P, 3, 1>(pv, panel_bytes, xj, dim, ov + j * ldo, ldo);
+                else if (left == 2) panel_micro<S, P, 2, 1>(pv, panel_bytes, xj, dim, ov + j * ldo, ldo);
+                else panel_micro<S, P, 1, 1>(pv, panel_bytes, xj, dim, ov + j * ldo, ldo);
+            }
+            j += step;
+        }
+    }
+}
+
 template <class S>
 void dot_u8s8_panels_block(const int8_t* panels, size_t n_panels, const uint8_t* x, size_t nx, size_t dim,
                            int32_t* out, size_t ldo) {
-    constexpr size_t QV = 4, J = 5;
-    const size_t panel_bytes = (dim + 3) / 4 * 4 * S::width;
-    for (size_t v = 0; v < n_panels; v += QV) {
-        const int8_t* pv = panels + v * panel_bytes;
-        int32_t* ov = out + v * S::width;
-        const size_t left = n_panels - v;
-        size_t j = 0;
-        for (; j + J <= nx; j += J) {
-            if (left >= QV) dot_u8s8_panel_micro<S, QV, J>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
-            else if (left == 3) dot_u8s8_panel_micro<S, 3, J>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
-            else if (left == 2) dot_u8s8_panel_micro<S, 2, J>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
-            else dot_u8s8_panel_micro<S, 1, J>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
-        }
-        for (; j < nx; ++j) {
-            if (left >= QV) dot_u8s8_panel_micro<S, QV, 1>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
-            else if (left == 3) dot_u8s8_panel_micro<S, 3, 1>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
-            else if (left == 2) dot_u8s8_panel_micro<S, 2, 1>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
-            else dot_u8s8_panel_micro<S, 1, 1>(pv, panel_bytes, x + j * dim, dim, ov + j * ldo, ldo);
-        }
-    }
+    panels_block<S, u8s8_panel_path_t<S>>(panels, n_panels, x, nx, dim, out, ldo);
+}
+
+template <class S>
+void dot_bf16_panels_block(const bf16_t* panels, size_t n_panels, const bf16_t* x, size_t nx, size_t dim,
+                           float* out, size_t ldo) {
+    panels_block<S, bf16_panel_path_t<S>>(panels, n_panels, x, nx, dim, out, ldo);
 }
 
 /// bfloat16 queries x bfloat16 rows, QB x XB float32 accumulators, 32

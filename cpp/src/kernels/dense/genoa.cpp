@@ -12,6 +12,7 @@ const dense_kernels_t& kernel_table<dense_kernels_t, isa_t::genoa_k>() {
         dense_kernels_t t = kernels::make_dense_kernels<simd::genoa_t>();
         kernels::add_vnni_kernels<simd::genoa_t>(t);
         t.dot_bf16_pairs = &kernels::dot_bf16_pairs_block<simd::genoa_t>;
+        t.dot_bf16_panels = &kernels::dot_bf16_panels_block<simd::genoa_t>;
         return t;
     }();
     return table;
