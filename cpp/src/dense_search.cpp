@@ -277,10 +277,17 @@ std::vector<topk_t> scan(const dense_data_t& data, const dense_query_t& query, c
             for (size_t i = 0; i < nq; ++i) {
                 topk_t& top = mine[i];
                 const uint32_t* row = s.distances.data() + i * rows;
-                for (size_t j = 0; j < rows; ++j) {
-                    float value = -float(row[j]);
-                    if (value >= top.threshold() && (mask == nullptr || mask->allowed(begin + j)))
-                        top.push(value, row_of(j));
+                for (size_t j0 = 0; j0 < rows; j0 += 16) {  // blocks with no distance at the bar: one test
+                    const size_t j1 = std::min(rows, j0 + 16);
+                    const float bar = top.threshold();
+                    unsigned reach = 0;
+                    for (size_t j = j0; j < j1; ++j) reach |= unsigned(-float(row[j]) >= bar);
+                    if (reach == 0) continue;
+                    for (size_t j = j0; j < j1; ++j) {
+                        const float value = -float(row[j]);
+                        if (value >= top.threshold() && (mask == nullptr || mask->allowed(begin + j)))
+                            top.push(value, row_of(j));
+                    }
                 }
             }
             return;

@@ -328,8 +328,10 @@ void dot_bf16_pairs_block(const bf16_t* q, size_t nq, const bf16_t* x, size_t nx
     }
     for (size_t i = full; i < nq; ++i) {
         size_t j = 0;
-        for (; j + XB1 <= nx; j += XB1)
+        for (; j + XB1 <= nx; j += XB1) {
+            if (nq == 1) prefetch_ahead(x + j * dim, XB1 * dim * sizeof(bf16_t), XB1 * dim * sizeof(bf16_t));
             dot_bf16_pairs_micro<S, 1, XB1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+        }
         for (; j < nx; ++j) dot_bf16_pairs_micro<S, 1, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
     }
 }
@@ -351,6 +353,7 @@ void hamming_rows(const uint64_t* q, size_t nq, const uint64_t* x, size_t nx, si
         uint32_t* row = out + i * ldo;
         size_t j = 0;
         for (; j + 4 <= nx; j += 4) {
+            if (nq == 1) prefetch_ahead(x + j * words, 64 * words * sizeof(uint64_t), 4 * words * sizeof(uint64_t));
             row[j] = hamming_words<S, WORDS>(qi, x + j * words, words);
             row[j + 1] = hamming_words<S, WORDS>(qi, x + (j + 1) * words, words);
             row[j + 2] = hamming_words<S, WORDS>(qi, x + (j + 2) * words, words);
