@@ -19,10 +19,6 @@ struct genoa_t : icelake_t {
     using vbh = __m512i;
     static constexpr size_t bf16_step = 32;
     static vbh load_bf16(const bf16_t* p) { return _mm512_loadu_si512(p); }
-    /// The first n < 32 elements at p, zero above (zero products add nothing).
-    static vbh load_bf16_partial(const bf16_t* p, size_t n) {
-        return _mm512_maskz_loadu_epi16(__mmask32((uint64_t(1) << n) - 1), p);
-    }
     /// acc[l] += a[2l] * b[2l] + a[2l + 1] * b[2l + 1], bfloat16 products in float32 (vdpbf16ps).
     /// In place by inline asm, as icelake_t::dot_u8s8 (GCC copies the
     /// accumulator around the intrinsic's destructive form).

@@ -15,156 +15,166 @@
 #include "flatcoat/dense_kernels.hpp"
 #include "simd/common.hpp"
 
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
-
 namespace flatcoat {
 namespace kernels {
 
-template <class S, size_t QB, size_t XB, class element_t>
-inline void dot_micro(const float* q, const element_t* x, size_t dim, float* out, size_t ldo) {
-    using vf = typename S::vf;
-    vf acc[QB][XB];
-    for (size_t a = 0; a < QB; ++a)
-        for (size_t b = 0; b < XB; ++b) acc[a][b] = S::zero();
-    size_t d = 0;
-    for (; d + S::width <= dim; d += S::width) {
-        vf xv[XB];
-        for (size_t b = 0; b < XB; ++b) xv[b] = S::load(x + b * dim + d);
-        for (size_t a = 0; a < QB; ++a) {
-            vf qv = S::load(q + a * dim + d);
-            for (size_t b = 0; b < XB; ++b) acc[a][b] = S::fma(qv, xv[b], acc[a][b]);
-        }
-    }
-    if (d < dim) {
-        size_t rest = dim - d;
-        vf xv[XB];
-        for (size_t b = 0; b < XB; ++b) xv[b] = simd::load_partial<S>(x + b * dim + d, rest);
-        for (size_t a = 0; a < QB; ++a) {
-            vf qv = simd::load_partial<S>(q + a * dim + d, rest);
-            for (size_t b = 0; b < XB; ++b) acc[a][b] = S::fma(qv, xv[b], acc[a][b]);
-        }
-    }
-    // Four pairs at once where XB allows; S::reduce4 gives reduce_add's sums bit for bit.
-    for (size_t a = 0; a < QB; ++a) {
-        size_t b = 0;
-        for (; b + 4 <= XB; b += 4) S::reduce4(acc[a][b], acc[a][b + 1], acc[a][b + 2], acc[a][b + 3], out + a * ldo + b);
-        for (; b < XB; ++b) out[a * ldo + b] = S::reduce_add(acc[a][b]);
-    }
-}
-
-/// Batches use 4 queries x 3 rows (12 accumulators + 3 rows fit the 16 ymm
-/// registers of AVX2); a single query uses 1 x 4 to keep several loads in flight.
-/// Queries are taken in groups of 12 that stay in L1 while rows stream past,
-/// so each row is fetched from L2 once per 12 queries rather than once per 4.
-template <class S, class element_t>
-void dot_block(const float* q, size_t nq, const element_t* x, size_t nx, size_t dim, float* out,
-               size_t ldo) {
-    constexpr bool wide = S::registers >= 32;
-    constexpr size_t QB = 4, XB = wide ? 4 : 3, XB1 = wide ? 8 : 4, QL1 = 12;
-    size_t full = nq - nq % QB;
-    for (size_t i0 = 0; i0 < full; i0 += QL1) {
-        const size_t i1 = i0 + QL1 < full ? i0 + QL1 : full;
-        size_t j = 0;
-        for (; j + XB <= nx; j += XB)
-            for (size_t i = i0; i < i1; i += QB)
-                dot_micro<S, QB, XB>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
-        for (; j < nx; ++j)
-            for (size_t i = i0; i < i1; i += QB)
-                dot_micro<S, QB, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
-    }
-    for (size_t i = full; i < nq; ++i) {
-        size_t j = 0;
-        for (; j + XB1 <= nx; j += XB1)
-            dot_micro<S, 1, XB1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
-        for (; j < nx; ++j) dot_micro<S, 1, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
-    }
-}
-
-/// Exact int8 dot products: QB s8 queries x XB u8 rows, one int32
-/// accumulator per pair, S::u8s8_step bytes per step (vpdpbusd on icelake,
-/// int16 vpmaddwd elsewhere); the last dim % step bytes in scalar code. Integer
-/// sums are exact, so the result is the same on every ISA and blocking.
 /// Prefetches the `bytes` starting `ahead` bytes past p, a line at a time: the
 /// single-query scans read rows once, from DRAM, and the hardware prefetchers
 /// alone leave them below the read bandwidth. An address past the end of the
 /// array is harmless to prefetch (it never faults); it is formed as an integer.
+/// Templated on the SIMD type like every helper (one instantiation per ISA file).
+template <class S>
 inline void prefetch_ahead(const void* p, size_t ahead, size_t bytes) {
     const uintptr_t start = reinterpret_cast<uintptr_t>(p) + ahead;
     for (size_t b = 0; b < bytes; b += 64) __builtin_prefetch(reinterpret_cast<const void*>(start + b));
 }
 
-template <class S, size_t QB, size_t XB>
-inline void dot_u8s8_micro(const int8_t* q, const uint8_t* x, size_t dim, int32_t* out, size_t ldo) {
-    using vi = typename S::vi;
-    using vw = typename S::vw;
-    vi acc[QB][XB];
+/// The element paths of the dot-form kernels: what a step loads, multiplies
+/// and adds, how an accumulator is reduced, and the blocking (queries QB x
+/// rows XB for batches, 1 x XB1 for a single query, QL1 queries kept in L1
+/// while a tile's rows stream past).
+///  - float32 queries x f32/f16/bf16/u8 rows widened to float32, FMA; 4 x 3
+///    with 16 vector registers (12 accumulators and 3 rows), 4 x 4 with 32;
+template <class S, class element_t>
+struct float_dot_path_t {
+    using q_t = float;
+    using x_t = element_t;
+    using out_t = float;
+    using acc_t = typename S::vf;
+    using row_t = typename S::vf;
+    using query_t = typename S::vf;
+    static constexpr size_t step = S::width;
+    static constexpr bool wide = S::registers >= 32;
+    static constexpr size_t QB = 4, XB = wide ? 4 : 3, XB1 = wide ? 8 : 4, QL1 = 12;
+    // Measured (Zen 4, 1M x 384, one query): f32 66-70 ms without, 73-76 with.
+    static constexpr bool prefetch = sizeof(element_t) < sizeof(float);
+    static acc_t zero() { return S::zero(); }
+    static row_t load_row(const x_t* p) { return S::load(p); }
+    static query_t load_query(const q_t* p) { return S::load(p); }
+    static acc_t mac(acc_t acc, row_t x, query_t q) { return S::fma(q, x, acc); }
+    static void reduce4(acc_t a, acc_t b, acc_t c, acc_t d, out_t* out) { S::reduce4(a, b, c, d, out); }
+    static out_t reduce(acc_t a) { return S::reduce_add(a); }
+};
+
+///  - s8 queries x u8 rows, exact int32 (vpdpbusd on icelake, int16 vpmaddwd
+///    below; integer sums, so every ISA and blocking gives the same result).
+///    Measured on Zen 4 (icelake, 384 dimensions, rows in L2, one thread):
+///    4 x 4 about 140 GOP/s, 5 x 4 the same, 3 x 8 and 6 x 4 (spilling) 95-150;
+template <class S>
+struct u8s8_dot_path_t {
+    using q_t = int8_t;
+    using x_t = uint8_t;
+    using out_t = int32_t;
+    using acc_t = typename S::vi;
+    using row_t = typename S::vw;
+    using query_t = typename S::vw;
+    static constexpr size_t step = S::u8s8_step;
+    static constexpr bool wide = S::registers >= 32;
+    static constexpr size_t QB = wide ? 4 : 2, XB = 4, XB1 = 8, QL1 = 4 * QB;
+    static constexpr bool prefetch = true;  // 20.9 -> 16.1 ms (Zen 4, 1M x 384, one query)
+    static acc_t zero() { return S::zero_i(); }
+    static row_t load_row(const x_t* p) { return S::load_u8s8_row(p); }
+    static query_t load_query(const q_t* p) { return S::load_u8s8_query(p); }
+    static acc_t mac(acc_t acc, row_t x, query_t q) { return S::dot_u8s8(acc, x, q); }
+    static void reduce4(acc_t a, acc_t b, acc_t c, acc_t d, out_t* out) { S::reduce4_i(a, b, c, d, out); }
+    static out_t reduce(acc_t a) { return S::reduce_add_i(a); }
+};
+
+///  - bf16 queries x bf16 rows in pairs into float32 (vdpbf16ps; levels with
+///    AVX512_BF16 only).
+template <class S>
+struct bf16_pairs_dot_path_t {
+    using q_t = bf16_t;
+    using x_t = bf16_t;
+    using out_t = float;
+    using acc_t = typename S::vf;
+    using row_t = typename S::vbh;
+    using query_t = typename S::vbh;
+    static constexpr size_t step = S::bf16_step;
+    static constexpr size_t QB = 4, XB = 4, XB1 = 8, QL1 = 16;
+    static constexpr bool prefetch = true;  // 41.8 -> 38.7 ms (Zen 4, 1M x 384, one query)
+    static acc_t zero() { return S::zero(); }
+    static row_t load_row(const x_t* p) { return S::load_bf16(p); }
+    static query_t load_query(const q_t* p) { return S::load_bf16(p); }
+    static acc_t mac(acc_t acc, row_t x, query_t q) { return S::dpbf16(acc, x, q); }
+    static void reduce4(acc_t a, acc_t b, acc_t c, acc_t d, out_t* out) { S::reduce4(a, b, c, d, out); }
+    static out_t reduce(acc_t a) { return S::reduce_add(a); }
+};
+
+/// The first n < P::step elements at p, zero above (row tails); zero products
+/// add nothing, so the sums are those of the elements alone.
+template <class P, class element_t, class loaded_t>
+inline loaded_t load_tail(const element_t* p, size_t n, loaded_t (*load)(const element_t*)) {
+    element_t buffer[P::step] = {};
+    for (size_t i = 0; i < n; ++i) buffer[i] = p[i];
+    return load(buffer);
+}
+
+/// QB queries x XB rows with one accumulator per pair, P::step elements per
+/// step, the row tail through a zero-padded copy, four pairs reduced at once
+/// (for float paths S::reduce4 adds the same lanes in the same order as
+/// S::reduce_add). Every pair walks the dimensions in one order whatever the
+/// shape, so a score does not depend on how the batch was blocked.
+template <class S, class P, size_t QB, size_t XB>
+inline void dot_micro(const typename P::q_t* q, const typename P::x_t* x, size_t dim, typename P::out_t* out,
+                      size_t ldo) {
+    typename P::acc_t acc[QB][XB];
     for (size_t a = 0; a < QB; ++a)
-        for (size_t b = 0; b < XB; ++b) acc[a][b] = S::zero_i();
+        for (size_t b = 0; b < XB; ++b) acc[a][b] = P::zero();
     size_t d = 0;
-    for (; d + S::u8s8_step <= dim; d += S::u8s8_step) {
-        vw xv[XB];
-        for (size_t b = 0; b < XB; ++b) xv[b] = S::load_u8s8_row(x + b * dim + d);
+    for (; d + P::step <= dim; d += P::step) {
+        typename P::row_t xv[XB];
+        for (size_t b = 0; b < XB; ++b) xv[b] = P::load_row(x + b * dim + d);
         for (size_t a = 0; a < QB; ++a) {
-            const vw qv = S::load_u8s8_query(q + a * dim + d);
-            for (size_t b = 0; b < XB; ++b) acc[a][b] = S::dot_u8s8(acc[a][b], xv[b], qv);
+            const typename P::query_t qv = P::load_query(q + a * dim + d);
+            for (size_t b = 0; b < XB; ++b) acc[a][b] = P::mac(acc[a][b], xv[b], qv);
         }
     }
-    // Four rows' sums at once where XB allows (S::reduce4_i); the reduction
-    // costs about as much as the products at 384 dimensions otherwise.
+    if (d < dim) {
+        const size_t rest = dim - d;
+        typename P::row_t xv[XB];
+        for (size_t b = 0; b < XB; ++b) xv[b] = load_tail<P>(x + b * dim + d, rest, &P::load_row);
+        for (size_t a = 0; a < QB; ++a) {
+            const typename P::query_t qv = load_tail<P>(q + a * dim + d, rest, &P::load_query);
+            for (size_t b = 0; b < XB; ++b) acc[a][b] = P::mac(acc[a][b], xv[b], qv);
+        }
+    }
     for (size_t a = 0; a < QB; ++a) {
-        int32_t* row = out + a * ldo;
         size_t b = 0;
-        for (; b + 4 <= XB; b += 4) S::reduce4_i(acc[a][b], acc[a][b + 1], acc[a][b + 2], acc[a][b + 3], row + b);
-        for (; b < XB; ++b) row[b] = S::reduce_add_i(acc[a][b]);
-        for (b = 0; d < dim && b < XB; ++b)
-            for (size_t t = d; t < dim; ++t) row[b] += int32_t(x[b * dim + t]) * int32_t(q[a * dim + t]);
+        for (; b + 4 <= XB; b += 4) P::reduce4(acc[a][b], acc[a][b + 1], acc[a][b + 2], acc[a][b + 3], out + a * ldo + b);
+        for (; b < XB; ++b) out[a * ldo + b] = P::reduce(acc[a][b]);
     }
 }
 
-/// Batches: 4 queries x 4 rows with 32 vector registers, 2 x 4 with 16; a
-/// single query 1 x 8, to keep loads in flight. Measured on Zen 4 (icelake
-/// level, 384 dimensions, rows in L2, one thread, back to back): 4 x 4 about
-/// 140 GOP/s, 5 x 4 the same, 3 x 8 and 6 x 4 (spilling) 95-150.
-template <class S>
-void dot_u8s8_block(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t dim, int32_t* out,
-                    size_t ldo) {
-    constexpr bool wide = S::registers >= 32;
-    constexpr size_t QB = wide ? 4 : 2, XB = 4, XB1 = 8, QL1 = 4 * QB;
+/// out[i * ldo + j] for nq queries x nx rows: batches in P::QB x P::XB blocks,
+/// queries in groups of P::QL1 that stay in L1 while rows stream past (each
+/// row is fetched from L2 once per group), a single query 1 x P::XB1 with the
+/// next rows prefetched where the path asks for it (P::prefetch).
+template <class S, class P>
+void dot_block(const typename P::q_t* q, size_t nq, const typename P::x_t* x, size_t nx, size_t dim,
+               typename P::out_t* out, size_t ldo) {
+    constexpr size_t QB = P::QB, XB = P::XB, XB1 = P::XB1, QL1 = P::QL1;
     const size_t full = nq - nq % QB;
     for (size_t i0 = 0; i0 < full; i0 += QL1) {
         const size_t i1 = i0 + QL1 < full ? i0 + QL1 : full;
         size_t j = 0;
         for (; j + XB <= nx; j += XB)
             for (size_t i = i0; i < i1; i += QB)
-                dot_u8s8_micro<S, QB, XB>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+                dot_micro<S, P, QB, XB>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
         for (; j < nx; ++j)
             for (size_t i = i0; i < i1; i += QB)
-                dot_u8s8_micro<S, QB, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+                dot_micro<S, P, QB, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
     }
     for (size_t i = full; i < nq; ++i) {
         size_t j = 0;
         for (; j + XB1 <= nx; j += XB1) {
-            if (nq == 1) prefetch_ahead(x + j * dim, XB1 * dim, XB1 * dim);  // the next group
-            dot_u8s8_micro<S, 1, XB1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+            if (P::prefetch && nq == 1) {  // the next group of rows
+                const size_t group = XB1 * dim * sizeof(typename P::x_t);
+                prefetch_ahead<S>(x + j * dim, group, group);
+            }
+            dot_micro<S, P, 1, XB1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
         }
-        for (; j < nx; ++j) dot_u8s8_micro<S, 1, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
+        for (; j < nx; ++j) dot_micro<S, P, 1, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
     }
 }
 
@@ -276,66 +286,6 @@ void dot_bf16_panels_block(const bf16_t* panels, size_t n_panels, const bf16_t* 
     panels_block<S, bf16_panel_path_t<S>>(panels, n_panels, x, nx, dim, out, ldo);
 }
 
-/// bfloat16 queries x bfloat16 rows, QB x XB float32 accumulators, 32
-/// elements per step by S::dpbf16 (vdpbf16ps), the row tail by masked loads;
-/// four pairs reduced at once. For levels with AVX512_BF16 only (S::dpbf16).
-template <class S, size_t QB, size_t XB>
-inline void dot_bf16_pairs_micro(const bf16_t* q, const bf16_t* x, size_t dim, float* out, size_t ldo) {
-    using vf = typename S::vf;
-    using vbh = typename S::vbh;
-    vf acc[QB][XB];
-    for (size_t a = 0; a < QB; ++a)
-        for (size_t b = 0; b < XB; ++b) acc[a][b] = S::zero();
-    size_t d = 0;
-    for (; d + S::bf16_step <= dim; d += S::bf16_step) {
-        vbh xv[XB];
-        for (size_t b = 0; b < XB; ++b) xv[b] = S::load_bf16(x + b * dim + d);
-        for (size_t a = 0; a < QB; ++a) {
-            const vbh qv = S::load_bf16(q + a * dim + d);
-            for (size_t b = 0; b < XB; ++b) acc[a][b] = S::dpbf16(acc[a][b], xv[b], qv);
-        }
-    }
-    if (d < dim) {
-        vbh xv[XB];
-        for (size_t b = 0; b < XB; ++b) xv[b] = S::load_bf16_partial(x + b * dim + d, dim - d);
-        for (size_t a = 0; a < QB; ++a) {
-            const vbh qv = S::load_bf16_partial(q + a * dim + d, dim - d);
-            for (size_t b = 0; b < XB; ++b) acc[a][b] = S::dpbf16(acc[a][b], xv[b], qv);
-        }
-    }
-    for (size_t a = 0; a < QB; ++a) {
-        size_t b = 0;
-        for (; b + 4 <= XB; b += 4) S::reduce4(acc[a][b], acc[a][b + 1], acc[a][b + 2], acc[a][b + 3], out + a * ldo + b);
-        for (; b < XB; ++b) out[a * ldo + b] = S::reduce_add(acc[a][b]);
-    }
-}
-
-/// 4 queries x 4 rows for batches, 1 x 8 for the rest (32 registers).
-template <class S>
-void dot_bf16_pairs_block(const bf16_t* q, size_t nq, const bf16_t* x, size_t nx, size_t dim, float* out,
-                          size_t ldo) {
-    constexpr size_t QB = 4, XB = 4, XB1 = 8, QL1 = 16;
-    const size_t full = nq - nq % QB;
-    for (size_t i0 = 0; i0 < full; i0 += QL1) {
-        const size_t i1 = i0 + QL1 < full ? i0 + QL1 : full;
-        size_t j = 0;
-        for (; j + XB <= nx; j += XB)
-            for (size_t i = i0; i < i1; i += QB)
-                dot_bf16_pairs_micro<S, QB, XB>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
-        for (; j < nx; ++j)
-            for (size_t i = i0; i < i1; i += QB)
-                dot_bf16_pairs_micro<S, QB, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
-    }
-    for (size_t i = full; i < nq; ++i) {
-        size_t j = 0;
-        for (; j + XB1 <= nx; j += XB1) {
-            if (nq == 1) prefetch_ahead(x + j * dim, XB1 * dim * sizeof(bf16_t), XB1 * dim * sizeof(bf16_t));
-            dot_bf16_pairs_micro<S, 1, XB1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
-        }
-        for (; j < nx; ++j) dot_bf16_pairs_micro<S, 1, 1>(q + i * dim, x + j * dim, dim, out + i * ldo + j, ldo);
-    }
-}
-
 /// Hamming distances between sign-bit codes. The per-ISA difference is the
 /// popcount: S::popcount_xor (popcnt per word, or vpopcntq on 8 words at once
 /// on icelake). Common code lengths get a compile-time length (WORDS > 0) so
@@ -353,7 +303,7 @@ void hamming_rows(const uint64_t* q, size_t nq, const uint64_t* x, size_t nx, si
         uint32_t* row = out + i * ldo;
         size_t j = 0;
         for (; j + 4 <= nx; j += 4) {
-            if (nq == 1) prefetch_ahead(x + j * words, 64 * words * sizeof(uint64_t), 4 * words * sizeof(uint64_t));
+            if (nq == 1) prefetch_ahead<S>(x + j * words, 64 * words * sizeof(uint64_t), 4 * words * sizeof(uint64_t));
             row[j] = hamming_words<S, WORDS>(qi, x + j * words, words);
             row[j + 1] = hamming_words<S, WORDS>(qi, x + (j + 1) * words, words);
             row[j + 2] = hamming_words<S, WORDS>(qi, x + (j + 2) * words, words);
@@ -381,11 +331,11 @@ void hamming_block(const uint64_t* q, size_t nq, const uint64_t* x, size_t nx, s
 template <class S>
 dense_kernels_t make_dense_kernels() {
     dense_kernels_t table;
-    table.dot_f32 = &dot_block<S, float>;
-    table.dot_f16 = &dot_block<S, uint16_t>;
-    table.dot_bf16 = &dot_block<S, bf16_t>;
-    table.dot_u8 = &dot_block<S, uint8_t>;
-    table.dot_u8s8 = &dot_u8s8_block<S>;
+    table.dot_f32 = &dot_block<S, float_dot_path_t<S, float>>;
+    table.dot_f16 = &dot_block<S, float_dot_path_t<S, uint16_t>>;
+    table.dot_bf16 = &dot_block<S, float_dot_path_t<S, bf16_t>>;
+    table.dot_u8 = &dot_block<S, float_dot_path_t<S, uint8_t>>;
+    table.dot_u8s8 = &dot_block<S, u8s8_dot_path_t<S>>;
     table.hamming = &hamming_block<S>;
     table.widen_f16 = &simd::widen<S, uint16_t>;
     table.widen_bf16 = &simd::widen<S, bf16_t>;
