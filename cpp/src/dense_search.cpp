@@ -95,7 +95,7 @@ struct scan_scratch_t {
     std::vector<float> scores, widened;
     std::vector<uint32_t> distances;
     std::vector<int32_t> dots;          // int8: exact integer dot products
-    std::vector<float> values, bars;    // int8 panels: one row's values for every query, and their bars
+    std::vector<float> values, bars;    // query panels: one row's values for every query, and their bars
     std::vector<unsigned char> codes;   // GATHER: the tile's codes, contiguous
     std::vector<float> scale, offset, norms;  // GATHER: the tile's per-row values
 };
