@@ -32,13 +32,13 @@ def test_report_records_the_machine_and_settings(report):
 
 
 def test_ceilings_are_positive(report):
-    for name in ("read_gb_per_s", "fma_gflops", "int8_gops", "popcount_g_per_s"):
+    for name in ("read_gb_per_s", "fma_gflops", "int8_gops", "popcount_g_per_s", "bf16_gflops"):
         assert report["ceilings"][name] > 0, name
 
 
 def test_every_kernel_is_measured_and_figures_are_consistent(report):
     kernels = {row["kernel"].split(" Q=")[0] for row in report["rows"]}
-    for storage in ("f32", "f16", "int8", "binary"):
+    for storage in ("f32", "f16", "bf16", "int8", "binary"):
         assert f"dense {storage}" in kernels
     for storage in ("f32", "f16", "int8"):
         assert f"maxsim {storage}" in kernels
@@ -52,7 +52,7 @@ def test_every_kernel_is_measured_and_figures_are_consistent(report):
         assert math.isclose(row["gops"], row["operations"] / row["seconds"] / 1e9, rel_tol=1e-9)
         roofs = report["ceilings_by_isa"][row["isa"]]  # each ISA is set against its own instructions' roofs
         ceiling = {"bandwidth": roofs["read_gb_per_s"], "fma": roofs["fma_gflops"], "int8": roofs["int8_gops"],
-                   "popcount": roofs["popcount_g_per_s"]}[row["bound"]]
+                   "popcount": roofs["popcount_g_per_s"], "bf16": roofs["bf16_gflops"]}[row["bound"]]
         achieved = row["gb_per_s"] if row["bound"] == "bandwidth" else row["gops"]
         assert math.isclose(row["percent_of_ceiling"], 100 * achieved / ceiling, rel_tol=1e-9)
 
@@ -85,7 +85,7 @@ def test_roofline_of_every_isa_is_written(tmp_path, monkeypatch):
     (fig,) = drawn
     panels = [ax for ax in fig.axes if ax.get_visible()]
     assert [ax.get_title() for ax in panels] == usable  # one panel per ISA, each with its own roofs
-    assert all(len(ax.get_lines()) == 3 for ax in panels)
+    assert all(len(ax.get_lines()) == 4 for ax in panels)
     assert len(fig.legends) == 1  # one legend, for the figure, outside the panels
 
 
@@ -120,7 +120,7 @@ def test_ceilings_use_the_best_isa_and_restore_the_active_one():
         assert flatcoat._core.active_isa() == usable[0]
     finally:
         flatcoat._core.set_active_isa(before)
-    assert set(c) == {"read_gb_per_s", "fma_gflops", "int8_gops", "popcount_g_per_s"}
+    assert set(c) == {"read_gb_per_s", "fma_gflops", "int8_gops", "popcount_g_per_s", "bf16_gflops"}
     assert all(v > 0 for v in c.values())
 
 
@@ -197,3 +197,15 @@ def test_probes_count_each_levels_own_work():
     for isa, lanes_x_chains in (("haswell", 8 * 10), ("skylake", 16 * 12), ("icelake", 16 * 12), ("genoa", 16 * 12)):
         if isa in fma_work:
             assert fma_work[isa] == 2 * 1000 * lanes_x_chains, isa
+
+
+def test_the_bf16_probe_runs_where_the_level_has_vdpbf16ps(restore_isa):
+    for isa in [i for i in flatcoat.info()["compiled_isas"] if flatcoat._core.cpu_supports(i)]:
+        flatcoat._core.set_active_isa(isa)
+        if isa == "genoa":
+            seconds, flops = flatcoat._core.probe_bf16(1000, 1)
+            # 12 chains x 16 lanes x 2 products x 2 flops per round
+            assert seconds > 0 and flops == 1000 * 12 * 16 * 2 * 2
+        else:
+            with pytest.raises(ValueError, match="no bfloat16 dot instruction"):
+                flatcoat._core.probe_bf16(1000, 1)

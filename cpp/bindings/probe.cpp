@@ -27,6 +27,8 @@ void bind_probe(py::module_& m) {
         {"probe_fma", &probe_fma, "float32 FMA loop; returns (seconds, flops)."},
         {"probe_int8", &probe_int8, "u8 x s8 dot loop; returns (seconds, integer ops)."},
         {"probe_popcount", &probe_popcount, "64-bit popcount loop; returns (seconds, popcounts)."},
+        {"probe_bf16", &probe_bf16, "bfloat16 pair-product loop (vdpbf16ps); returns (seconds, flops). ValueError\n"
+                                    "on a level without AVX512_BF16."},
     };
     for (const auto& loop : loops) {
         auto probe = loop.probe;

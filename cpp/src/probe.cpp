@@ -102,6 +102,15 @@ probe_result_t probe_int8(size_t rounds, size_t threads) {
                           [&](size_t t, size_t r) { return double(k.int8_loop(r, uint8_t(t))); });
 }
 
+probe_result_t probe_bf16(size_t rounds, size_t threads) {
+    const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
+    if (k.bf16_loop == nullptr)
+        throw error(std::string("probe_bf16: the ") + isa_name(active_isa()) +
+                    " level has no bfloat16 dot instruction (AVX512_BF16: the genoa level)");
+    return per_core_probe(threads, rounds, 2.0 * double(k.bf16_per_round),
+                          [&](size_t t, size_t r) { return double(k.bf16_loop(r, float(t) * 1e-3f)); });
+}
+
 probe_result_t probe_popcount(size_t rounds, size_t threads) {
     const probe_kernels_t& k = kernels_for<probe_kernels_t>(active_isa());
     std::vector<uint64_t> data(k.popcount_input_words);

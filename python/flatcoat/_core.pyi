@@ -152,6 +152,8 @@ def probe_int8(rounds: int, threads: int) -> ProbeResult:
 def probe_popcount(rounds: int, threads: int) -> ProbeResult:
     """Hamming distances of L1-resident words with the active ISA's popcount (vpopcntq on
     icelake, popcnt below), as the binary kernel runs it; work is 64-bit words."""
+def probe_bf16(rounds: int, threads: int) -> ProbeResult:
+    """bfloat16 pair-product loop (vdpbf16ps): (seconds, flops); ValueError on a level without AVX512_BF16."""
 def topk(scores: np.ndarray, k: int) -> Tuple[np.ndarray, np.ndarray]:
     """Top-k of each row of (rows, n) float32: (values float32 (rows, k'), indices int64 (rows, k')),
     k' = min(k, n), largest first, ties by smaller index."""

@@ -148,10 +148,12 @@ def read_bandwidth(nbytes: int, threads: Optional[int] = None, repeats: int = 3)
 
 def arithmetic_peaks(threads: Optional[int] = None, rounds: int = 10_000_000, repeats: int = 3,
                      isa: Optional[str] = None) -> Dict[str, float]:
-    """``{"fma_gflops", "int8_gops", "popcount_g_per_s"}``: the core's arithmetic probes with one ISA.
+    """``{"fma_gflops", "int8_gops", "popcount_g_per_s", "bf16_gflops"}``: the core's arithmetic probes
+    with one ISA.
 
-    float32 FMA throughput (an FMA counts 2), u8 x s8 multiply-add throughput
-    and 64-bit popcounts per second, each with the instructions ``isa``'s
+    float32 FMA throughput (an FMA counts 2), u8 x s8 multiply-add throughput,
+    64-bit popcounts per second and bfloat16 pair products (vdpbf16ps where
+    the level has it, else the FMA rate, which the bf16 scan then runs on), each with the instructions ``isa``'s
     kernels use (default: the best ISA this CPU has), the best of ``repeats``
     on ``threads`` threads (default: flatcoat's setting). Each thread times its
     own loop and the rates add up, so a thread that another process delays
@@ -165,7 +167,12 @@ def arithmetic_peaks(threads: Optional[int] = None, rounds: int = 10_000_000, re
         fma = _best_rate(lambda: _core.probe_fma(rounds, threads), repeats)
         int8 = _best_rate(lambda: _core.probe_int8(rounds, threads), repeats)
         popcount = _best_rate(lambda: _core.probe_popcount(rounds, threads), repeats)
-    return {"fma_gflops": fma / 1e9, "int8_gops": int8 / 1e9, "popcount_g_per_s": popcount / 1e9}
+        try:  # levels with AVX512_BF16 (genoa) only
+            bf16 = _best_rate(lambda: _core.probe_bf16(rounds, threads), repeats)
+        except ValueError:
+            bf16 = fma  # the bf16 scan runs on float32 FMA there
+    return {"fma_gflops": fma / 1e9, "int8_gops": int8 / 1e9, "popcount_g_per_s": popcount / 1e9,
+            "bf16_gflops": bf16 / 1e9}
 
 
 def measure_ceilings(threads: Optional[int] = None, *, bandwidth_bytes: int = 1 << 30, rounds: int = 10_000_000,
@@ -218,10 +225,9 @@ def _dense_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
                 compute_bound = "popcount"
             else:
                 ops = 2.0 * n * dim * nq
-                # int8 scans with s8 queries on the int8 dot; bf16 on genoa runs
-                # vdpbf16ps, two products per lane, which no probe times yet: its
-                # batch may read above the float32 FMA roof there.
-                compute_bound = "int8" if storage == "int8" else "fma"
+                # int8 scans with s8 queries on the int8 dot, bf16 on the bf16 dot
+                # (vdpbf16ps on genoa; the FMA rate below it).
+                compute_bound = {"int8": "int8", "bf16": "bf16"}.get(storage, "fma")
             rows.append(Row(f"dense {storage} Q={nq}", isa, threads, med, spread, n * nq / med, "vectors",
                             stored / med / 1e9, ops / med / 1e9, "bandwidth" if nq == 1 else compute_bound, 0.0,
                             float(stored), float(ops), times))
@@ -293,7 +299,8 @@ def _topk_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
 
 # (the ceiling's key, the Row field it bounds) for each Row.bound
 _BOUNDS = {"bandwidth": ("read_gb_per_s", "gb_per_s"), "fma": ("fma_gflops", "gops"),
-           "int8": ("int8_gops", "gops"), "popcount": ("popcount_g_per_s", "gops")}
+           "int8": ("int8_gops", "gops"), "popcount": ("popcount_g_per_s", "gops"),
+           "bf16": ("bf16_gflops", "gops")}
 
 
 def _set_percent_of_ceiling(row: Row, roofs: Dict[str, float]) -> None:
@@ -405,7 +412,7 @@ def format_table(report: dict) -> str:
              f"with the instructions its kernels use:"]
     for isa, c in report["ceilings_by_isa"].items():
         lines.append(f"  {isa}: float32 FMA {c['fma_gflops']:.1f} GFLOP/s, int8 dot {c['int8_gops']:.1f} GOP/s, "
-                     f"popcount {c['popcount_g_per_s']:.2f} G/s")
+                     f"popcount {c['popcount_g_per_s']:.2f} G/s, bf16 dot {c['bf16_gflops']:.1f} GFLOP/s")
     lines += [
         "",
         "| kernel | isa | median ms | spread | throughput | GB/s | GOP/s | % of ceiling |",
@@ -423,7 +430,8 @@ def format_table(report: dict) -> str:
 _FAMILY_COLOURS = {"dense": "tab:blue", "maxsim": "tab:orange", "pq4": "tab:green"}
 _STORAGE_MARKERS = {"f32": "o", "f16": "s", "bf16": "v", "int8": "^", "binary": "D", "fast-scan": "P"}
 # (ceiling, name, line style, the kernels it bounds)
-_ROOF_STYLES = (("fma_gflops", "float32 FMA", "-", "dense f32/f16/bf16, maxsim f32/f16"),
+_ROOF_STYLES = (("fma_gflops", "float32 FMA", "-", "dense f32/f16, maxsim f32/f16"),
+                ("bf16_gflops", "bf16 dot", "-.", "dense bf16 (the FMA rate without vdpbf16ps)"),
                 ("int8_gops", "int8 dot", "--", "dense int8 (s8 queries), maxsim int8"),
                 ("popcount_g_per_s", "popcount", ":", "dense binary"))
 

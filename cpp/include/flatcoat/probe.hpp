@@ -28,6 +28,10 @@ struct probe_kernels_t {
     /// `rounds` x popcount_per_round words of xor + popcount + add (a Hamming
     /// distance) with the level's popcount, the one its binary kernels use;
     /// x holds popcount_input_words words.
+    /// `rounds` x (chains x lanes x 2) bfloat16 products summed in float32
+    /// (vdpbf16ps); null on levels without AVX512_BF16.
+    float (*bf16_loop)(size_t rounds, float seed) = nullptr;
+    size_t bf16_per_round = 0;
     uint64_t (*popcount_loop)(const uint64_t* x, size_t rounds);
     size_t popcount_per_round;  ///< 64-bit words per round
     size_t popcount_input_words;
@@ -52,6 +56,8 @@ probe_result_t probe_read_bandwidth(const float* x, size_t n, size_t threads);
 probe_result_t probe_fma(size_t rounds_per_thread, size_t threads);
 probe_result_t probe_int8(size_t rounds_per_thread, size_t threads);
 probe_result_t probe_popcount(size_t rounds_per_thread, size_t threads);
+/// bfloat16 pair products (vdpbf16ps); throws flatcoat::error on a level without AVX512_BF16.
+probe_result_t probe_bf16(size_t rounds_per_thread, size_t threads);
 
 /// Top-k of each row of a (rows x n) score matrix: values and column indices,
 /// best first, ties by smaller index; threads split the rows, or the columns

@@ -19,6 +19,7 @@ struct genoa_t : icelake_t {
     using vbh = __m512i;
     static constexpr size_t bf16_step = 32;
     static vbh load_bf16(const bf16_t* p) { return _mm512_loadu_si512(p); }
+    static vbh set1_bf16(uint16_t bits) { return _mm512_set1_epi16(short(bits)); }
     /// acc[l] += a[2l] * b[2l] + a[2l + 1] * b[2l + 1], bfloat16 products in float32 (vdpbf16ps).
     /// In place by inline asm, as icelake_t::dot_u8s8 (GCC copies the
     /// accumulator around the intrinsic's destructive form).

@@ -132,6 +132,33 @@ int64_t probe_int8_loop(size_t rounds, uint8_t seed) {
     return int64_t(total);
 }
 
+/// bfloat16 pairs into float32 lanes (S::dpbf16, vdpbf16ps) on probe_chains
+/// chains: the instruction the genoa level's bf16 scan runs. The products are
+/// 2^-10 x 2^-10 each, so the sums stay far from overflow and denormals.
+template <class S>
+float probe_bf16_loop(size_t rounds, float seed) {
+    using vf = typename S::vf;
+    constexpr size_t chains = probe_chains<S>();
+    vf acc[chains];
+    for (size_t c = 0; c < chains; ++c) acc[c] = S::set1(seed + float(c));
+    const typename S::vbh a = S::set1_bf16(0x3a80);  // bfloat16 2^-10
+    typename S::vbh b = a;
+    for (size_t r = 0; r < rounds; ++r) {
+        b = probe_opaque<S>(b);
+        for (size_t c = 0; c < chains; ++c) acc[c] = S::dpbf16(acc[c], a, b);
+    }
+    vf sum = acc[0];
+    for (size_t c = 1; c < chains; ++c) sum = S::add(sum, acc[c]);
+    return S::reduce_add(sum);
+}
+
+/// Adds the bfloat16 probe to a level's table (levels with S::dpbf16 only).
+template <class S>
+void add_bf16_probe(probe_kernels_t& table) {
+    table.bf16_loop = &probe_bf16_loop<S>;
+    table.bf16_per_round = probe_chains<S>() * S::width * 2;  // two products per float32 lane
+}
+
 /// popcount(x[c] xor key) into P::chains accumulators, `rounds` times, the key
 /// opaque each round: the xor + popcount + add of a Hamming distance, from
 /// registers. x holds (P::chains + 1) x P::words words.
