@@ -571,3 +571,34 @@ def index_state(index):
     ids = sorted(index.ids.tolist())
     vectors, attributes = index.get(ids)
     return ids, vectors.round(6).tolist(), attributes
+
+
+def test_a_lone_request_does_not_wait_for_company_and_a_group_waits_for_those_on_their_way():
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    calls = []
+
+    def run(params, items):
+        calls.append(list(items))
+        return [i.upper() for i in items]
+
+    coming = [0]
+
+    async def main():
+        # max_wait_s of 1000 s: a wait would outlast the test's own timeout
+        b = MicroBatcher(run, pool, max_batch=8, max_wait_s=1000.0, arriving=lambda: coming[0])
+        alone = await asyncio.wait_for(b.submit({}, "a", 1), timeout=60)
+        coming[0] = 1  # one more request is on its way: the next group waits for it
+        first = asyncio.ensure_future(b.submit({}, "b", 1))
+        await asyncio.sleep(0.05)
+        waited = not first.done()
+        coming[0] = 0  # it arrives: the group goes at once, together
+        second = await asyncio.wait_for(b.submit({}, "c", 1), timeout=60)
+        out = (alone, await first, second, waited)
+        await b.close()
+        return out
+
+    assert asyncio.run(main()) == ("A", "B", "C", True)
+    assert calls == [["a"], ["b", "c"]]
+    pool.shutdown()

@@ -170,9 +170,14 @@ class Service:
         self.metrics = _Metrics()
         self.worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="flatcoat-worker")
         self.syncer = ThreadPoolExecutor(max_workers=4, thread_name_prefix="flatcoat-wal")
+        # /search requests the server has taken in and not yet answered (the ASGI
+        # guard counts them): the batcher waits for company only while some of
+        # them have not reached it yet.
+        self.searches_in_flight = 0
         self.batcher = MicroBatcher(self._search_batch, self.worker, max_batch=self.config.max_batch,
                                     max_wait_s=self.config.max_wait_ms / 1000.0, enabled=self.config.batching,
-                                    on_call=self._on_search_call)
+                                    on_call=self._on_search_call,
+                                    arriving=lambda: self.searches_in_flight - self.batcher.queued)
         self.wal: Optional[WriteAheadLog] = None
         self.replayed = 0
         signature = inspect.signature(obj.search).parameters
@@ -584,6 +589,9 @@ class _Guard:
         endpoint = path if path in ENDPOINTS else "other"
         t0 = time.perf_counter()
         status = [500]
+        searching = endpoint == "/search"
+        if searching:
+            self.service.searches_in_flight += 1
 
         async def send_tracked(message):
             if message["type"] == "http.response.start":
@@ -629,6 +637,8 @@ class _Guard:
                 return await self.app(scope, receive_buffered, send_tracked)
             return await self.app(scope, receive, send_tracked)
         finally:
+            if searching:
+                self.service.searches_in_flight -= 1
             m = self.service.metrics
             m.requests.labels(endpoint, str(status[0])).inc()
             m.latency.labels(endpoint).observe(time.perf_counter() - t0)

@@ -8,6 +8,10 @@ thread (an executor with one thread), so the event loop never blocks. While
 that call runs, new requests queue: the next group leaves as soon as the
 worker is free (its wait is already over), so under load batches grow to what
 the worker can take and at low load a request waits at most ``max_wait_s``.
+Given ``arriving`` (how many requests the server has taken in that have not
+reached the batcher yet), a group waits only while that is above zero: a
+lone request goes at once (measured at concurrency 1, 1M x 384 f32: 1.2 ms of
+the server's 1.8 ms overhead was this wait).
 
 ``run(params, items)`` is the caller's: it gets the requests' payloads in
 order and returns one result per payload. When a call over several requests
@@ -62,18 +66,23 @@ class MicroBatcher:
     alone); ``max_wait_s``: how long the oldest request of a group may wait
     for company; ``enabled=False``: every request is its own call (still in
     the executor, off the event loop). ``on_call(requests, queries, seconds)``
-    is told about every call (metrics).
+    is told about every call (metrics). ``arriving()``: requests on their way
+    to :meth:`submit`; while it is 0 or less nobody is coming, and a group
+    goes without waiting (None: always wait up to ``max_wait_s``).
     """
 
     def __init__(self, run: Callable[[Dict[str, Any], List[Any]], List[Any]], executor: Executor, *,
                  max_batch: int = 64, max_wait_s: float = 0.001, enabled: bool = True,
-                 on_call: Optional[Callable[[int, int, float], None]] = None):
+                 on_call: Optional[Callable[[int, int, float], None]] = None,
+                 arriving: Optional[Callable[[], int]] = None):
         self._run = run
         self._executor = executor
         self.max_batch = int(max_batch)
         self.max_wait_s = float(max_wait_s)
         self.enabled = bool(enabled)
         self._on_call = on_call
+        self._arriving = arriving
+        self.queued = 0  # requests submitted and not yet answered
         self._groups: "OrderedDict[str, List[_Pending]]" = OrderedDict()
         self._params: Dict[str, Dict[str, Any]] = {}
         self._idle: Optional[asyncio.Future] = None      # set while the dispatcher has nothing to do
@@ -84,6 +93,13 @@ class MicroBatcher:
 
     async def submit(self, params: Dict[str, Any], payload: Any, count: int) -> Any:
         """The result of ``payload`` (``count`` queries) searched with ``params``."""
+        self.queued += 1
+        try:
+            return await self._submit(params, payload, count)
+        finally:
+            self.queued -= 1
+
+    async def _submit(self, params: Dict[str, Any], payload: Any, count: int) -> Any:
         if not self.enabled:
             return (await self._call(params, [payload], [count]))[0]
         loop = asyncio.get_running_loop()
@@ -100,8 +116,9 @@ class MicroBatcher:
             if not self._idle.done():
                 self._idle.set_result(None)
         elif (self._filling is not None and key == self._filling_key and not self._filling.done()
-              and sum(p.count for p in group) >= self.max_batch):
-            self._filling.set_result(None)  # the group being waited on is full: go now
+              and (sum(p.count for p in group) >= self.max_batch
+                   or (self._arriving is not None and self._arriving() <= 0))):
+            self._filling.set_result(None)  # the group being waited on is full, or nobody else is coming: go now
         return await item.future
 
     async def _call(self, params, payloads: List[Any], counts: List[int]) -> List[Any]:
@@ -138,7 +155,8 @@ class MicroBatcher:
             key = next(iter(self._groups))
             group = self._groups[key]
             remaining = group[0].arrived + self.max_wait_s - time.perf_counter()
-            if remaining > 0 and sum(p.count for p in group) < self.max_batch:
+            coming = self._arriving is None or self._arriving() > 0
+            if remaining > 0 and coming and sum(p.count for p in group) < self.max_batch:
                 # One timer, no task: woken by the deadline or by submit() when the group fills.
                 self._filling, self._filling_key = loop.create_future(), key
                 timer = loop.call_later(remaining, _resolve, self._filling)
