@@ -64,7 +64,6 @@ struct dense_kernels_t {
     hamming_block_fn hamming;
     widen_fn<uint16_t> widen_f16;
     widen_fn<bf16_t> widen_bf16;
-    widen_fn<uint8_t> widen_u8;
 };
 
 FLATCOAT_KERNEL_FAMILY(dense_kernels_t)

@@ -48,8 +48,8 @@ isa_t active_isa();
 /// Forces a level (tests, benchmarking); throws if not compiled in or unsupported by the CPU.
 void set_active_isa(isa_t isa);
 
-/// out[i] = float(x[i]) for i < n: f16 exactly (F16C, fcvtl or software), u8
-/// codes to their integer value. Shared by the families that widen tiles.
+/// out[i] = float(x[i]) for i < n: f16 exactly (F16C, fcvtl or software), bf16 by
+/// a shift. Shared by the families that widen tiles.
 template <class element_t>
 using widen_fn = void (*)(const element_t* x, size_t n, float* out);
 

@@ -36,7 +36,7 @@ inline typename S::vf load_partial(const element_t* p, size_t n) {
     return S::load(buffer);
 }
 
-/// Widens n elements to float32 (f16 exactly; u8 codes to their integer value),
+/// Widens n elements to float32 (f16 and bf16 exactly, u8 codes to their integer value),
 /// so a tile is converted once and scored with the float32 kernel.
 template <class S, class element_t>
 void widen(const element_t* x, size_t n, float* out) {

@@ -339,7 +339,6 @@ dense_kernels_t make_dense_kernels() {
     table.hamming = &hamming_block<S>;
     table.widen_f16 = &simd::widen<S, uint16_t>;
     table.widen_bf16 = &simd::widen<S, bf16_t>;
-    table.widen_u8 = &simd::widen<S, uint8_t>;
     return table;
 }
 
