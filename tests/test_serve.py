@@ -313,6 +313,41 @@ def test_every_bad_request_is_a_4xx_with_a_message():
         assert c.get("/search").status_code == 405 and c.get("/nowhere").json() == {"error": "Not Found"}
 
 
+def test_unexpected_error_is_a_logged_500_and_the_server_goes_on(capsys):
+    index, x = dense_index()
+
+    class Failing:  # an index whose search breaks in a way that is not the caller's fault
+        dim, search_calls = DIM, 0
+
+        def __len__(self):
+            return len(index)
+
+        def search(self, queries, k=10):
+            Failing.search_calls += 1
+            if Failing.search_calls == 1:
+                raise RuntimeError("disk on fire")
+            return index.search(queries, k)
+
+        add = upsert = remove = None
+
+    with client(Failing()) as c:
+        r = c.post("/search", json={"vectors": x[:1].tolist()})
+        assert r.status_code == 500 and r.json() == {"error": "internal error (RuntimeError); see the server's log"}
+        assert "disk on fire" in capsys.readouterr().err
+        r = c.post("/search", json={"vectors": x[:1].tolist(), "k": 3})
+        assert r.status_code == 200 and r.json()["ids"] == index.search(x[:1], 3)[1].tolist()
+
+
+def test_search_answers_a_chunked_body():
+    index, x = dense_index()
+    data = json.dumps({"vectors": x[:2].tolist(), "k": 4}).encode()
+    with client(index) as c:
+        r = c.post("/search", content=(data[i : i + 100] for i in range(0, len(data), 100)),
+                   headers={"content-type": "application/json"})
+        assert r.status_code == 200 and r.json()["ids"] == index.search(x[:2], 4)[1].tolist()
+        assert r.headers["server-timing"].startswith("core;dur=")
+
+
 def test_body_limit_is_413():
     index, _ = dense_index()
     with client(index, max_body_mb=0.01) as c:
