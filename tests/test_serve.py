@@ -266,6 +266,9 @@ def test_every_bad_request_is_a_4xx_with_a_message():
         ({"vectors": v, "k": "10"}, 422, "k"),
         ({"vectors": v, "k": True}, 422, "k"),
         ({"vectors": [["a"] * DIM]}, 422, "vectors"),
+        ({"vectors": [[1e39] * DIM]}, 400, "vectors: row 0 contains NaN or inf"),  # beyond float32
+        ({"vectors": [[0.5] * (DIM - 1) + [10 ** 400]]}, 400, "vectors"),  # an integer beyond float64
+        ({"vectors": [[0.5] * DIM, [0.5] * (DIM - 1)]}, 400, "vectors[1]"),  # ragged after a good row
         ({"vectors": v, "rerank": 20}, 400, "rerank"),  # f32 without a float copy: nothing to re-rank with
         ({"vectors": v, "nprobe": 3}, 400, "nprobe"),
         ({"vectors": v, "hybrid": "rrf"}, 400, "hybrid"),
