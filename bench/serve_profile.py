@@ -74,7 +74,7 @@ def child(path: str, port: int, batching: bool) -> None:
 
     async def guard(self, scope, receive, send):
         if scope["type"] == "http" and scope.get("path") == "/profile-marks":  # the parent collects them
-            body = json.dumps(marks).encode()
+            body = json.dumps({"marks": marks, "collections": collections}).encode()
             await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
             return await send({"type": "http.response.body", "body": body})
         if scope["type"] != "http" or scope.get("path") != "/search":
@@ -92,6 +92,17 @@ def child(path: str, port: int, batching: bool) -> None:
         marks.append(m)
 
     server._Guard.__call__ = guard
+    import gc
+
+    collections, started = [], {}
+
+    def on_gc(phase, info):  # the collector's pauses land in whichever stage they interrupt
+        if phase == "start":
+            started["t"] = clock()
+        else:
+            collections.append((info["generation"], clock() - started.pop("t", clock())))
+
+    gc.callbacks.append(on_gc)
     wrap_async(server.Service, "search", before="parsed", after="answered")
     wrap_async(batcher.MicroBatcher, "_call", before="submitted", after="resumed")
     prepare = server.Service.prepare_search
@@ -174,9 +185,12 @@ def main(argv=None) -> int:
                 if proc.poll() is not None:
                     sys.exit(f"the server exited with {proc.returncode}; see {log.name}")
                 time.sleep(0.2)
-        warm = wrk(url, bodies, 1, 2.0)["requests"]  # pages mapped, code paths hot
+        wrk(url, bodies, 1, 2.0)  # pages mapped, code paths hot
+        before = json.loads(http("GET", url + "/profile-marks"))
         w = wrk(url, bodies, 1, args.seconds)
-        marks = json.loads(http("GET", url + "/profile-marks"))[warm:]
+        after = json.loads(http("GET", url + "/profile-marks"))
+        marks = after["marks"][len(before["marks"]):]
+        collections = after["collections"][len(before["collections"]):]
     finally:
         proc.terminate()
         proc.wait(timeout=120)
@@ -189,6 +203,14 @@ def main(argv=None) -> int:
           f"{len(marks)} requests; {cpu_model()}, ISA {flatcoat.info()['isa']}, commit {git_state()}")
     print(f"wrk mean {w['mean_us'] / 1000:.3f} ms, p50 {w['p50_us'] / 1000:.3f} ms\n")
     print(table(marks))
+    beyond = sorted(1e3 * ((m["done"] - m["arrived"]) - (m["core_end"] - m["core_start"])) for m in marks)
+    print(f"\nserver time beyond the core call: p90 {beyond[int(0.9 * (len(beyond) - 1))]:.3f} ms, "
+          f"max {beyond[-1]:.3f} ms")
+    for gen in (0, 1, 2):
+        pauses = [1e3 * t for g, t in collections if g == gen]
+        if pauses:
+            print(f"garbage collections of generation {gen}: {len(pauses)}, {sum(pauses):.2f} ms in all, "
+                  f"longest {max(pauses):.2f} ms")
     return 0
 
 

@@ -640,3 +640,37 @@ def test_a_lone_request_does_not_wait_for_company_and_a_group_waits_for_those_on
     assert asyncio.run(main()) == ("A", "B", "C", True)
     assert calls == [["a"], ["b", "c"]]
     pool.shutdown()
+
+
+def test_requests_that_come_during_a_lone_call_go_together_after_it():
+    import concurrent.futures
+    import threading
+
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    calls, release = [], threading.Event()
+
+    def run(params, items):
+        calls.append(list(items))
+        if items == ["a"]:
+            release.wait(60)  # the lone call is at the worker while the others come
+        return [i.upper() for i in items]
+
+    in_flight = [1]
+
+    async def main():
+        b = MicroBatcher(run, pool, max_batch=8, max_wait_s=1000.0, arriving=lambda: in_flight[0] - b.queued)
+        alone = asyncio.ensure_future(b.submit({}, "a", 1))  # nobody else on the way: goes straight to the worker
+        await asyncio.sleep(0.05)
+        assert calls == [["a"]] and b._direct is not None
+        in_flight[0] = 4  # three more arrive while it runs: they must wait for it and then share one call
+        others = [asyncio.ensure_future(b.submit({}, x, 1)) for x in ("b", "c", "d")]
+        await asyncio.sleep(0.05)
+        assert calls == [["a"]]
+        release.set()
+        out = [await alone] + [await o for o in others]
+        await b.close()
+        return out
+
+    assert asyncio.run(main()) == ["A", "B", "C", "D"]
+    assert calls == [["a"], ["b", "c", "d"]]
+    pool.shutdown()

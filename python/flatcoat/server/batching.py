@@ -89,6 +89,8 @@ class MicroBatcher:
         self._filling: Optional[asyncio.Future] = None   # set while it waits for a group to fill
         self._filling_key: Optional[str] = None
         self._task: Optional[asyncio.Task] = None
+        self._calling = False  # the dispatcher has a call at the worker
+        self._direct: Optional[asyncio.Future] = None  # set while a lone request's call runs
         self.calls = 0  # core calls made (tests compare it with the requests)
 
     async def submit(self, params: Dict[str, Any], payload: Any, count: int) -> Any:
@@ -103,6 +105,17 @@ class MicroBatcher:
         if not self.enabled:
             return (await self._call(params, [payload], [count]))[0]
         loop = asyncio.get_running_loop()
+        if (self._direct is None and not self._calling and not self._groups and self._arriving is not None
+                and self._arriving() <= 0):
+            # Alone: nothing queued, no call at the worker, nobody on the way. Straight to the worker,
+            # without the dispatcher's two task switches (0.1 ms of a request at concurrency 1);
+            # requests that come meanwhile form a group, sent when this call is done.
+            self._direct = loop.create_future()
+            try:
+                return (await self._call(params, [payload], [count]))[0]
+            finally:
+                _resolve(self._direct)
+                self._direct = None
         if self._task is None:
             self._task = loop.create_task(self._dispatch())
         key = params_key(params)
@@ -164,6 +177,9 @@ class MicroBatcher:
                 finally:
                     self._idle = None
                 continue
+            if self._direct is not None:  # a lone request's call is at the worker: the group grows meanwhile
+                await self._direct
+                continue
             key = next(iter(self._groups))
             group = self._groups[key]
             remaining = group[0].arrived + self.max_wait_s - time.perf_counter()
@@ -183,7 +199,11 @@ class MicroBatcher:
                 del self._params[key]
             live = [p for p in taken if not p.future.done()]  # a client that went away is not searched for
             if live:
-                await self._settle(params, live)
+                self._calling = True
+                try:
+                    await self._settle(params, live)
+                finally:
+                    self._calling = False
 
     async def _settle(self, params, items: List[_Pending]) -> None:
         try:
