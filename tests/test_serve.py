@@ -655,19 +655,26 @@ def test_requests_that_come_during_a_lone_call_go_together_after_it():
             release.wait(60)  # the lone call is at the worker while the others come
         return [i.upper() for i in items]
 
-    in_flight = [1]
+    in_flight = [0]
 
     async def main():
         b = MicroBatcher(run, pool, max_batch=8, max_wait_s=1000.0, arriving=lambda: in_flight[0] - b.queued)
-        alone = asyncio.ensure_future(b.submit({}, "a", 1))  # nobody else on the way: goes straight to the worker
+
+        async def request(x):  # counted from arrival to answer, as the server's guard counts them
+            in_flight[0] += 1
+            try:
+                return await b.submit({}, x, 1)
+            finally:
+                in_flight[0] -= 1
+
+        alone = asyncio.ensure_future(request("a"))  # nobody else on the way: straight to the worker
         await asyncio.sleep(0.05)
         assert calls == [["a"]] and b._direct is not None
-        in_flight[0] = 4  # three more arrive while it runs: they must wait for it and then share one call
-        others = [asyncio.ensure_future(b.submit({}, x, 1)) for x in ("b", "c", "d")]
+        others = [asyncio.ensure_future(request(x)) for x in ("b", "c", "d")]  # they come while it runs
         await asyncio.sleep(0.05)
-        assert calls == [["a"]]
+        assert calls == [["a"]]  # held back until the worker is free
         release.set()
-        out = [await alone] + [await o for o in others]
+        out = await asyncio.wait_for(asyncio.gather(alone, *others), timeout=60)
         await b.close()
         return out
 
