@@ -393,7 +393,8 @@ def fastplaid_rows(args, directory: Path, truth, n_docs: int, n_tokens: int) -> 
     if out.exists():
         out.unlink()
     cmd = [python, str(Path(__file__).resolve()), "--fastplaid-child", str(directory), "--queries", str(args.queries),
-           "--threads", str(args.threads), "--fastplaid-nbits", ",".join(map(str, args.fastplaid_nbits))]
+           "--threads", str(args.threads), "--fastplaid-nbits", ",".join(map(str, args.fastplaid_nbits)),
+           "--fastplaid-kmeans-points", str(args.fastplaid_kmeans_points)]
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads),
            "RAYON_NUM_THREADS": str(args.threads), "CUDA_VISIBLE_DEVICES": ""}
     print("  fast-plaid (child process):", " ".join(cmd), flush=True)
@@ -414,7 +415,7 @@ def fastplaid_rows(args, directory: Path, truth, n_docs: int, n_tokens: int) -> 
     return rows, [f"fast-plaid {result['version']} with torch {result['torch']} (CPU) in {python}"]
 
 
-def fastplaid_child(directory: Path, n_queries: int, threads: int, nbits_list) -> int:
+def fastplaid_child(directory: Path, n_queries: int, threads: int, nbits_list, kmeans_points: int = 16) -> int:
     """Runs inside the fast-plaid virtualenv (numpy, torch, fast_plaid only): builds and searches
     the collection, writes fastplaid-result.json."""
     import resource
@@ -433,11 +434,16 @@ def fastplaid_child(directory: Path, n_queries: int, threads: int, nbits_list) -
         docs = [torch.from_numpy(np.array(tokens[offsets[d]:offsets[d + 1]])) for d in range(lengths.size)]
         t0 = time.perf_counter()
         index = fp_search.FastPlaid(index=str(index_dir), device="cpu")
-        index.create(documents_embeddings=docs, nbits=nbits)
+        # k-means as PlaidIndex trains it: 4 iterations (both defaults) on at most `kmeans_points` sampled
+        # tokens per centroid (PlaidIndex: 16; fast-plaid's default 256 makes its CPU k-means 16x longer).
+        # Both choose 2^floor(log2(16 sqrt(tokens))) centroids (PlaidIndex caps it at 2^16).
+        index.create(documents_embeddings=docs, nbits=nbits, kmeans_niters=4, max_points_per_centroid=kmeans_points)
         build_s = time.perf_counter() - t0
         del docs
         gc.collect()
         index_bytes = sum(f.stat().st_size for f in index_dir.rglob("*") if f.is_file())
+        centroid_files = [f for f in index_dir.rglob("centroids*.npy")]
+        ncentroids = int(np.load(centroid_files[0], mmap_mode="r").shape[0]) if centroid_files else None
         qs = [torch.from_numpy(np.ascontiguousarray(q)) for q in queries]
         for probe, full in ((8, 4096), (4, 1024), (2, 256)):
             def one(q):
@@ -458,8 +464,9 @@ def fastplaid_child(directory: Path, n_queries: int, threads: int, nbits_list) -
                          "p50_ms": float(np.percentile(ms, 50)), "p99_ms": float(np.percentile(ms, 99)),
                          "batch_qps": qps, "ids": found, "index_bytes": index_bytes, "build_s": build_s,
                          "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                         "note": "CPU, torch threads = --threads; peak: the child's max RSS so far (incl. the "
-                                 "collection as torch tensors)"})
+                         "note": f"CPU, torch threads = --threads; {ncentroids} centroids, k-means 4 iterations on "
+                                 f"<= {kmeans_points} tokens per centroid; peak: the child's max RSS so far (incl. "
+                                 "the collection as torch tensors)"})
         del index
         gc.collect()
     import fast_plaid
@@ -733,6 +740,8 @@ def main(argv=None) -> int:
     parser.add_argument("--fastplaid-python", default=DEFAULT_FASTPLAID)
     parser.add_argument("--fastplaid-nbits", default="2,4")
     parser.add_argument("--fastplaid-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--fastplaid-kmeans-points", type=int, default=16,
+                        help="fast-plaid's max_points_per_centroid (PlaidIndex trains on 16 per centroid)")
     parser.add_argument("--json", default=None)
     parser.add_argument("--stream", action="store_true",
                         help="never store the collection: generate chunks in --workers processes, stream them into "
@@ -747,7 +756,8 @@ def main(argv=None) -> int:
         args.queries = 20 if args.quick else 100
     args.fastplaid_nbits = [int(b) for b in str(args.fastplaid_nbits).split(",")]
     if args.fastplaid_child:
-        return fastplaid_child(Path(args.fastplaid_child), args.queries, args.threads, args.fastplaid_nbits)
+        return fastplaid_child(Path(args.fastplaid_child), args.queries, args.threads, args.fastplaid_nbits,
+                               args.fastplaid_kmeans_points)
     if args.quick:
         args.docs = min(args.docs, 10_000)
     args.fde = [dict(k_sim=4, repetitions=10, projection=16), dict(k_sim=5, repetitions=20, projection=16)]
