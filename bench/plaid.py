@@ -655,12 +655,17 @@ def streamed_rows(flatcoat, args) -> tuple:
             qps = len(queries) / (time.perf_counter() - t0)
             p50, p99, found = latencies(lambda q: index.search(q, k=K, **settings)[1][0], queries)
             rec = recall_at(found, truth)
+            *_, st = index.search_stats(queries, k=K, **settings)
+            stages = (f"ms/query: scores+probe {st['centroid_scores_s'] * 1e3 / len(queries):.1f}, union "
+                      f"{st['candidates_s'] * 1e3 / len(queries):.1f}, interaction "
+                      f"{st['interaction_s'] * 1e3 / len(queries):.1f}, exact {st['exact_s'] * 1e3 / len(queries):.1f}; "
+                      f"candidates {st['candidates'] / len(queries):,.0f}; ")
             shown = ", ".join(f"{k}={v}" for k, v in settings.items()) or "defaults"
             method = f"PlaidIndex nbits={nbits} ({shown})"
             rows.append({"docs": n_docs, "method": method, "p50_ms": p50, "p99_ms": p99, "batch_qps": qps,
                          "recall_at_10": rec, "bytes_per_token": nbytes / n_tokens, "build_s": build["build_s"],
                          "peak_mb": build["peak_mb"],
-                         "note": f"{build['ncentroids']} centroids; build = train {build['train_s']:.0f} s + adds "
+                         "note": stages + f"{build['ncentroids']} centroids; build = train {build['train_s']:.0f} s + adds "
                                  f"{build['add_s']:.0f} s + inverted file {build['ivf_s']:.0f} s (generation and the "
                                  f"exact reference, {build['exact_s']:.0f} s, excluded; whole pass "
                                  f"{build['pass_s']:.0f} s); peak: whole pass, incl. chunk buffers"})
