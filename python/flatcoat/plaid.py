@@ -1,7 +1,7 @@
 """PlaidIndex: a compressed, centroid-pruned multi-vector (late-interaction) index.
 
 PLAID (Santhanam et al., CIKM 2022) over ColBERTv2's residual compression:
-every document token is stored as its nearest token centroid (an int32 id)
+every document token is stored as its nearest token centroid (a uint16 id)
 plus the residual ``token - centroid`` quantized per dimension to ``nbits``
 (1, 2 or 4) bits. Search scores the query tokens against every centroid,
 gathers the documents of each query token's ``nprobe`` best centroids from an
@@ -122,7 +122,7 @@ class PlaidIndex:
     ----------
     dim: token vector dimension.
     nbits: residual bits per dimension, 1, 2 or 4 (``dim * nbits / 8`` bytes per token, plus a
-        4-byte centroid id and the inverted file's at most 4 bytes).
+        2-byte centroid id (4 above 65,536 centroids) and the inverted file's at most 4 bytes).
     ncentroids: token centroids; ``None`` chooses :func:`default_ncentroids` of the training tokens.
     kmeans_iterations: Lloyd iterations of the centroid k-means (ColBERT's default, 4).
     seed: seeds the k-means and the residual sample (the index is deterministic given it).
