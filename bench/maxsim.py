@@ -98,19 +98,27 @@ def lengths_for(n_docs, seed):
     return np.clip(np.rint(rng.normal(180, 60, n_docs)), 50, 300).astype(np.int64)
 
 
+def chunk(n_docs, seed, c, lengths=None):
+    """Chunk ``c`` (documents ``c * CHUNK_DOCS`` onwards) of ``chunks``: each chunk has its own seed,
+    so any chunk can be generated alone (the 1,000,000-document runs stream them from workers)."""
+    centres = _centres(seed)
+    lengths = lengths_for(n_docs, seed) if lengths is None else lengths
+    start = c * CHUNK_DOCS
+    rng = np.random.default_rng([seed, 2, c])
+    lens = lengths[start:start + CHUNK_DOCS]
+    total = int(lens.sum())
+    topics = rng.integers(0, N_TOPICS, (lens.size, 3))
+    which = topics[np.repeat(np.arange(lens.size), lens), rng.integers(0, 3, total)]
+    noise = rng.standard_normal((total, DIM)).astype(np.float32)
+    noise *= np.float32(0.5) / np.linalg.norm(noise, axis=1, keepdims=True)
+    return _unit(centres[which] + noise).astype(np.float32), lens
+
+
 def chunks(n_docs, seed):
     """Yields (tokens float32 (t, DIM), lengths (c,)) for consecutive chunks of documents."""
-    centres = _centres(seed)
     lengths = lengths_for(n_docs, seed)
-    for c, start in enumerate(range(0, n_docs, CHUNK_DOCS)):
-        rng = np.random.default_rng([seed, 2, c])
-        lens = lengths[start:start + CHUNK_DOCS]
-        total = int(lens.sum())
-        topics = rng.integers(0, N_TOPICS, (lens.size, 3))
-        which = topics[np.repeat(np.arange(lens.size), lens), rng.integers(0, 3, total)]
-        noise = rng.standard_normal((total, DIM)).astype(np.float32)
-        noise *= np.float32(0.5) / np.linalg.norm(noise, axis=1, keepdims=True)
-        yield _unit(centres[which] + noise).astype(np.float32), lens
+    for c in range(0, (n_docs + CHUNK_DOCS - 1) // CHUNK_DOCS):
+        yield chunk(n_docs, seed, c, lengths)
 
 
 def collection(n_docs, seed):

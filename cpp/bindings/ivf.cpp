@@ -20,7 +20,7 @@ std::pair<size_t, size_t> shape2(const py::handle& a) {
 }
 
 py::array_t<float> kmeans_py(const py::object& x_obj, int64_t k_arg, int64_t iterations, int64_t seed, bool spherical,
-                             int64_t max_points_per_centroid) {
+                             int64_t max_points_per_centroid, int64_t two_level_above) {
     const float* x = checked<float>(x_obj, "x", 2);
     const auto [n, d] = shape2(x_obj);
     const size_t k = count(k_arg, "k", 1);
@@ -33,6 +33,7 @@ py::array_t<float> kmeans_py(const py::object& x_obj, int64_t k_arg, int64_t ite
     params.seed = uint64_t(count(seed, "seed", 0));
     params.spherical = spherical;
     params.max_points_per_centroid = count(max_points_per_centroid, "max_points_per_centroid", 0);
+    params.two_level_above = count(two_level_above, "two_level_above", 0);
     py::array_t<float> out({k, d});
     float* out_ptr = out.mutable_data();
     {
@@ -56,6 +57,60 @@ py::array_t<int64_t> assign_py(const py::object& x_obj, const py::object& c_obj,
     {
         py::gil_scoped_release release;
         assign(x, n, d, c, k, m, out_ptr);
+    }
+    return out;
+}
+
+py::tuple centroid_groups_py(const py::object& c_obj, int64_t n_groups_arg, int64_t seed, const std::string& metric) {
+    const float* c = checked<float>(c_obj, "centroids", 2);
+    const auto [k, d] = shape2(c_obj);
+    if (k == 0 || d == 0) throw py::value_error("centroids: needs at least one row and one column");
+    const size_t n_groups = n_groups_arg == 0 ? default_groups(k) : count(n_groups_arg, "n_groups", 1);
+    const metric_t m = metric_from_name(metric);
+    centroid_groups_t groups;
+    {
+        py::gil_scoped_release release;
+        groups = group_centroids(c, k, d, n_groups, uint64_t(count(seed, "seed", 0)), m);
+    }
+    py::array_t<float> coarse({groups.n_groups, d});
+    std::copy(groups.coarse.begin(), groups.coarse.end(), coarse.mutable_data());
+    py::array_t<int64_t> offsets(groups.offsets.size()), members(groups.members.size());
+    std::copy(groups.offsets.begin(), groups.offsets.end(), offsets.mutable_data());
+    std::copy(groups.members.begin(), groups.members.end(), members.mutable_data());
+    return py::make_tuple(coarse, offsets, members);
+}
+
+py::array_t<int64_t> assign_two_level_py(const py::object& x_obj, const py::object& c_obj, const py::object& coarse_obj,
+                                         const py::object& offsets_obj, const py::object& members_obj,
+                                         const std::string& metric) {
+    const float* x = checked<float>(x_obj, "x", 2);
+    const float* c = checked<float>(c_obj, "centroids", 2);
+    const float* coarse = checked<float>(coarse_obj, "coarse", 2);
+    const int64_t* offsets = checked<int64_t>(offsets_obj, "offsets", 1);
+    const int64_t* members = checked<int64_t>(members_obj, "members", 1);
+    const auto [n, d] = shape2(x_obj);
+    const auto [k, dc] = shape2(c_obj);
+    const auto [g, dg] = shape2(coarse_obj);
+    if (dc != d) expect_extent(py::reinterpret_borrow<py::array>(c_obj), "centroids", 1, d, "columns");
+    if (dg != d) expect_extent(py::reinterpret_borrow<py::array>(coarse_obj), "coarse", 1, d, "columns");
+    if (k == 0 || g == 0) throw py::value_error("centroids, coarse: need at least one row each");
+    if (d == 0) throw py::value_error("x: needs at least one column");
+    expect_extent(py::reinterpret_borrow<py::array>(offsets_obj), "offsets", 0, g + 1, "entries");
+    if (offsets[0] != 0 || offsets[g] != int64_t(length(members_obj)))
+        throw py::value_error("offsets: must start at 0 and end at the number of members");
+    for (size_t i = 0; i < g; ++i)
+        if (offsets[i + 1] < offsets[i]) throw py::value_error("offsets: must not decrease");
+    centroid_groups_t groups;
+    groups.n_groups = g;
+    groups.coarse.assign(coarse, coarse + g * d);
+    groups.offsets.assign(offsets, offsets + g + 1);
+    groups.members.assign(members, members + length(members_obj));
+    const metric_t m = metric_from_name(metric);
+    py::array_t<int64_t> out(n);
+    int64_t* out_ptr = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        assign_two_level(x, n, d, c, k, groups, m, out_ptr);
     }
     return out;
 }
@@ -228,8 +283,20 @@ py::tuple search_ivf_py(const std::string& storage, const std::string& metric, i
 void bind_ivf(py::module_& m) {
     m.def("kmeans", &kmeans_py, py::arg("x"), py::arg("k"), py::arg("iterations") = 10,
           py::arg("seed") = 0, py::arg("spherical") = false, py::arg("max_points_per_centroid") = 256,
+          py::arg("two_level_above") = 0,
           "k-means of float32 (n, d) rows, n >= k: float32 (k, d) centroids; deterministic in seed for any\n"
-          "thread count. spherical: max inner product assignment, unit centroids.");
+          "thread count. spherical: max inner product assignment, unit centroids. two_level_above: with k\n"
+          "above it (0: never), iterations assign through a two-level quantizer (about 2 sqrt(k) dot\n"
+          "products per point instead of k).");
+    m.def("centroid_groups", &centroid_groups_py, py::arg("centroids"), py::arg("n_groups") = 0, py::arg("seed") = 0,
+          py::arg("metric") = "l2",
+          "A two-level quantizer over float32 (k, d) centroids: (coarse float32 (g, d), offsets int64 (g + 1,),\n"
+          "members int64 (k,)), group j's centroids members[offsets[j]:offsets[j + 1]], ascending;\n"
+          "n_groups 0: 2^ceil(log2(sqrt(k))).");
+    m.def("assign_two_level", &assign_two_level_py, py::arg("x"), py::arg("centroids"), py::arg("coarse"),
+          py::arg("offsets"), py::arg("members"), py::arg("metric"),
+          "Each row's best centroid within its best group (centroid_groups' arrays): int64 (n,); ties to\n"
+          "the smaller index; a row whose group is empty is assigned over all centroids.");
     m.def("assign", &assign_py, py::arg("x"), py::arg("centroids"), py::arg("metric"),
           "Nearest centroid of each row: int64 (n,); ip: max inner product, l2: min squared distance;\n"
           "ties to the smaller index.");

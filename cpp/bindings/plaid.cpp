@@ -24,6 +24,12 @@ const int64_t* checked_offsets(const py::handle& o, const char* name, size_t tot
     return p;
 }
 
+/// True for a uint16 array (the compact centroid ids); anything else is checked as int32.
+bool uint16_ids(const py::handle& a) {
+    return py::isinstance<py::array>(a) &&
+           same_dtype(py::reinterpret_borrow<py::array>(a).dtype(), py::dtype::of<uint16_t>());
+}
+
 size_t checked_nbits(int64_t nbits) {
     if (nbits != 1 && nbits != 2 && nbits != 4)
         throw py::value_error("nbits: must be 1, 2 or 4, got " + std::to_string(nbits));
@@ -48,7 +54,10 @@ plaid_index_t make_index(int64_t nbits, const py::object& centroids, const py::o
     index.codes = checked<uint8_t>(codes, "codes", 2);
     const size_t tokens = rows_of(codes);
     expect_extent(array_arg(codes, "codes"), "codes", 1, plaid_code_bytes(index.dim, index.nbits), "columns");
-    index.centroid_ids = checked<int32_t>(centroid_ids, "centroid_ids", 1);
+    if (uint16_ids(centroid_ids))
+        index.centroid_ids16 = checked<uint16_t>(centroid_ids, "centroid_ids", 1);
+    else
+        index.centroid_ids = checked<int32_t>(centroid_ids, "centroid_ids", 1);
     expect_extent(array_arg(centroid_ids, "centroid_ids"), "centroid_ids", 0, tokens, "entries");
     index.offsets = checked_offsets(offsets, "offsets", tokens, "token rows");
     index.docs = length(offsets) - 1;
@@ -112,7 +121,9 @@ py::object search_plaid_py(int64_t nbits, const py::object& centroids, const py:
 }
 
 py::tuple build_ivf_py(const py::object& centroid_ids, const py::object& offsets, int64_t n_centroids_arg) {
-    const int32_t* cids = checked<int32_t>(centroid_ids, "centroid_ids", 1);
+    const bool narrow = uint16_ids(centroid_ids);
+    const uint16_t* cids16 = narrow ? checked<uint16_t>(centroid_ids, "centroid_ids", 1) : nullptr;
+    const int32_t* cids = narrow ? nullptr : checked<int32_t>(centroid_ids, "centroid_ids", 1);
     const int64_t* off = checked_offsets(offsets, "offsets", length(centroid_ids), "tokens");
     const size_t docs = length(offsets) - 1;
     const size_t n_centroids = count(n_centroids_arg, "n_centroids", 1);
@@ -123,7 +134,7 @@ py::tuple build_ivf_py(const py::object& centroid_ids, const py::object& offsets
     size_t size = 0;
     {
         py::gil_scoped_release release;
-        size = plaid_ivf_size(cids, off, docs, n_centroids);
+        size = narrow ? plaid_ivf_size(cids16, off, docs, n_centroids) : plaid_ivf_size(cids, off, docs, n_centroids);
     }
     py::array_t<int64_t> ivf_offsets(n_centroids + 1);
     py::array_t<int32_t> ivf_docs(size);
@@ -131,7 +142,10 @@ py::tuple build_ivf_py(const py::object& centroid_ids, const py::object& offsets
     int32_t* d = ivf_docs.mutable_data();
     {
         py::gil_scoped_release release;
-        plaid_build_ivf(cids, off, docs, n_centroids, o, d);
+        if (narrow)
+            plaid_build_ivf(cids16, off, docs, n_centroids, o, d);
+        else
+            plaid_build_ivf(cids, off, docs, n_centroids, o, d);
     }
     return py::make_tuple(ivf_offsets, ivf_docs);
 }
@@ -159,6 +173,29 @@ py::array_t<float> decompress_py(int64_t nbits_arg, const py::object& codes, con
     return out;
 }
 
+py::array_t<uint8_t> encode_py(int64_t nbits_arg, const py::object& x_obj, const py::object& centroids,
+                               const py::object& labels, const py::object& cutoffs) {
+    const size_t nbits = checked_nbits(nbits_arg);
+    const float* c = checked<float>(centroids, "centroids", 2);
+    const py::array ca = array_arg(centroids, "centroids");
+    const size_t n_centroids = size_t(ca.shape(0)), dim = size_t(ca.shape(1));
+    const float* x = checked<float>(x_obj, "x", 2);
+    const size_t n = rows_of(x_obj);
+    expect_extent(array_arg(x_obj, "x"), "x", 1, dim, "columns");
+    const int64_t* l = checked<int64_t>(labels, "labels", 1);
+    expect_extent(array_arg(labels, "labels"), "labels", 0, n, "entries");
+    const float* cut = checked<float>(cutoffs, "cutoffs", 2);
+    expect_extent(array_arg(cutoffs, "cutoffs"), "cutoffs", 0, dim, "rows");
+    expect_extent(array_arg(cutoffs, "cutoffs"), "cutoffs", 1, (size_t(1) << nbits) - 1, "columns");
+    py::array_t<uint8_t> out({n, plaid_code_bytes(dim, nbits)});
+    uint8_t* out_ptr = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        plaid_encode(x, n, dim, c, n_centroids, l, cut, nbits, out_ptr);
+    }
+    return out;
+}
+
 }  // namespace
 
 void bind_plaid(py::module_& m) {
@@ -171,8 +208,14 @@ void bind_plaid(py::module_& m) {
           "with stats=True a third item, a dict of per-stage seconds and sizes summed over the queries.\n"
           "The caller clamps k to the document count (the result rule).");
     m.def("plaid_build_ivf", &build_ivf_py, py::arg("centroid_ids"), py::arg("offsets"), py::arg("n_centroids"),
-          "The inverted file (ivf_offsets int64 (n_centroids + 1,), ivf_docs int32): each centroid's distinct\n"
+          "The inverted file (ivf_offsets int64 (n_centroids + 1,), ivf_docs int32) of int32 or uint16 centroid\n"
+          "ids: each centroid's distinct\n"
           "document positions, ascending.");
+    m.def("plaid_encode", &encode_py, py::arg("nbits"), py::arg("x"), py::arg("centroids"), py::arg("labels"),
+          py::arg("cutoffs"),
+          "Packed residual codes uint8 (n, ceil(dim * nbits / 8)) of float32 tokens x (n, dim) assigned to\n"
+          "centroids labels (int64 (n,)): each dimension's code counts its cutoffs (dim, 2^nbits - 1) below\n"
+          "the residual x - centroids[label].");
     m.def("plaid_decompress", &decompress_py, py::arg("nbits"), py::arg("codes"), py::arg("centroid_ids"),
           py::arg("centroids"), py::arg("weights"),
           "Decompressed tokens float32 (n, dim): centroids[id] + weights[d, code_d].");

@@ -13,7 +13,7 @@
 
 #include "flatcoat/isa.hpp"
 #include "flatcoat/maxsim_kernels.hpp"  // max_f32: the exact stage
-#include "flatcoat/thread_pool.hpp"
+#include "flatcoat/thread_pool.hpp"      // parallel_for
 #include "flatcoat/topk.hpp"
 
 namespace flatcoat {
@@ -43,7 +43,9 @@ void check(const plaid_index_t& index, const maxsim_query_t& query, const plaid_
     if (index.docs > 0) {
         if (index.n_centroids == 0 || index.centroids == nullptr || index.weights == nullptr)
             throw error("the index has documents but no centroids or weights");
-        if (index.codes == nullptr || index.centroid_ids == nullptr || index.offsets == nullptr ||
+        if ((index.centroid_ids == nullptr) == (index.centroid_ids16 == nullptr))
+            throw error("exactly one of the int32 and uint16 centroid id arrays must be given");
+        if (index.codes == nullptr || index.offsets == nullptr ||
             index.ids == nullptr || index.ivf_offsets == nullptr || index.ivf_docs == nullptr)
             throw error("index arrays are missing");
         if (index.offsets[0] != 0) throw error("document offsets must start at 0");
@@ -68,7 +70,17 @@ void check(const plaid_index_t& index, const maxsim_query_t& query, const plaid_
 struct scratch_t {
     std::vector<float> maxima;
     std::vector<float> decoded;
+    std::vector<int32_t> cids;  ///< uint16 centroid ids widened for the kernels
 };
+
+/// The centroid ids of tokens [t0, t0 + n) as int32: the stored array itself, or uint16 ids widened
+/// into `buffer` (a few hundred tokens at a time: the kernels keep one signature).
+const int32_t* centroid_ids_of(const plaid_index_t& index, size_t t0, size_t n, std::vector<int32_t>& buffer) {
+    if (index.centroid_ids != nullptr) return index.centroid_ids + t0;
+    buffer.resize(n);
+    for (size_t j = 0; j < n; ++j) buffer[j] = int32_t(index.centroid_ids16[t0 + j]);
+    return buffer.data();
+}
 
 /// sum over the query's tokens of factor[t] * maxima[t], in token order.
 float weighted_sum(const float* maxima, const std::vector<float>& factor) {
@@ -93,7 +105,8 @@ std::vector<int64_t> interact(const plaid_index_t& index, const plaid_kernels_t&
             const size_t doc = size_t(docs[c]);
             const size_t t0 = size_t(index.offsets[doc]), t1 = size_t(index.offsets[doc + 1]);
             maxima.assign(Tp, start);
-            kernels.centroid_max(s.data(), Tp, index.centroid_ids + t0, t1 - t0, keep_centroids, maxima.data());
+            kernels.centroid_max(s.data(), Tp, centroid_ids_of(index, t0, t1 - t0, scratch[slot].cids), t1 - t0,
+                                 keep_centroids, maxima.data());
             const float score = weighted_sum(maxima.data(), factor);
             if (score >= top.threshold()) top.push(score, int64_t(doc));
         }
@@ -237,7 +250,8 @@ void search_plaid(const plaid_index_t& index, const maxsim_query_t& query, const
                 sc.maxima.assign(Tp, neg_inf_k);
                 for (size_t b = b0; b < b1; b += block_tokens_k) {
                     const size_t n = std::min(block_tokens_k, b1 - b);
-                    kernels.decompress(index.codes + b * code_bytes, index.centroid_ids + b, n, index.centroids,
+                    kernels.decompress(index.codes + b * code_bytes, centroid_ids_of(index, b, n, sc.cids), n,
+                                       index.centroids,
                                        lut.data(), dim, index.nbits, sc.decoded.data());
                     maxsim.max_f32(panels.data(), n_panels, sc.decoded.data(), n, dim, sc.maxima.data());
                 }
@@ -258,12 +272,15 @@ void search_plaid(const plaid_index_t& index, const maxsim_query_t& query, const
     if (stats != nullptr) *stats = total;
 }
 
-size_t plaid_ivf_size(const int32_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids) {
+namespace {
+
+template <class id_t>
+size_t ivf_size(const id_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids) {
     std::vector<int64_t> last(n_centroids, -1);  // the last document counted in each list
     size_t size = 0;
     for (size_t doc = 0; doc < n_docs; ++doc)
         for (int64_t j = offsets[doc]; j < offsets[doc + 1]; ++j) {
-            const int32_t c = cids[j];
+            const int64_t c = int64_t(cids[j]);
             if (c < 0 || size_t(c) >= n_centroids)
                 throw error("centroid_ids: token " + std::to_string(j) + " has centroid " + std::to_string(c) +
                             ", outside [0, " + std::to_string(n_centroids) + ")");
@@ -275,8 +292,9 @@ size_t plaid_ivf_size(const int32_t* cids, const int64_t* offsets, size_t n_docs
     return size;
 }
 
-void plaid_build_ivf(const int32_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids,
-                     int64_t* ivf_offsets, int32_t* ivf_docs) {
+template <class id_t>
+void build_ivf(const id_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids, int64_t* ivf_offsets,
+               int32_t* ivf_docs) {
     std::vector<int64_t> last(n_centroids, -1);
     std::vector<int64_t> counts(n_centroids, 0);
     for (size_t doc = 0; doc < n_docs; ++doc)
@@ -299,6 +317,56 @@ void plaid_build_ivf(const int32_t* cids, const int64_t* offsets, size_t n_docs,
                 ivf_docs[fill[c]++] = int32_t(doc);
             }
         }
+}
+
+}  // namespace
+
+size_t plaid_ivf_size(const int32_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids) {
+    return ivf_size(cids, offsets, n_docs, n_centroids);
+}
+size_t plaid_ivf_size(const uint16_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids) {
+    return ivf_size(cids, offsets, n_docs, n_centroids);
+}
+void plaid_build_ivf(const int32_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids,
+                     int64_t* ivf_offsets, int32_t* ivf_docs) {
+    build_ivf(cids, offsets, n_docs, n_centroids, ivf_offsets, ivf_docs);
+}
+void plaid_build_ivf(const uint16_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids,
+                     int64_t* ivf_offsets, int32_t* ivf_docs) {
+    build_ivf(cids, offsets, n_docs, n_centroids, ivf_offsets, ivf_docs);
+}
+
+void plaid_encode(const float* x, size_t n, size_t dim, const float* centroids, size_t n_centroids,
+                  const int64_t* labels, const float* cutoffs, size_t nbits, uint8_t* codes) {
+    if (nbits != 1 && nbits != 2 && nbits != 4) throw error("nbits: must be 1, 2 or 4, got " + std::to_string(nbits));
+    for (size_t j = 0; j < n; ++j)
+        if (labels[j] < 0 || size_t(labels[j]) >= n_centroids)
+            throw error("labels: token " + std::to_string(j) + " has centroid " + std::to_string(labels[j]) +
+                        ", outside [0, " + std::to_string(n_centroids) + ")");
+    const size_t cuts = (size_t(1) << nbits) - 1, bytes = plaid_code_bytes(dim, nbits), per_byte = 8 / nbits;
+    constexpr size_t tokens_per_task = 1024;
+    parallel_for((n + tokens_per_task - 1) / tokens_per_task, num_threads(), [&](size_t task, size_t) {
+        std::vector<uint8_t> code(bytes * per_byte);
+        const size_t end = std::min(n, (task + 1) * tokens_per_task);
+        for (size_t j = task * tokens_per_task; j < end; ++j) {
+            const float* xj = x + j * dim;
+            const float* c = centroids + size_t(labels[j]) * dim;
+            std::fill(code.begin(), code.end(), uint8_t(0));
+            for (size_t d = 0; d < dim; ++d) {
+                const float r = xj[d] - c[d];
+                const float* cut = cutoffs + d * cuts;
+                uint8_t v = 0;
+                for (size_t i = 0; i < cuts; ++i) v += r > cut[i] ? 1 : 0;
+                code[d] = v;
+            }
+            uint8_t* out = codes + j * bytes;
+            for (size_t b = 0; b < bytes; ++b) {
+                uint8_t packed = 0;
+                for (size_t i = 0; i < per_byte; ++i) packed |= uint8_t(code[b * per_byte + i] << (i * nbits));
+                out[b] = packed;
+            }
+        }
+    });
 }
 
 void plaid_decompress(const uint8_t* codes, const int32_t* cids, size_t n, const float* centroids,

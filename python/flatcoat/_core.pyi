@@ -168,10 +168,18 @@ def kmeans(
     seed: int = 0,
     spherical: bool = False,  # ip/cosine: max inner product assignment, unit centroids
     max_points_per_centroid: int = 256,  # sample of at most k * this many points (0: all)
+    two_level_above: int = 0,  # k above this: iterations assign through a two-level quantizer (0: never)
 ) -> np.ndarray:
     """(k, d) float32 centroids; deterministic in seed for any thread count; empty clusters split."""
 def assign(x: np.ndarray, centroids: np.ndarray, metric: str) -> np.ndarray:
     """(n,) int64 nearest centroid ("ip": max inner product, "l2": min squared distance; ties: smaller index)."""
+def centroid_groups(centroids: np.ndarray, n_groups: int = 0, seed: int = 0,
+                    metric: str = "l2") -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A two-level quantizer over (k, d) float32 centroids: (coarse (g, d) float32, offsets (g + 1,) int64,
+    members (k,) int64); n_groups 0: 2^ceil(log2(sqrt(k)))."""
+def assign_two_level(x: np.ndarray, centroids: np.ndarray, coarse: np.ndarray, offsets: np.ndarray,
+                     members: np.ndarray, metric: str) -> np.ndarray:
+    """(n,) int64: each row's best centroid within its best group (ties: smaller index)."""
 def pq_train(x: np.ndarray, m: int, iterations: int = 10, seed: int = 0) -> np.ndarray:
     """(m, 16, d // m) float32 codebooks of (n, d) float32 rows, n >= 16, m dividing d."""
 def pq_encode(
@@ -238,7 +246,12 @@ def search_plaid(
 ) -> tuple:
     """(scores float32 (q, k), ids int64 (q, k)[, stats dict]); -1/-inf padding."""
 def plaid_build_ivf(centroid_ids: np.ndarray, offsets: np.ndarray, n_centroids: int) -> Tuple[np.ndarray, np.ndarray]:
-    """(ivf_offsets int64 (n_centroids + 1,), ivf_docs int32): each centroid's distinct documents, ascending."""
+    """(ivf_offsets int64 (n_centroids + 1,), ivf_docs int32) of int32 or uint16 centroid ids: each centroid's
+    distinct documents, ascending."""
+def plaid_encode(nbits: int, x: np.ndarray, centroids: np.ndarray, labels: np.ndarray,
+                 cutoffs: np.ndarray) -> np.ndarray:
+    """(n, ceil(dim * nbits / 8)) uint8 packed codes of the residuals x - centroids[labels] against the
+    per-dimension cutoffs (dim, 2^nbits - 1)."""
 def plaid_decompress(nbits: int, codes: np.ndarray, centroid_ids: np.ndarray, centroids: np.ndarray,
                      weights: np.ndarray) -> np.ndarray:
     """(n, dim) float32 tokens: centroids[id] + weights[d, code_d]."""

@@ -1,7 +1,7 @@
 """PlaidIndex: a compressed, centroid-pruned multi-vector (late-interaction) index.
 
 PLAID (Santhanam et al., CIKM 2022) over ColBERTv2's residual compression:
-every document token is stored as its nearest token centroid (an int32 id)
+every document token is stored as its nearest token centroid (a uint16 id)
 plus the residual ``token - centroid`` quantized per dimension to ``nbits``
 (1, 2 or 4) bits. Search scores the query tokens against every centroid,
 gathers the documents of each query token's ``nprobe`` best centroids from an
@@ -18,15 +18,20 @@ Layout (all arrays owned here, views go to the core):
   ``weights[d, code_d]``);
 * per token: ``codes`` uint8 (n_tokens, ceil(dim * nbits / 8)) (dimension
   ``d`` in bits ``(d * nbits) % 8`` of byte ``d * nbits // 8``, least
-  significant first) and ``centroid_ids`` int32 (n_tokens,);
+  significant first) and ``centroid_ids`` (n_tokens,), uint16 when the index
+  has at most 65,536 centroids (every default), else int32 (indexes saved
+  before uint16 ids keep their int32 ids);
 * per document: ``offsets`` int64 (n_docs + 1,) and ``ids`` int64;
 * the inverted file: ``ivf_offsets`` int64 (ncentroids + 1,) and
   ``ivf_docs`` int32, each centroid's distinct document positions, ascending.
-  It is rebuilt (a linear counting sort in the core) after every change.
+  Changes mark it stale; it is rebuilt (a linear counting sort in the core)
+  once, before the next search, save or read of the arrays, so adding in
+  chunks costs linear time in total.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import numbers
 import os
@@ -49,6 +54,9 @@ __all__ = ["PlaidIndex", "default_ncentroids", "NBITS", "DEFAULT_NPROBE", "DEFAU
 
 _KIND = "plaid"
 _INT64, _INT32, _F32, _U8 = np.dtype(np.int64), np.dtype(np.int32), np.dtype(np.float32), np.dtype(np.uint8)
+_U16 = np.dtype(np.uint16)
+#: Indexes with at most this many centroids store their centroid ids as uint16 (2 bytes per token).
+MAX_UINT16_CENTROIDS = 1 << 16
 _DOC_FIELDS = {"offsets": ((), _INT64), "ids": ((), _INT64)}
 #: Residual bits per dimension that the index supports.
 NBITS = (1, 2, 4)
@@ -72,8 +80,8 @@ _FLAT_ASSIGN_MAX = 4096
 _RESIDUAL_SAMPLE = 1 << 16
 #: Lloyd-Max refinements of the residual buckets after the quantile start (0: ColBERTv2's buckets).
 _LLOYD_STEPS = 8
-#: Tokens assigned and encoded at a time (the float temporaries stay near 8 MiB at dim 128).
-_ENCODE_CHUNK = 16384
+#: Tokens assigned and encoded at a time (the temporaries stay near 2 MiB).
+_ENCODE_CHUNK = 1 << 16
 
 
 def default_ncentroids(n_tokens: int) -> int:
@@ -114,7 +122,7 @@ class PlaidIndex:
     ----------
     dim: token vector dimension.
     nbits: residual bits per dimension, 1, 2 or 4 (``dim * nbits / 8`` bytes per token, plus a
-        4-byte centroid id and the inverted file's at most 4 bytes).
+        2-byte centroid id (4 above 65,536 centroids) and the inverted file's at most 4 bytes).
     ncentroids: token centroids; ``None`` chooses :func:`default_ncentroids` of the training tokens.
     kmeans_iterations: Lloyd iterations of the centroid k-means (ColBERT's default, 4).
     seed: seeds the k-means and the residual sample (the index is deterministic given it).
@@ -147,6 +155,9 @@ class PlaidIndex:
         self._iterations = as_int(kmeans_iterations, "kmeans_iterations", 0)
         self._seed = as_int(seed, "seed", 0)
         self._code_bytes = (self._dim * nbits + 7) // 8
+        # uint16 ids whenever every centroid id fits (ncentroids=None never chooses more than 2^16).
+        fits = self._ncentroids is None or self._ncentroids <= MAX_UINT16_CENTROIDS
+        self._cid_dtype = _U16 if fits else _INT32
         self._lock = RWLock()
         self._id_map = _core.IdMap()
         self._next_id = 0
@@ -158,9 +169,25 @@ class PlaidIndex:
         self._docs = RowStore(_DOC_FIELDS, fenced=("offsets",))
         self._attrs = AttributeStore()
         self._ivf = {"ivf_offsets": np.zeros(1, dtype=_INT64), "ivf_docs": np.zeros(0, dtype=_INT32)}
+        self._ivf_stale = False  # documents changed since the inverted file was built (_read_fresh)
 
     def _token_fields(self) -> dict:
-        return {"codes": ((self._code_bytes,), _U8), "centroid_ids": ((), _INT32)}
+        return {"codes": ((self._code_bytes,), _U8), "centroid_ids": ((), self._cid_dtype)}
+
+    @contextlib.contextmanager
+    def _read_fresh(self):
+        """The read lock, the inverted file rebuilt first if changes left it stale (under the write
+        lock, once for any number of adds in between)."""
+        while True:
+            if self._ivf_stale:
+                with self._lock.write():
+                    if self._ivf_stale:
+                        self._rebuild_ivf()
+            with self._lock.read():
+                if self._ivf_stale:  # a change came in between: rebuild again
+                    continue
+                yield
+                return
 
     # ------------------------------------------------------------------ properties
 
@@ -201,13 +228,13 @@ class PlaidIndex:
 
     def arrays(self) -> dict:
         """Copies of the stored arrays (the layout of the module docstring)."""
-        with self._lock.read():
+        with self._read_fresh():
             return {name: np.array(a, copy=True) for name, a in self._arrays().items()}
 
     @property
     def nbytes(self) -> int:
         """Bytes held by every stored array (codes, centroid ids, inverted file, centroids, ids, attributes)."""
-        with self._lock.read():
+        with self._read_fresh():
             return int(sum(a.nbytes for a in self._arrays().values())) + self._attrs.nbytes
 
     @property
@@ -236,7 +263,8 @@ class PlaidIndex:
             raise ValueError(f"{name}: {n} training tokens for ncentroids={k}; training needs at least ncentroids "
                              "tokens (pass more, or a smaller ncentroids)")
         centroids = _core.kmeans(tokens, k, iterations=self._iterations, seed=self._seed, spherical=True,
-                                 max_points_per_centroid=TRAIN_POINTS_PER_CENTROID)
+                                 max_points_per_centroid=TRAIN_POINTS_PER_CENTROID,
+                                 two_level_above=_FLAT_ASSIGN_MAX)
         centroids = np.ascontiguousarray(centroids, dtype=np.float32)
         sample = tokens
         if n > _RESIDUAL_SAMPLE:
@@ -248,6 +276,7 @@ class PlaidIndex:
         self._cutoffs = np.ascontiguousarray(cutoffs)
         self._weights = np.ascontiguousarray(weights, dtype=np.float32)
         self._ivf = {"ivf_offsets": np.zeros(k + 1, dtype=_INT64), "ivf_docs": np.zeros(0, dtype=_INT32)}
+        self._ivf_stale = False
 
     def _buckets(self, residuals: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Per-dimension cut-offs (dim, B - 1) and bucket weights (dim, B) of the residuals, B = 2^nbits.
@@ -306,57 +335,28 @@ class PlaidIndex:
         n * ncentroids * 2 * dim flops (3e15 for 180M tokens and 2^16 centroids): the centroids are
         grouped by a k-means of their own (2^ceil(log2(sqrt(ncentroids))) groups, seeded, so the
         same for every run), a token goes to its nearest group and takes the nearest centroid of
-        that group. A token near a group boundary may get its second-nearest centroid: a slightly
-        larger residual, never a wrong decompression. Deterministic, token by token.
+        that group (``_core.assign_two_level``, threads split the groups). A token near a group
+        boundary may get its second-nearest centroid: a slightly larger residual, never a wrong
+        decompression. Deterministic, token by token.
         """
         centroids = self._centroids
-        n_c = centroids.shape[0]
-        if n_c <= _FLAT_ASSIGN_MAX:
+        if centroids.shape[0] <= _FLAT_ASSIGN_MAX:
             return _core.assign(x, centroids, "l2")
         if self._coarse is None:  # under the write lock (add, upsert, train)
-            groups = 2 ** int(math.ceil(math.log2(math.sqrt(n_c))))
-            coarse = _core.kmeans(centroids, groups, iterations=10, seed=self._seed, spherical=False)
-            owner = _core.assign(centroids, coarse, "l2")
-            order = np.argsort(owner, kind="stable")
-            bounds = np.searchsorted(owner[order], np.arange(groups + 1))
-            members = [order[bounds[g]:bounds[g + 1]] for g in range(groups)]
-            self._coarse = (coarse, [(m, np.ascontiguousarray(centroids[m])) for m in members])
-        coarse, members = self._coarse
-        group = _core.assign(x, coarse, "l2")
-        out = np.empty(x.shape[0], dtype=np.int64)
-        order = np.argsort(group, kind="stable")
-        bounds = np.searchsorted(group[order], np.arange(len(members) + 1))
-        for g, (ids, rows) in enumerate(members):
-            a, b = int(bounds[g]), int(bounds[g + 1])
-            if a == b:
-                continue
-            which = order[a:b]
-            part = np.ascontiguousarray(x[which])
-            # A group that no centroid joined (possible, rare): its tokens are assigned exactly.
-            out[which] = ids[_core.assign(part, rows, "l2")] if ids.size else _core.assign(part, centroids, "l2")
-        return out
+            self._coarse = _core.centroid_groups(centroids, 0, self._seed, "l2")
+        return _core.assign_two_level(x, centroids, *self._coarse, "l2")
 
     def _encode(self, tokens: np.ndarray) -> dict:
-        """Centroid ids and packed residual codes of (n, dim) float32 tokens."""
+        """Centroid ids and packed residual codes of (n, dim) float32 tokens (``_core.plaid_encode``)."""
         n = tokens.shape[0]
-        cids = np.empty(n, dtype=_INT32)
+        cids = np.empty(n, dtype=self._cid_dtype)
         packed = np.empty((n, self._code_bytes), dtype=_U8)
-        per_byte = 8 // self._nbits
-        padded = self._code_bytes * per_byte
         for start in range(0, n, _ENCODE_CHUNK):
-            chunk = tokens[start : start + _ENCODE_CHUNK]
+            chunk = np.ascontiguousarray(tokens[start : start + _ENCODE_CHUNK])
             labels = self._assign(chunk)
             cids[start : start + chunk.shape[0]] = labels
-            residuals = self._centroids[labels]
-            np.subtract(chunk, residuals, out=residuals)
-            codes = self._bucketize(residuals, self._cutoffs)
-            if padded != self._dim:
-                codes = np.pad(codes, ((0, 0), (0, padded - self._dim)))
-            codes = codes.reshape(chunk.shape[0], self._code_bytes, per_byte)
-            out = np.zeros((chunk.shape[0], self._code_bytes), dtype=_U8)
-            for i in range(per_byte):
-                out |= codes[:, :, i] << (i * self._nbits)
-            packed[start : start + chunk.shape[0]] = out
+            packed[start : start + chunk.shape[0]] = _core.plaid_encode(self._nbits, chunk, self._centroids, labels,
+                                                                        self._cutoffs)
         return {"codes": packed, "centroid_ids": cids}
 
     def _rebuild_ivf(self) -> None:
@@ -364,6 +364,7 @@ class PlaidIndex:
             np.ascontiguousarray(self._tokens.view("centroid_ids")), self._docs.view("offsets"),
             int(self._centroids.shape[0]))
         self._ivf = {"ivf_offsets": ivf_offsets, "ivf_docs": ivf_docs}
+        self._ivf_stale = False
 
     def add(self, docs, ids=None, *, attributes=None) -> np.ndarray:
         """Adds documents; returns their int64 ids.
@@ -375,7 +376,8 @@ class PlaidIndex:
         :meth:`train` first). ``ids`` default to consecutive integers after the largest id so far;
         they must be distinct, non-negative and new, or nothing is added. ``attributes``:
         per-document attributes for ``search(filter=)`` and :meth:`get` (docs/filters.md).
-        The inverted file is rebuilt on each call (linear in the tokens): add in batches.
+        The inverted file is rebuilt once before the next search or save, not per call: adding a
+        collection in chunks costs the same as one add.
         """
         tokens, lengths = _packed_docs(docs, self._dim, "docs")
         n = lengths.size
@@ -402,7 +404,7 @@ class PlaidIndex:
                 f"ids: id {int(ids[duplicate])} is already in the index or repeated in this call; "
                 "ids must be unique (upsert replaces a document by id)")
         t0, d0 = self._tokens.count, self._docs.count
-        ivf = self._ivf
+        ivf, stale = self._ivf, self._ivf_stale
         try:
             if not trained_before:
                 self._train(tokens, "docs")
@@ -410,15 +412,16 @@ class PlaidIndex:
             self._tokens.append(rows)
             self._docs.append({"offsets": t0 + np.cumsum(lengths), "ids": ids})
             self._attrs.append(attrs)
-            self._rebuild_ivf()
+            self._ivf_stale = True
         except BaseException:
             self._tokens.count, self._docs.count = t0, d0  # all or nothing
             self._attrs.truncate(d0)
             self._id_map.erase(ids)
-            self._ivf = ivf
+            self._ivf, self._ivf_stale = ivf, stale
             if not trained_before:
                 self._centroids = self._cutoffs = self._weights = None
                 self._ivf = {"ivf_offsets": np.zeros(1, dtype=_INT64), "ivf_docs": np.zeros(0, dtype=_INT32)}
+                self._ivf_stale = False
             raise
         self._next_id = max(self._next_id, int(ids.max()) + 1)
 
@@ -439,7 +442,7 @@ class PlaidIndex:
             positions = self._id_map.find(ids)
             present = positions >= 0
             if present.any():
-                self._remove_positions(ids[present], positions[present], rebuild=False)
+                self._remove_positions(ids[present], positions[present])
             self._append_encoded(rows, lengths, ids, attrs)
             return ids
 
@@ -451,14 +454,14 @@ class PlaidIndex:
         self._tokens.append(rows)
         self._docs.append({"offsets": t0 + np.cumsum(lengths), "ids": ids})
         self._attrs.append(attrs)
-        self._rebuild_ivf()
+        self._ivf_stale = True
         self._next_id = max(self._next_id, int(ids.max()) + 1)
 
     def remove(self, ids) -> int:
         """Removes documents by id; every id must be present (else a KeyError, nothing removed).
 
         Returns the number removed. Tokens are compacted in place (documents keep their order) and
-        the inverted file rebuilt: one pass over the tokens.
+        the inverted file rebuilt before the next search: one pass over the tokens.
         """
         ids = removal_ids(ids)
         with self._lock.write():
@@ -467,7 +470,7 @@ class PlaidIndex:
                 self._remove_positions(ids, positions)
             return int(ids.size)
 
-    def _remove_positions(self, ids: np.ndarray, positions: np.ndarray, rebuild: bool = True) -> None:
+    def _remove_positions(self, ids: np.ndarray, positions: np.ndarray) -> None:
         first = int(positions.min())
         keep = np.ones(len(self) - first, dtype=bool)
         keep[positions - first] = False
@@ -485,8 +488,8 @@ class PlaidIndex:
         moved = self._docs.view("ids")[first:]
         if moved.size:
             self._id_map.assign(np.ascontiguousarray(moved), np.arange(first, len(self), dtype=np.int64))
-        if rebuild and self._centroids is not None:
-            self._rebuild_ivf()
+        if self._centroids is not None:
+            self._ivf_stale = True
 
     def matches(self, filter) -> np.ndarray:
         """The ids (int64, in storage order) that ``filter`` allows (a dict predicate over the attributes
@@ -508,7 +511,7 @@ class PlaidIndex:
             for p in positions.tolist():
                 a, b = int(offsets[p]), int(offsets[p + 1])
                 docs.append(_core.plaid_decompress(self._nbits, np.ascontiguousarray(codes[a:b]),
-                                                   np.ascontiguousarray(cids[a:b]), self._centroids, self._weights))
+                                                   cids[a:b].astype(_INT32), self._centroids, self._weights))
             return docs, self._attrs.rows(positions)
 
     # ------------------------------------------------------------------ searching
@@ -533,7 +536,7 @@ class PlaidIndex:
         q, offsets = parse_queries(queries, self._dim)
         weights = parse_query_weights(query_weights, offsets)
         nq = offsets.size - 1
-        with self._lock.read():
+        with self._read_fresh():
             n = len(self)
             k = min(k, n)
             bits = filter_bits(filter, self._attrs, self._id_map, n)
@@ -597,7 +600,7 @@ class PlaidIndex:
 
     def save(self, path) -> None:
         """Writes the index to directory ``path`` atomically (see ``flatcoat.load``)."""
-        with self._lock.read():
+        with self._read_fresh():
             meta, arrays = self._meta(), self._arrays()
             save_attributes(self._attrs, meta, arrays)
             save_index(os.fspath(path), _KIND, meta, arrays)
@@ -629,6 +632,15 @@ class PlaidIndex:
             names |= {"centroids", "cutoffs", "weights"}
         for name in sorted(names):
             need(name in arrays, f"{name}.npy", "missing from the manifest")
+        # Centroid ids: uint16 (at most 65,536 centroids) or int32 (any count; every index saved before
+        # uint16 ids). The index keeps the dtype it was saved with.
+        cid_dtype = arrays["centroid_ids"].dtype
+        need(cid_dtype in (_U16, _INT32), "centroid_ids.npy", f"expected uint16 or int32 ids, got {cid_dtype}")
+        if cid_dtype == _U16:
+            limit = meta["ncentroids"] if meta["trained"] is False else arrays["centroids"].shape[0]
+            need(limit is None or limit <= MAX_UINT16_CENTROIDS, "centroid_ids.npy",
+                 f"uint16 ids need at most {MAX_UINT16_CENTROIDS} centroids, the index has {limit}")
+        index._cid_dtype = cid_dtype
         try:
             tokens = RowStore.from_arrays(index._token_fields(), arrays, n_tokens)
             docs = RowStore.from_arrays(_DOC_FIELDS, arrays, count, fenced=("offsets",))

@@ -5,6 +5,7 @@
 
 #include <cstddef>  // size_t
 #include <cstdint>  // int64_t, uint64_t
+#include <vector>   // centroid_groups_t
 
 #include "flatcoat/common.hpp"
 
@@ -21,6 +22,13 @@ struct kmeans_params_t {
     /// (0: every point). FAISS's default; beyond it extra points barely move
     /// the centroids and cost linear time.
     size_t max_points_per_centroid = 256;
+    /// With k above this (0: never), each iteration assigns through two levels
+    /// (group_centroids() then assign_two_level(), below) instead of scanning
+    /// all k centroids: about 2 sqrt(k) instead of k dot products per point
+    /// (at k = 2^16, 512 instead of 65,536). A point near a group boundary may
+    /// join its second-nearest centroid; Lloyd's iterations still decrease
+    /// the error in practice, and the result stays the same for every thread count.
+    size_t two_level_above = 0;
 };
 
 /// Lloyd's k-means over `x` (n x d float32, row-major), n >= k >= 1; writes
@@ -48,5 +56,34 @@ void kmeans(const float* x, size_t n, size_t d, size_t k, const kmeans_params_t&
 /// pool; fewer than 8 dimensions (PQ sub-spaces) use a direct loop.
 void assign(const float* x, size_t n, size_t d, const float* centroids, size_t k, metric_t metric, int64_t* labels,
             float* values = nullptr);
+
+/// A two-level quantizer over k centroids: `n_groups` group centroids
+/// (`coarse`, n_groups x d) and each group's member centroids,
+/// members[offsets[g] .. offsets[g + 1]), ascending. Built by
+/// group_centroids(); read by assign_two_level().
+struct centroid_groups_t {
+    size_t n_groups = 0;
+    std::vector<float> coarse;      ///< n_groups x d
+    std::vector<int64_t> offsets;   ///< n_groups + 1
+    std::vector<int64_t> members;   ///< k centroid indices, grouped, ascending within a group
+};
+
+/// Groups the k centroids (k x d) by a seeded k-means of their own (10
+/// iterations; spherical for metric ip) into `n_groups` groups, each centroid
+/// in the group it is nearest to (a group may stay empty). n_groups <= k.
+centroid_groups_t group_centroids(const float* centroids, size_t k, size_t d, size_t n_groups, uint64_t seed,
+                                  metric_t metric);
+
+/// The default group count of a two-level quantizer: 2^ceil(log2(sqrt(k))).
+size_t default_groups(size_t k);
+
+/// Two-level assignment: each point goes to its best group (the coarse
+/// centroids, by `metric`) and takes the best centroid among that group's
+/// members (ties to the smaller centroid index); a point whose group has no
+/// member is assigned exactly over all k. Cost about (n_groups + k / n_groups)
+/// dot products per point instead of k. Threads split the groups; the result
+/// does not depend on the thread count. `labels` gets n entries.
+void assign_two_level(const float* x, size_t n, size_t d, const float* centroids, size_t k,
+                      const centroid_groups_t& groups, metric_t metric, int64_t* labels);
 
 }  // namespace flatcoat

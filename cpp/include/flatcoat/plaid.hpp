@@ -27,7 +27,7 @@
 #pragma once
 
 #include <cstddef>  // size_t
-#include <cstdint>  // int64_t, int32_t, uint8_t
+#include <cstdint>  // int64_t, int32_t, uint16_t, uint8_t
 #include <vector>   // plaid_byte_table
 
 #include "flatcoat/filter.hpp"          // filter_t
@@ -77,7 +77,10 @@ struct plaid_index_t {
     const float* centroids = nullptr;    ///< n_centroids x dim
     const float* weights = nullptr;      ///< dim x 2^nbits bucket values (the decompressed residuals)
     const uint8_t* codes = nullptr;      ///< offsets[docs] x plaid_code_bytes(dim, nbits)
-    const int32_t* centroid_ids = nullptr;  ///< offsets[docs] token centroid ids, each < n_centroids
+    /// offsets[docs] token centroid ids, each < n_centroids: exactly one of the two is set, uint16
+    /// (2 bytes per token, any n_centroids <= 65,536) or int32.
+    const int32_t* centroid_ids = nullptr;
+    const uint16_t* centroid_ids16 = nullptr;
     const int64_t* offsets = nullptr;    ///< docs + 1: 0, then strictly increasing
     const int64_t* ids = nullptr;        ///< docs user ids (ties go to the smaller)
     const int64_t* ivf_offsets = nullptr;  ///< n_centroids + 1: centroid c's documents are
@@ -115,12 +118,22 @@ void search_plaid(const plaid_index_t& index, const maxsim_query_t& query, const
 /// whose tokens have centroid ids `cids`: the distinct (centroid, document)
 /// pairs. Throws flatcoat::error for an id outside [0, n_centroids).
 size_t plaid_ivf_size(const int32_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids);
+size_t plaid_ivf_size(const uint16_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids);
 
 /// Fills the inverted file: ivf_offsets (n_centroids + 1) and ivf_docs
 /// (plaid_ivf_size entries), each list's document positions ascending.
 /// Linear time (a counting sort by centroid).
 void plaid_build_ivf(const int32_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids,
                      int64_t* ivf_offsets, int32_t* ivf_docs);
+void plaid_build_ivf(const uint16_t* cids, const int64_t* offsets, size_t n_docs, size_t n_centroids,
+                     int64_t* ivf_offsets, int32_t* ivf_docs);
+
+/// Residual codes of n tokens `x` (n x dim float32) assigned to centroids `labels` (each <
+/// n_centroids): the residual r = x[j] - centroids[labels[j]] (float32), dimension d's code the
+/// number of its cut-offs cutoffs[d * (2^nbits - 1) + i] strictly below r_d, packed as
+/// plaid_code_bytes() says into `codes` (n x plaid_code_bytes(dim, nbits)). Threads split the tokens.
+void plaid_encode(const float* x, size_t n, size_t dim, const float* centroids, size_t n_centroids,
+                  const int64_t* labels, const float* cutoffs, size_t nbits, uint8_t* codes);
 
 /// Decompresses n tokens (see plaid_kernels_t::decompress) with the active ISA.
 void plaid_decompress(const uint8_t* codes, const int32_t* cids, size_t n, const float* centroids,
