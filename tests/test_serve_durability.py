@@ -132,19 +132,23 @@ def check(url, model: Model):
     with httpx.Client(base_url=url, timeout=60) as c:
 
         def found(pairs):
+            found.answers = []
             if not pairs:
                 return []
             r = c.post("/search", json={"vectors": [vector(i, v) for i, v in pairs], "k": 1,
                                         "filter": [i for i, _ in pairs]})
             assert r.status_code == 200, r.text
             out = r.json()
+            found.answers = list(zip(out["ids"], out["scores"]))  # for the failure message
             return [ids[0] == i and abs(score) < 1e-3 for (i, _), ids, score in
                     zip(pairs, out["ids"], (s[0] for s in out["scores"]))]
 
         present = [(i, v) for i, v in model.version.items() if v is not None and i not in model.doubt]
         missing = [i for i, v in model.version.items() if v is None and i not in model.doubt]
-        lost = [p for p, ok in zip(present, found(present)) if not ok]
-        assert not lost, f"acknowledged writes lost: {lost[:5]} (of {len(lost)})"
+        lost = [(p, ids[0], score[0]) for p, ok, (ids, score) in zip(present, found(present), found.answers)
+                if not ok]
+        assert not lost, (f"acknowledged writes lost, as ((id, version), top id, its distance): {lost[:5]} "
+                          f"(of {len(lost)}); {len(model.doubt)} ids in doubt: {sorted(model.doubt.items())[:10]}")
         if missing:
             r = c.post("/search", json={"vectors": [vector(0, 0)], "k": len(missing), "filter": missing})
             assert r.json()["ids"] == [[-1] * len(missing)], "an acknowledged remove was undone"
