@@ -36,6 +36,18 @@ size_t checked_nbits(int64_t nbits) {
     return size_t(nbits);
 }
 
+/// The centroid table (n_centroids x dim float32) every PLAID binding reads, checked once.
+struct centroid_table_t {
+    const float* data;
+    size_t n, dim;
+};
+
+centroid_table_t checked_centroids(const py::object& centroids) {
+    const float* data = checked<float>(centroids, "centroids", 2);
+    const py::array c = array_arg(centroids, "centroids");
+    return {data, size_t(c.shape(0)), size_t(c.shape(1))};
+}
+
 /// The index view: centroids (C, dim) f32, weights (dim, 2^nbits) f32, codes (tokens, code_bytes) u8,
 /// centroid_ids (tokens,) i32, offsets (docs + 1,), ids (docs,), ivf_offsets (C + 1,), ivf_docs i32.
 plaid_index_t make_index(int64_t nbits, const py::object& centroids, const py::object& weights,
@@ -43,10 +55,10 @@ plaid_index_t make_index(int64_t nbits, const py::object& centroids, const py::o
                          const py::object& ids, const py::object& ivf_offsets, const py::object& ivf_docs) {
     plaid_index_t index;
     index.nbits = checked_nbits(nbits);
-    index.centroids = checked<float>(centroids, "centroids", 2);
-    const py::array c = array_arg(centroids, "centroids");
-    index.n_centroids = size_t(c.shape(0));
-    index.dim = size_t(c.shape(1));
+    const centroid_table_t table = checked_centroids(centroids);
+    index.centroids = table.data;
+    index.n_centroids = table.n;
+    index.dim = table.dim;
     if (index.dim == 0) throw py::value_error("centroids: needs at least one column");
     index.weights = checked<float>(weights, "weights", 2);
     expect_extent(array_arg(weights, "weights"), "weights", 0, index.dim, "rows");
@@ -153,9 +165,7 @@ py::tuple build_ivf_py(const py::object& centroid_ids, const py::object& offsets
 py::array_t<float> decompress_py(int64_t nbits_arg, const py::object& codes, const py::object& centroid_ids,
                                  const py::object& centroids, const py::object& weights) {
     const size_t nbits = checked_nbits(nbits_arg);
-    const float* c = checked<float>(centroids, "centroids", 2);
-    const py::array ca = array_arg(centroids, "centroids");
-    const size_t n_centroids = size_t(ca.shape(0)), dim = size_t(ca.shape(1));
+    const auto [c, n_centroids, dim] = checked_centroids(centroids);
     const float* w = checked<float>(weights, "weights", 2);
     expect_extent(array_arg(weights, "weights"), "weights", 0, dim, "rows");
     expect_extent(array_arg(weights, "weights"), "weights", 1, size_t(1) << nbits, "columns");
@@ -176,9 +186,7 @@ py::array_t<float> decompress_py(int64_t nbits_arg, const py::object& codes, con
 py::array_t<uint8_t> encode_py(int64_t nbits_arg, const py::object& x_obj, const py::object& centroids,
                                const py::object& labels, const py::object& cutoffs) {
     const size_t nbits = checked_nbits(nbits_arg);
-    const float* c = checked<float>(centroids, "centroids", 2);
-    const py::array ca = array_arg(centroids, "centroids");
-    const size_t n_centroids = size_t(ca.shape(0)), dim = size_t(ca.shape(1));
+    const auto [c, n_centroids, dim] = checked_centroids(centroids);
     const float* x = checked<float>(x_obj, "x", 2);
     const size_t n = rows_of(x_obj);
     expect_extent(array_arg(x_obj, "x"), "x", 1, dim, "columns");
