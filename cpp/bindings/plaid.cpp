@@ -87,9 +87,10 @@ py::object search_plaid_py(int64_t nbits, const py::object& centroids, const py:
                            const py::object& queries_obj, const py::object& query_offsets,
                            const py::object& query_weights, int64_t k_arg, int64_t nprobe, int64_t ncandidates,
                            int64_t ndocs, const py::object& centroid_threshold, const py::object& filter,
-                           bool stats) {
+                           bool stats, bool normalize) {
     plaid_index_t index = make_index(nbits, centroids, weights, codes, centroid_ids, offsets, ids, ivf_offsets,
                                      ivf_docs);
+    index.normalize = normalize;
     maxsim_query_t query;
     query.tokens = checked<float>(queries_obj, "queries", 2);
     expect_extent(array_arg(queries_obj, "queries"), "queries", 1, index.dim, "columns");
@@ -163,7 +164,7 @@ py::tuple build_ivf_py(const py::object& centroid_ids, const py::object& offsets
 }
 
 py::array_t<float> decompress_py(int64_t nbits_arg, const py::object& codes, const py::object& centroid_ids,
-                                 const py::object& centroids, const py::object& weights) {
+                                 const py::object& centroids, const py::object& weights, bool normalize) {
     const size_t nbits = checked_nbits(nbits_arg);
     const auto [c, n_centroids, dim] = checked_centroids(centroids);
     const float* w = checked<float>(weights, "weights", 2);
@@ -178,7 +179,7 @@ py::array_t<float> decompress_py(int64_t nbits_arg, const py::object& codes, con
     float* out_ptr = out.mutable_data();
     {
         py::gil_scoped_release release;
-        plaid_decompress(x, cids, n, c, n_centroids, w, dim, nbits, out_ptr);
+        plaid_decompress(x, cids, n, c, n_centroids, w, dim, nbits, normalize, out_ptr);
     }
     return out;
 }
@@ -212,7 +213,9 @@ void bind_plaid(py::module_& m) {
           py::arg("ivf_docs"), py::arg("queries"), py::arg("query_offsets"), py::arg("query_weights"), py::arg("k"),
           py::arg("nprobe"), py::arg("ncandidates"), py::arg("ndocs"), py::kw_only(),
           py::arg("centroid_threshold") = py::none(), py::arg("filter") = py::none(), py::arg("stats") = false,
+          py::arg("normalize") = false,
           "PLAID search (flatcoat/plaid.hpp): (scores float32 (nq, k), ids int64 (nq, k)), padded with -1/-inf;\n"
+          "normalize=True rescales every decompressed token to unit norm (an index of unit-norm tokens);\n"
           "with stats=True a third item, a dict of per-stage seconds and sizes summed over the queries.\n"
           "The caller clamps k to the document count (the result rule).");
     m.def("plaid_build_ivf", &build_ivf_py, py::arg("centroid_ids"), py::arg("offsets"), py::arg("n_centroids"),
@@ -225,8 +228,9 @@ void bind_plaid(py::module_& m) {
           "centroids labels (int64 (n,)): each dimension's code counts its cutoffs (dim, 2^nbits - 1) below\n"
           "the residual x - centroids[label].");
     m.def("plaid_decompress", &decompress_py, py::arg("nbits"), py::arg("codes"), py::arg("centroid_ids"),
-          py::arg("centroids"), py::arg("weights"),
-          "Decompressed tokens float32 (n, dim): centroids[id] + weights[d, code_d].");
+          py::arg("centroids"), py::arg("weights"), py::kw_only(), py::arg("normalize") = false,
+          "Decompressed tokens float32 (n, dim): centroids[id] + weights[d, code_d]; with normalize=True each\n"
+          "row rescaled to unit norm.");
 }
 
 }  // namespace bindings

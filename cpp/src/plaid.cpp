@@ -252,7 +252,7 @@ void search_plaid(const plaid_index_t& index, const maxsim_query_t& query, const
                     const size_t n = std::min(block_tokens_k, b1 - b);
                     kernels.decompress(index.codes + b * code_bytes, centroid_ids_of(index, b, n, sc.cids), n,
                                        index.centroids,
-                                       lut.data(), dim, index.nbits, sc.decoded.data());
+                                       lut.data(), dim, index.nbits, index.normalize, sc.decoded.data());
                     maxsim.max_f32(panels.data(), n_panels, sc.decoded.data(), n, dim, sc.maxima.data());
                 }
                 const float score = weighted_sum(sc.maxima.data(), factor);
@@ -370,14 +370,16 @@ void plaid_encode(const float* x, size_t n, size_t dim, const float* centroids, 
 }
 
 void plaid_decompress(const uint8_t* codes, const int32_t* cids, size_t n, const float* centroids,
-                      size_t n_centroids, const float* weights, size_t dim, size_t nbits, float* out) {
+                      size_t n_centroids, const float* weights, size_t dim, size_t nbits, bool normalize,
+                      float* out) {
     if (nbits != 1 && nbits != 2 && nbits != 4) throw error("nbits: must be 1, 2 or 4, got " + std::to_string(nbits));
     for (size_t j = 0; j < n; ++j)
         if (cids[j] < 0 || size_t(cids[j]) >= n_centroids)
             throw error("centroid_ids: token " + std::to_string(j) + " has centroid " + std::to_string(cids[j]) +
                         ", outside [0, " + std::to_string(n_centroids) + ")");
     const std::vector<float> lut = plaid_byte_table(weights, dim, nbits);
-    kernels_for<plaid_kernels_t>(active_isa()).decompress(codes, cids, n, centroids, lut.data(), dim, nbits, out);
+    kernels_for<plaid_kernels_t>(active_isa()).decompress(codes, cids, n, centroids, lut.data(), dim, nbits, normalize,
+                                                              out);
 }
 
 }  // namespace flatcoat

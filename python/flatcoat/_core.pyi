@@ -243,6 +243,7 @@ def search_plaid(
     centroid_threshold: Optional[float] = None,  # PLAID's centroid pruning in stage 2
     filter: Optional[np.ndarray] = None,  # (ceil(docs / 64),) uint64 bits over document positions
     stats: bool = False,  # a third item: per-stage seconds and sizes
+    normalize: bool = False,  # decompressed tokens rescaled to unit norm
 ) -> tuple:
     """(scores float32 (q, k), ids int64 (q, k)[, stats dict]); -1/-inf padding."""
 def plaid_build_ivf(centroid_ids: np.ndarray, offsets: np.ndarray, n_centroids: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -253,5 +254,6 @@ def plaid_encode(nbits: int, x: np.ndarray, centroids: np.ndarray, labels: np.nd
     """(n, ceil(dim * nbits / 8)) uint8 packed codes of the residuals x - centroids[labels] against the
     per-dimension cutoffs (dim, 2^nbits - 1)."""
 def plaid_decompress(nbits: int, codes: np.ndarray, centroid_ids: np.ndarray, centroids: np.ndarray,
-                     weights: np.ndarray) -> np.ndarray:
-    """(n, dim) float32 tokens: centroids[id] + weights[d, code_d]."""
+                     weights: np.ndarray, *, normalize: bool = False) -> np.ndarray:
+    """(n, dim) float32 tokens: centroids[id] + weights[d, code_d], each rescaled to unit norm with
+    normalize=True."""

@@ -12,6 +12,8 @@ inside the core one document at a time. See ``docs/plaid.md``.
 Layout (all arrays owned here, views go to the core):
 
 * ``centroids`` float32 (ncentroids, dim), spherical k-means of the core;
+  with ``normalize`` (an index of unit-norm tokens, ColBERT's) every
+  decompressed token is rescaled to unit norm, as ColBERTv2 does;
 * ``cutoffs`` float32 (dim, 2^nbits - 1): per-dimension bucket boundaries,
   quantiles of the training residuals; ``weights`` float32 (dim, 2^nbits):
   the mean residual of each bucket (a decompressed residual is
@@ -82,6 +84,9 @@ _RESIDUAL_SAMPLE = 1 << 16
 _LLOYD_STEPS = 8
 #: Tokens assigned and encoded at a time (the temporaries stay near 2 MiB).
 _ENCODE_CHUNK = 1 << 16
+#: A token counts as unit-norm (``normalize``) when its L2 norm is within this of 1: float32
+#: encoders normalise to about 1e-7, half-precision ones to about 1e-3.
+UNIT_NORM_TOLERANCE = 1e-2
 
 
 def default_ncentroids(n_tokens: int) -> int:
@@ -98,6 +103,17 @@ def default_ncentroids(n_tokens: int) -> int:
     colbert = 2 ** int(math.floor(math.log2(16 * math.sqrt(n))))
     cap = 2 ** int(math.floor(math.log2(max(1, n // 8))))
     return max(1, min(colbert, cap, MAX_DEFAULT_NCENTROIDS))
+
+
+def _off_unit_norm(tokens: np.ndarray) -> int:
+    """The first token (row) whose L2 norm is not within UNIT_NORM_TOLERANCE of 1, or -1."""
+    for start in range(0, tokens.shape[0], _ENCODE_CHUNK):
+        chunk = tokens[start : start + _ENCODE_CHUNK]
+        squares = np.einsum("ij,ij->i", chunk, chunk)
+        bad = np.flatnonzero(np.abs(np.sqrt(squares) - 1.0) > UNIT_NORM_TOLERANCE)
+        if bad.size:
+            return start + int(bad[0])
+    return -1
 
 
 def _optional_count(value, name: str, minimum: int = 1) -> Optional[int]:
@@ -126,11 +142,16 @@ class PlaidIndex:
     ncentroids: token centroids; ``None`` chooses :func:`default_ncentroids` of the training tokens.
     kmeans_iterations: Lloyd iterations of the centroid k-means (ColBERT's default, 4).
     seed: seeds the k-means and the residual sample (the index is deterministic given it).
+    normalize: rescale every decompressed token to unit norm (ColBERTv2's decompression): for
+        unit-norm tokens this removes the quantization error along the token, the part a query
+        token near it sees most (docs/plaid.md). ``None`` (default) decides at training: True when
+        every training token is unit-norm (within :data:`UNIT_NORM_TOLERANCE`). With True, every
+        added token must be unit-norm (else a ValueError, nothing added).
 
     Training: :meth:`train` on tokens or documents, or the first :meth:`add` trains on its own
     tokens when it has at least ``max(ncentroids or 1, 256)`` of them. Later documents are
     assigned to the existing centroids. Tokens are expected near unit norm (ColBERT-style
-    encoders normalise them); any finite float tokens work. Everything after ``dim`` is
+    encoders normalise them); any finite float tokens work with ``normalize=False``. Everything after ``dim`` is
     keyword-only. Searches may run from many threads at once; changes take the write lock.
 
     >>> import numpy as np, flatcoat
@@ -145,7 +166,7 @@ class PlaidIndex:
     """
 
     def __init__(self, dim: int, *, nbits: int = 2, ncentroids: Optional[int] = None, kmeans_iterations: int = 4,
-                 seed: int = 0):
+                 seed: int = 0, normalize: Optional[bool] = None):
         self._dim = as_int(dim, "dim", 1)
         nbits = as_int(nbits, "nbits")
         if nbits not in NBITS:
@@ -154,6 +175,11 @@ class PlaidIndex:
         self._ncentroids = _optional_count(ncentroids, "ncentroids")
         self._iterations = as_int(kmeans_iterations, "kmeans_iterations", 0)
         self._seed = as_int(seed, "seed", 0)
+        if normalize is not None and not isinstance(normalize, (bool, np.bool_)):
+            raise TypeError(f"normalize: expected True, False or None (decide at training), got "
+                            f"{type(normalize).__name__} {normalize!r}")
+        self._normalize_arg = None if normalize is None else bool(normalize)
+        self._normalize = self._normalize_arg  # None until training decides
         self._code_bytes = (self._dim * nbits + 7) // 8
         # uint16 ids whenever every centroid id fits (ncentroids=None never chooses more than 2^16).
         fits = self._ncentroids is None or self._ncentroids <= MAX_UINT16_CENTROIDS
@@ -198,6 +224,12 @@ class PlaidIndex:
     def ncentroids(self) -> Optional[int]:
         """Token centroids: the constructor's value, or the one training chose (None before)."""
         return self._ncentroids if self._centroids is None else int(self._centroids.shape[0])
+
+    @property
+    def normalize(self) -> Optional[bool]:
+        """Whether decompressed tokens are rescaled to unit norm: the constructor's value, or what training
+        chose (None before)."""
+        return self._normalize
 
     @property
     def is_trained(self) -> bool:
@@ -252,7 +284,7 @@ class PlaidIndex:
 
     def __repr__(self) -> str:
         return (f"PlaidIndex(dim={self._dim}, nbits={self._nbits}, ncentroids={self.ncentroids}, "
-                f"count={len(self)}, tokens={self.num_tokens})")
+                f"normalize={self._normalize}, count={len(self)}, tokens={self.num_tokens})")
 
     # ------------------------------------------------------------------ training
 
@@ -262,6 +294,8 @@ class PlaidIndex:
         if n < k:
             raise ValueError(f"{name}: {n} training tokens for ncentroids={k}; training needs at least ncentroids "
                              "tokens (pass more, or a smaller ncentroids)")
+        if self._normalize_arg is None:
+            self._normalize = _off_unit_norm(tokens) < 0
         centroids = _core.kmeans(tokens, k, iterations=self._iterations, seed=self._seed, spherical=True,
                                  max_points_per_centroid=TRAIN_POINTS_PER_CENTROID,
                                  two_level_above=_FLAT_ASSIGN_MAX)
@@ -346,9 +380,22 @@ class PlaidIndex:
             self._coarse = _core.centroid_groups(centroids, 0, self._seed, "l2")
         return _core.assign_two_level(x, centroids, *self._coarse, "l2")
 
-    def _encode(self, tokens: np.ndarray) -> dict:
-        """Centroid ids and packed residual codes of (n, dim) float32 tokens (``_core.plaid_encode``)."""
+    def _encode(self, tokens: np.ndarray, lengths: np.ndarray) -> dict:
+        """Centroid ids and packed residual codes of (n, dim) float32 tokens (``_core.plaid_encode``),
+        the tokens of documents of ``lengths``."""
         n = tokens.shape[0]
+        if self._normalize:
+            bad = _off_unit_norm(tokens)
+            if bad >= 0:
+                doc = int(np.searchsorted(np.cumsum(lengths), bad, side="right"))
+                token = bad - int(lengths[:doc].sum())
+                norm = float(np.linalg.norm(tokens[bad].astype(np.float64)))
+                how = ("chosen because the training tokens were unit-norm"
+                       if self._normalize_arg is None else "normalize=True")
+                raise ValueError(
+                    f"docs: document {doc} token {token} has L2 norm {norm:.6g}, but this index rescales "
+                    f"decompressed tokens to unit norm ({how}), so every token must be unit-norm (within "
+                    f"{UNIT_NORM_TOLERANCE}); normalise the tokens, or build the index with normalize=False")
         cids = np.empty(n, dtype=self._cid_dtype)
         packed = np.empty((n, self._code_bytes), dtype=_U8)
         for start in range(0, n, _ENCODE_CHUNK):
@@ -408,7 +455,7 @@ class PlaidIndex:
         try:
             if not trained_before:
                 self._train(tokens, "docs")
-            rows = self._encode(tokens)
+            rows = self._encode(tokens, lengths)
             self._tokens.append(rows)
             self._docs.append({"offsets": t0 + np.cumsum(lengths), "ids": ids})
             self._attrs.append(attrs)
@@ -420,6 +467,7 @@ class PlaidIndex:
             self._ivf, self._ivf_stale = ivf, stale
             if not trained_before:
                 self._centroids = self._cutoffs = self._weights = None
+                self._normalize = self._normalize_arg
                 self._ivf = {"ivf_offsets": np.zeros(1, dtype=_INT64), "ivf_docs": np.zeros(0, dtype=_INT32)}
                 self._ivf_stale = False
             raise
@@ -438,7 +486,7 @@ class PlaidIndex:
             if self._centroids is None:  # an empty index: nothing to replace; this call may train it
                 self._add_locked(tokens, lengths, ids, attrs)
                 return ids
-            rows = self._encode(tokens)  # before any change
+            rows = self._encode(tokens, lengths)  # before any change
             positions = self._id_map.find(ids)
             present = positions >= 0
             if present.any():
@@ -499,7 +547,8 @@ class PlaidIndex:
 
     def get(self, ids, *, vectors: bool = True) -> Tuple[Optional[list], list]:
         """``(documents, attributes)`` of present ids (else a KeyError), in the order asked: one float32
-        (n_tokens, dim) array per document, decompressed (centroid plus bucket weights), and one dict of
+        (n_tokens, dim) array per document, decompressed (centroid plus bucket weights, rescaled to unit
+        norm with ``normalize``: the tokens search scores), and one dict of
         attributes per document; ``vectors=False`` returns ``(None, attributes)``."""
         with self._lock.read():
             _, positions = positions_of(ids, self._id_map)
@@ -511,7 +560,8 @@ class PlaidIndex:
             for p in positions.tolist():
                 a, b = int(offsets[p]), int(offsets[p + 1])
                 docs.append(_core.plaid_decompress(self._nbits, np.ascontiguousarray(codes[a:b]),
-                                                   cids[a:b].astype(_INT32), self._centroids, self._weights))
+                                                   cids[a:b].astype(_INT32), self._centroids, self._weights,
+                                                   normalize=bool(self._normalize)))
             return docs, self._attrs.rows(positions)
 
     # ------------------------------------------------------------------ searching
@@ -547,7 +597,8 @@ class PlaidIndex:
             return _core.search_plaid(
                 self._nbits, a["centroids"], a["weights"], a["codes"], a["centroid_ids"], a["offsets"], a["ids"],
                 a["ivf_offsets"], a["ivf_docs"], q, offsets, weights, k, nprobe, min(ncandidates, n),
-                max(k, min(ndocs, n)), centroid_threshold=threshold, filter=bits, stats=stats)
+                max(k, min(ndocs, n)), centroid_threshold=threshold, filter=bits, stats=stats,
+                normalize=bool(self._normalize))
 
     def search(self, queries, k: int = 10, *, nprobe: Optional[int] = None, ncandidates: Optional[int] = None,
                ndocs: Optional[int] = None, centroid_threshold: Optional[float] = None, filter=None,
@@ -595,6 +646,7 @@ class PlaidIndex:
         return {
             "dim": self._dim, "nbits": self._nbits, "ncentroids": self._ncentroids,
             "kmeans_iterations": self._iterations, "seed": self._seed, "trained": self._centroids is not None,
+            "normalize_arg": self._normalize_arg, "normalize": self._normalize,
             "count": len(self), "tokens": self.num_tokens, "next_id": self._next_id,
         }
 
@@ -620,11 +672,20 @@ class PlaidIndex:
         for key in ("count", "tokens", "next_id"):
             need(integer(meta[key]), "manifest.json", f"invalid {key} {meta[key]!r}")
         need(isinstance(meta["trained"], bool), "manifest.json", f"invalid trained {meta['trained']!r}")
+        # Indexes saved before `normalize` existed decompress without rescaling.
+        normalize_arg, normalize = meta.get("normalize_arg", False), meta.get("normalize", False)
+        for key, value in (("normalize_arg", normalize_arg), ("normalize", normalize)):
+            need(value is None or isinstance(value, bool), "manifest.json", f"invalid {key} {value!r}")
+        decided = normalize is not None
+        need(decided == (meta["trained"] or normalize_arg is not None) and
+             (normalize_arg is None or normalize == normalize_arg), "manifest.json",
+             f"normalize {normalize!r} does not fit normalize_arg {normalize_arg!r} (trained: {meta['trained']})")
         try:
             index = cls(meta["dim"], nbits=meta["nbits"], ncentroids=meta["ncentroids"],
-                        kmeans_iterations=meta["kmeans_iterations"], seed=meta["seed"])
+                        kmeans_iterations=meta["kmeans_iterations"], seed=meta["seed"], normalize=normalize_arg)
         except (TypeError, ValueError) as exc:
             raise IndexFormatError(f"manifest.json: invalid parameters ({exc})") from None
+        index._normalize = normalize
         dim, count, n_tokens = index._dim, meta["count"], meta["tokens"]
         need(meta["trained"] or count == 0, "manifest.json", "an untrained index holds no documents")
         names = set(index._token_fields()) | set(_DOC_FIELDS) | {"ivf_offsets", "ivf_docs"}

@@ -6,7 +6,10 @@
 // {1, 2, 4}: dimension d's code b selects weights[d * 2^nbits + b], the mean
 // residual of bucket b of that dimension (buckets cut at quantiles of the
 // residuals, trained in the Python layer). Decompressed, the token is
-// centroids[c] + weights[d * 2^nbits + code_d] for every d.
+// centroids[c] + weights[d * 2^nbits + code_d] for every d; an index of
+// unit-norm tokens (ColBERT's) rescales it to unit norm, as ColBERTv2 does: the
+// rescaling removes the part of the quantization error along the token, which
+// is the part a query token close to it sees most.
 //
 // Search runs in stages, every size an argument of the call:
 //   1. scores of every query token against every centroid (one GEMM-like
@@ -55,9 +58,10 @@ struct plaid_kernels_t {
                          float* maxima);
     /// out (n x dim float32) = centroids[cids[j]] + weights[d * 2^nbits + code_d] for the n tokens
     /// whose packed codes are `codes` (n x plaid_code_bytes(dim, nbits)), read through the byte
-    /// table `lut` of plaid_byte_table().
+    /// table `lut` of plaid_byte_table(); with `normalize` each row then divided by its L2 norm
+    /// (a zero row stays zero).
     void (*decompress)(const uint8_t* codes, const int32_t* cids, size_t n, const float* centroids,
-                       const float* lut, size_t dim, size_t nbits, float* out);
+                       const float* lut, size_t dim, size_t nbits, bool normalize, float* out);
 };
 
 FLATCOAT_KERNEL_FAMILY(plaid_kernels_t)
@@ -72,6 +76,7 @@ std::vector<float> plaid_byte_table(const float* weights, size_t dim, size_t nbi
 struct plaid_index_t {
     size_t dim = 0;
     size_t nbits = 2;                    ///< 1, 2 or 4
+    bool normalize = false;              ///< decompressed tokens rescaled to unit norm (unit-norm tokens)
     size_t n_centroids = 0;
     size_t docs = 0;
     const float* centroids = nullptr;    ///< n_centroids x dim
@@ -137,6 +142,7 @@ void plaid_encode(const float* x, size_t n, size_t dim, const float* centroids, 
 
 /// Decompresses n tokens (see plaid_kernels_t::decompress) with the active ISA.
 void plaid_decompress(const uint8_t* codes, const int32_t* cids, size_t n, const float* centroids,
-                      size_t n_centroids, const float* weights, size_t dim, size_t nbits, float* out);
+                      size_t n_centroids, const float* weights, size_t dim, size_t nbits, bool normalize,
+                      float* out);
 
 }  // namespace flatcoat

@@ -10,11 +10,13 @@
 //   centroids' score rows (vertical max, up to 4 panels held in registers);
 // - decompress: centroid row plus, per code byte, the 8 / nbits decoded
 //   residuals looked up in the byte table (plaid_byte_table), nbits a
-//   compile-time constant of the inner loop.
+//   compile-time constant of the inner loop; optionally each row rescaled to
+//   unit norm (its squared norm summed in vector lanes, then the tail).
 // Every dot product walks dimensions 0..dim-1 in order: a score never
 // depends on the blocking, the batch or the thread.
 #pragma once
 
+#include <cmath>  // std::sqrt
 #include <cstddef>
 #include <cstdint>
 
@@ -120,14 +122,35 @@ inline void decompress_bits(const uint8_t* codes, const int32_t* cids, size_t n,
     }
 }
 
+/// Each of the n rows (dim floats) divided by its L2 norm; a zero row is left as it is.
+template <class S>
+inline void normalize_rows(float* out, size_t n, size_t dim) {
+    using vf = typename S::vf;
+    const size_t full = dim - dim % S::width;
+    for (size_t j = 0; j < n; ++j) {
+        float* o = out + j * dim;
+        vf acc = S::zero();
+        for (size_t d = 0; d < full; d += S::width) {
+            const vf x = S::load(o + d);
+            acc = S::fma(x, x, acc);
+        }
+        float squares = S::reduce_add(acc);
+        for (size_t d = full; d < dim; ++d) squares += o[d] * o[d];
+        if (!(squares > 0.0f)) continue;
+        const float scale = 1.0f / std::sqrt(squares);
+        for (size_t d = 0; d < dim; ++d) o[d] *= scale;
+    }
+}
+
 template <class S>
 void decompress(const uint8_t* codes, const int32_t* cids, size_t n, const float* centroids, const float* lut,
-                size_t dim, size_t nbits, float* out) {
+                size_t dim, size_t nbits, bool normalize, float* out) {
     switch (nbits) {
         case 1: decompress_bits<1>(codes, cids, n, centroids, lut, dim, out); break;
         case 2: decompress_bits<2>(codes, cids, n, centroids, lut, dim, out); break;
         default: decompress_bits<4>(codes, cids, n, centroids, lut, dim, out); break;
     }
+    if (normalize) normalize_rows<S>(out, n, dim);
 }
 
 template <class S>
