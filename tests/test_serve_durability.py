@@ -44,7 +44,10 @@ LOG_TAIL = 50  # lines of the server log a failure message carries
 
 
 def vector(id_: int, version: int) -> list:
-    return np.random.default_rng(id_ * 7919 + version).standard_normal(DIM).astype(np.float32).tolist()
+    # Seeded by the pair itself. A seed folded into one number (id * 7919 + version) gave two pairs
+    # the same vector once versions passed 7919, e.g. (284, 8341) and (285, 422): the check then
+    # found the smaller id at distance 0 (ties go to the smaller id) and reported the other lost.
+    return np.random.default_rng([id_, version]).standard_normal(DIM).astype(np.float32).tolist()
 
 
 def free_port() -> int:
@@ -238,6 +241,21 @@ def run_kills(tmp_path, kills: int, seed: int):
 def test_sigkill_under_writes_loses_nothing_acknowledged(tmp_path):
     model = run_kills(tmp_path, kills=10, seed=1)
     assert model.acknowledged > 20, model.acknowledged
+
+
+def test_check_finds_writes_that_the_old_seeds_gave_one_vector(tmp_path):
+    # Two failed runs held these pairs, each pair with one seed (id * 7919 + version): the check
+    # reported the larger id lost, the smaller one found at distance 0 in its place.
+    versions = {284: 8341, 285: 422, 157: 17983, 158: 10064}
+    model = Model()
+    model.version.update(versions)
+    with servers(tmp_path) as start:
+        server = start(saved_index(tmp_path))
+        r = httpx.post(server.url + "/upsert", json={"ids": list(versions),
+                                                     "vectors": [vector(i, v) for i, v in versions.items()]})
+        assert r.status_code == 200, r.text
+        check(server.url, model)
+        assert server.stop(signal.SIGTERM) in (0, -signal.SIGTERM)
 
 
 @pytest.mark.slow
