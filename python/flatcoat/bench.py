@@ -7,7 +7,8 @@ kernels use (vpdpbusd and vpopcntq on icelake, vpmaddubsw + vpmaddwd and
 popcnt below), from registers: a kernel is set against the roof of its own
 instructions, which it cannot exceed unless the probe is wrong. Then every
 kernel on generated data sized beyond the caches: dense f32/f16/int8/binary
-scans at Q = 1 and batched, MaxSim f32/f16/int8, the 4-bit PQ fast-scan (IVF
+scans at Q = 1 and batched, MaxSim f32/f16/int8, PLAID's stage 4 (residual
+codes decompressed in blocks, then MaxSim), the 4-bit PQ fast-scan (IVF
 lists, read once per batch), and top-k over 10M scores.
 Each figure is the median of several timed repeats after a warm-up, with its
 spread, and the percentage of the ceiling that bounds it (bandwidth for a
@@ -259,6 +260,55 @@ def _maxsim_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
     return rows
 
 
+#: PLAID's bench index: residual bits and centroids (a small table: the kernel is stage 4, not the centroid scan).
+_PLAID_NBITS, _PLAID_CENTROIDS = 2, 256
+
+
+def _plaid_index(sizes, rng):
+    """A PlaidIndex over the MaxSim rows' kind of data: ``maxsim_docs`` documents of 50-300 unit-norm
+    128-d tokens, 2 bits, 256 centroids; built once per run (encoding is not what is measured)."""
+    from .plaid import PlaidIndex
+
+    lengths = rng.integers(50, 301, sizes["maxsim_docs"])
+    tokens = rng.standard_normal((int(lengths.sum()), 128), dtype=np.float32)
+    tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
+    index = PlaidIndex(128, nbits=_PLAID_NBITS, ncentroids=_PLAID_CENTROIDS, seed=0)
+    index.add((tokens, lengths))
+    return index
+
+
+def _plaid_rows(isa, threads, index, repeats, rng, progress) -> List[Row]:
+    """PLAID's stage 4 through ``_core.search_plaid``: every document a candidate (every centroid
+    probed) and scored (``ncandidates = ndocs = n``), so stage 4 decompresses every token's residual
+    codes, 256 tokens at a time into a per-thread block, and runs the MaxSim kernel on them. The figure
+    is the stage's own wall-clock time (``exact_s`` of the core's stage timings, not the centroid scan
+    before it). Its roof is the float32 FMA rate: 2 * 32 query tokens * 128 flops per token against
+    34 bytes of codes and centroid id read, 240 flops a byte, far above the machine balance; the
+    decompression (a table look-up per code byte plus the centroid row) is overhead the kernel pays
+    against that roof. The codes' bytes per second are reported beside it."""
+    q_tokens = 32
+    query = rng.standard_normal((q_tokens, index.dim), dtype=np.float32)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    n, n_tokens = len(index), index.num_tokens
+    arrays = index.arrays()
+    stored = float(arrays["codes"].nbytes + arrays["centroid_ids"].nbytes)
+
+    def stage4() -> float:
+        _, _, stats = index.search_stats(query, k=10, nprobe=index.ncentroids, ncandidates=n, ndocs=n)
+        if stats["scored"] != n:  # every document must reach stage 4, or the figure is not stage 4's
+            raise RuntimeError(f"plaid bench: stage 4 scored {stats['scored']} of {n} documents")
+        return stats["exact_s"]
+
+    stage4()  # warm-up: the inverted file, page faults, threads
+    times = [stage4() for _ in range(repeats)]
+    med, spread = _median_spread(times)
+    ops = 2.0 * q_tokens * n_tokens * index.dim
+    row = Row(f"plaid {_PLAID_NBITS}-bit decompress+maxsim", isa, threads, med, spread, n / med, "docs",
+              stored / med / 1e9, ops / med / 1e9, "fma", 0.0, stored, ops, times)
+    progress.step(row.kernel)
+    return [row]
+
+
 def _pq4_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
     """The 4-bit fast-scan kernel through search_ivf: 4 x dense_n random codes (384 dims, 192
     sub-quantizers: 96 bytes a vector, so the set outgrows the caches as the dense ones do) in 16
@@ -352,7 +402,7 @@ def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, d
     repeats = repeats or (3 if quick else 5)
     sizes = _sizes(quick, size_factor)
     previous_isa, previous_threads = _core.active_isa(), _core.num_threads()
-    bar = _Progress(total=1 + len(isas) * 14, enabled=progress)
+    bar = _Progress(total=1 + len(isas) * 17, enabled=progress)
     rows: List[Row] = []
     try:
         _core.set_num_threads(threads)
@@ -368,10 +418,12 @@ def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, d
             for name in isas}
         bar.step("ceilings")
         rng = np.random.default_rng(0)
+        plaid = _plaid_index(sizes, rng)
         for name in isas:
             _core.set_active_isa(name)
             rows += _dense_rows(name, threads, sizes, repeats, rng, bar)
             rows += _maxsim_rows(name, threads, sizes, repeats, rng, bar)
+            rows += _plaid_rows(name, threads, plaid, repeats, rng, bar)
             rows += _pq4_rows(name, threads, sizes, repeats, rng, bar)
             rows += _topk_rows(name, threads, sizes, repeats, rng, bar)
             # Memory is shared with whatever else runs: read it again after each ISA and keep the best.
@@ -427,10 +479,11 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-_FAMILY_COLOURS = {"dense": "tab:blue", "maxsim": "tab:orange", "pq4": "tab:green"}
-_STORAGE_MARKERS = {"f32": "o", "f16": "s", "bf16": "v", "int8": "^", "binary": "D", "fast-scan": "P"}
+_FAMILY_COLOURS = {"dense": "tab:blue", "maxsim": "tab:orange", "plaid": "tab:purple", "pq4": "tab:green"}
+_STORAGE_MARKERS = {"f32": "o", "f16": "s", "bf16": "v", "int8": "^", "binary": "D", "fast-scan": "P",
+                    f"{_PLAID_NBITS}-bit": "X"}
 # (ceiling, name, line style, the kernels it bounds)
-_ROOF_STYLES = (("fma_gflops", "float32 FMA", "-", "dense f32/f16, maxsim f32/f16"),
+_ROOF_STYLES = (("fma_gflops", "float32 FMA", "-", "dense f32/f16, maxsim f32/f16, plaid"),
                 ("bf16_gflops", "bf16 dot", "-.", "dense bf16 (the FMA rate without vdpbf16ps)"),
                 ("int8_gops", "int8 dot", "--", "dense int8 (s8 queries), maxsim int8"),
                 ("popcount_g_per_s", "popcount", ":", "dense binary"))
@@ -473,7 +526,7 @@ def plot_roofline(report: dict, path: str) -> None:
             family, rest = r["kernel"].split(" ", 1)
             storage = rest.split(" ")[0]
             colour = _FAMILY_COLOURS.get(family, "tab:gray")
-            batch = not r["kernel"].endswith("Q=1") and family != "maxsim"
+            batch = not r["kernel"].endswith("Q=1") and family not in ("maxsim", "plaid")
             ax.scatter(r["operations"] / r["bytes_moved"], r["gops"], s=36, marker=_STORAGE_MARKERS.get(storage, "x"),
                        facecolors="none" if batch else colour, edgecolors=colour, linewidths=1.3, zorder=3)
         ax.set_title(isa, fontsize=10)
