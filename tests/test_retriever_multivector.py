@@ -200,6 +200,24 @@ def test_plaid_reranker_scores_every_candidate_on_decompressed_tokens(mv, corpus
     assert {h.id for row in r.search(list(QUERIES), k=k, filter=few) for h in row} <= set(few)
 
 
+def test_plaid_reranker_rescores_the_hybrid_union(mv, corpus):
+    """hybrid="union": the dense and BM25 shortlists' union re-ranked by the PlaidIndex reranker; every
+    score is MaxSim over that document's decompressed tokens, best first."""
+    pytest.importorskip("bm25s")
+    ids, texts, _, _, queries = corpus
+    enc = Encoder.from_pretrained("all-MiniLM-L6-v2")
+    r = Retriever(enc, flatcoat.DenseIndex(enc.dim), reranker=(mv, flatcoat.PlaidIndex(mv.dim, nbits=2)),
+                  lexical=True)
+    r.add(texts, ids=ids)
+    position = {uid: n for n, uid in enumerate(ids)}
+    decompressed = r._reranker_index.get(np.arange(N_DOCS))[0]
+    for q, row in zip(queries, r.search(list(QUERIES), k=5, hybrid={"method": "union", "depth": 10})):
+        assert len(row) == 5
+        want = exact_maxsim(q, [decompressed[position[h.id]] for h in row])
+        np.testing.assert_allclose([h.score for h in row], want, rtol=1e-4)
+        assert [h.score for h in row] == sorted((h.score for h in row), reverse=True)
+
+
 # ----------------------------------------------------------------------------- MUVERA
 
 
