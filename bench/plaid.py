@@ -601,6 +601,12 @@ def streamed_rows(flatcoat, args) -> tuple:
             index = flatcoat.load(index_dir, mmap=False)
             build = json.loads((directory / f"plaid-nbits{nbits}-build.json").read_text())
             print(f"  loaded {index_dir} in {time.perf_counter() - t0:.1f} s", flush=True)
+            meta = json.loads((index_dir / "manifest.json").read_text())["meta"]
+            if "normalize" not in meta:
+                # Built before PlaidIndex(normalize=): training never depended on it, and this collection's
+                # tokens are unit-norm, so a build today differs only in the flag that training would set.
+                index._normalize = True
+                notes.append(f"{index_dir.name}: cached before normalize=; set on load (unit-norm tokens)")
         else:
             ncentroids = default_ncentroids(n_tokens)
             need_train = ncentroids * TRAIN_POINTS_PER_CENTROID

@@ -13,20 +13,31 @@ lists, read once per batch), and top-k over 10M scores.
 Each figure is the median of several timed repeats after a warm-up, with its
 spread, and the percentage of the ceiling that bounds it (bandwidth for a
 single-query scan, arithmetic for a batch). The memory is shared with whatever
-else runs, so it is read again after each ISA's kernels and the best reading
-is the bandwidth roof.
+else runs, so it is read again after each family of kernels and the best
+reading is the bandwidth roof.
+
+With several ISAs (``--isa all``) the levels are measured interleaved: each
+kernel's data is made once, then every round times each level once, in an
+order rotated from round to round, so a level is not favoured by when it ran.
+Each level's figure is its median over the rounds; each level is then set
+against the level below by the ratio of their medians and an interval for the
+median of the per-round paired ratios (order statistics, as a sign test), and
+it is called slower only when that whole interval lies above 1. A level that
+runs the very code of the level below for a kernel (:func:`code_level`) is
+reported as such instead.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -34,7 +45,8 @@ from . import _core
 from ._storage import DENSE_STORAGES, MULTIVECTOR_STORAGES, dense_code_layout
 from ._validate import as_bool, as_int
 
-__all__ = ["run", "measure_ceilings", "read_bandwidth", "arithmetic_peaks", "Row"]
+__all__ = ["run", "measure_ceilings", "read_bandwidth", "arithmetic_peaks", "code_level", "compare_levels", "Row",
+           "Comparison"]
 
 
 @dataclass
@@ -42,7 +54,7 @@ class Row:
     kernel: str
     isa: str
     threads: int
-    seconds: float  # median of the repeats
+    seconds: float  # median of the repeats (with several ISAs: of the rounds)
     spread: float  # (max - min) / median of the repeats
     items_per_s: float
     item: str  # what items_per_s counts: "vectors", "docs", "scores"
@@ -188,6 +200,167 @@ def measure_ceilings(threads: Optional[int] = None, *, bandwidth_bytes: int = 1 
             **arithmetic_peaks(threads, rounds, repeats, isa)}
 
 
+# ----------------------------------------------------------------------------- the levels, interleaved
+
+
+def _interleaved(fn: Callable[[], object], isas: Sequence[str], rounds: int, *,
+                 own_seconds: bool = False) -> Dict[str, List[float]]:
+    """Seconds of ``fn`` per ISA: one warm-up call per ISA, then ``rounds`` rounds that time every ISA once.
+    ``own_seconds``: ``fn`` returns the seconds to record (a stage's own time), not its whole call's.
+
+    Round r starts at ISA r (mod the count) and wraps around, so over as many
+    rounds as ISAs each one runs once in every position: a level does not
+    gain from always following a given other, or from when the machine's
+    other load happened to come.
+    """
+    for name in isas:  # page faults, thread start, caches, the level's code
+        _core.set_active_isa(name)
+        fn()
+    times: Dict[str, List[float]] = {name: [] for name in isas}
+    for r in range(rounds):
+        first = r % len(isas)
+        for name in list(isas[first:]) + list(isas[:first]):
+            _core.set_active_isa(name)
+            start = time.perf_counter()
+            seconds = fn()
+            times[name].append(float(seconds) if own_seconds else time.perf_counter() - start)
+    return times
+
+
+def _rows(kernel: str, times: Dict[str, List[float]], threads: int, items: float, item: str, stored: float,
+          ops: float, bound: str) -> List[Row]:
+    """One Row per ISA from its times; ``items``, ``stored`` bytes and ``ops`` are the work of one call."""
+    rows = []
+    for name, seconds in times.items():
+        med, spread = _median_spread(seconds)
+        rows.append(Row(kernel, name, threads, med, spread, items / med, item, stored / med / 1e9, ops / med / 1e9,
+                        bound, 0.0, float(stored), float(ops), seconds))
+    return rows
+
+
+# The levels whose kernel tables bring their own code for each benchmarked
+# kernel (cpp/src/kernels/<family>/<level>.cpp); any other level runs the code
+# of the nearest level below it that does. scalar is the reference for all.
+# icelake_t and genoa_t (simd/icelake.hpp, simd/genoa.hpp) inherit skylake_t
+# and add only vpdpbusd, vpopcntq and vdpbf16ps, so a kernel that uses none of
+# those is skylake's template code on them, compiled with more flags. The
+# binary scan's vpopcntq starts at 8 words (512 dimensions): below that
+# icelake_t takes the scalar popcnt of haswell and skylake, whose binary scans
+# are that one loop. Top-k is one common routine (select_topk, probe.cpp).
+_OWN_CODE = {
+    "dense f32": ("haswell", "skylake", "neon"),
+    "dense f16": ("haswell", "skylake", "neon"),
+    "dense bf16": ("haswell", "skylake", "genoa", "neon"),
+    "dense int8": ("haswell", "skylake", "icelake", "neon"),
+    "dense binary": ("haswell", "neon"),
+    "dense binary wide": ("haswell", "icelake", "neon"),  # 8 words or more: vpopcntq
+    "maxsim f32": ("haswell", "skylake", "neon"),
+    "maxsim f16": ("haswell", "skylake", "neon"),
+    "maxsim int8": ("haswell", "skylake", "icelake", "neon"),
+    # PLAID's stage 4: the decompression (kernels/plaid, one template: no vpdpbusd, vpopcntq or
+    # vdpbf16ps) and the f32 MaxSim kernel, so icelake and genoa run skylake's code.
+    "plaid 2-bit": ("haswell", "skylake", "neon"),
+    "pq4 fast-scan": ("haswell", "skylake", "neon"),
+    "top-k": (),
+}
+
+
+def code_level(kernel: str, isa: str, dim: int = 384) -> str:
+    """The level whose code ``isa`` runs for a benchmarked ``kernel`` (a Row's name, e.g. "dense f32 Q=64").
+
+    ``dim``: the vectors' dimensions (the binary scan changes instruction at
+    512). ``code_level("dense f32 Q=1", "genoa") == "skylake"``: genoa adds no
+    instruction the float32 scan uses. A level with its own code is its own.
+    """
+    family = " ".join(kernel.split(" ")[:2])
+    if family == "dense binary" and (dim + 63) // 64 >= 8:
+        family = "dense binary wide"
+    if family not in _OWN_CODE:
+        family = kernel.split(" ")[0]
+    if family not in _OWN_CODE:
+        raise ValueError(f"code_level: unknown kernel {kernel!r}")
+    levels = [name for name in _core.compiled_isas()]
+    if isa not in levels:
+        raise ValueError(f"code_level: {isa!r} is not compiled here; one of {', '.join(levels)}")
+    for name in reversed(levels[: levels.index(isa) + 1]):
+        if name == "scalar" or name in _OWN_CODE[family]:
+            return name
+    return "scalar"
+
+
+@dataclass
+class Comparison:
+    """One level against the level below on one kernel (times: above 1 is slower)."""
+
+    kernel: str
+    isa: str
+    below: str
+    ratio: float  # median seconds of isa / median seconds of below
+    low: float  # interval for the median of the per-round ratios isa / below
+    high: float
+    coverage: float  # the interval's confidence (0 with too few rounds)
+    same_code_as: Optional[str]  # the level whose code both run, when they run the same
+    verdict: str  # "slower", "faster", "within noise", "same kernel" or "too few rounds"
+
+
+# The confidence asked of the interval: 5 rounds give 93.75% (every round must agree),
+# 7 give 98.4% (the same), 9 give 96.1% (all but one).
+_CONFIDENCE = 0.9
+
+
+def _median_interval(values: Sequence[float], confidence: float = _CONFIDENCE) -> Tuple[float, float, float]:
+    """``(low, high, coverage)``: a distribution-free interval for the median of ``values``.
+
+    The j-th smallest and j-th largest value, with the largest j whose
+    coverage 1 - 2 P(Binomial(n, 1/2) < j) is at least ``confidence`` (the
+    sign test's interval); with too few values for that, the extremes and
+    their own coverage (0 for one value).
+    """
+    x = sorted(values)
+    n = len(x)
+    below = [math.comb(n, i) / 2.0**n for i in range(n + 1)]  # P(Binomial(n, 1/2) = i)
+    j, coverage = 1, max(0.0, 1 - 2 * below[0])
+    while j + 1 <= n // 2 and 1 - 2 * sum(below[: j + 1]) >= confidence:
+        j += 1
+        coverage = 1 - 2 * sum(below[:j])
+    return x[j - 1], x[n - j], coverage
+
+
+def compare_levels(rows: Sequence[Row], dim: int = 384) -> List[Comparison]:
+    """Each level against the level below it, kernel by kernel, from interleaved rows (their repeats pair by round).
+
+    Verdicts: "same kernel" where both levels run one level's code
+    (:func:`code_level`), whatever the clock said; otherwise "slower" where
+    the interval of the per-round ratios lies wholly above 1, "faster" where
+    wholly below, "within noise" where it holds 1, and "too few rounds" where
+    the interval reaches less than the confidence asked (fewer than 5 rounds).
+    ``dim``: the dense vectors' dimensions (see :func:`code_level`).
+    """
+    by_kernel: Dict[str, List[Row]] = {}
+    for row in rows:
+        by_kernel.setdefault(row.kernel, []).append(row)
+    comparisons = []
+    for kernel, levels in by_kernel.items():
+        for below, row in zip(levels, levels[1:]):
+            paired = [a / b for a, b in zip(row.repeats, below.repeats)]
+            low, high, coverage = _median_interval(paired)
+            code = code_level(kernel, row.isa, dim)
+            same = code if code == code_level(kernel, below.isa, dim) else None
+            if same is not None:
+                verdict = "same kernel"
+            elif coverage < _CONFIDENCE:
+                verdict = "too few rounds"
+            elif low > 1.0:
+                verdict = "slower"
+            elif high < 1.0:
+                verdict = "faster"
+            else:
+                verdict = "within noise"
+            comparisons.append(Comparison(kernel, row.isa, below.isa, row.seconds / below.seconds, low, high,
+                                          coverage, same, verdict))
+    return comparisons
+
+
 # ----------------------------------------------------------------------------- kernels
 
 
@@ -203,7 +376,7 @@ def _sizes(quick: bool, factor: float) -> Dict[str, int]:
     return {k: (v if k == "dim" else max(64, int(v * factor))) for k, v in base.items()}
 
 
-def _dense_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
+def _dense_rows(isas, threads, sizes, rounds, rng, progress) -> List[Row]:
     from .dense import DenseIndex
 
     rows: List[Row] = []
@@ -219,8 +392,7 @@ def _dense_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
         stored = n * int(np.prod(row_shape)) * dtype.itemsize  # the codes a scan reads
         for nq in (1, batch):
             q = queries[:nq]
-            times = _timed(lambda: index.search(q, k=10), repeats)
-            med, spread = _median_spread(times)
+            times = _interleaved(lambda: index.search(q, k=10), isas, rounds)
             if storage == "binary":
                 ops = n * nq * (dim // 64 + (dim % 64 > 0))  # 64-bit popcounts
                 compute_bound = "popcount"
@@ -229,15 +401,14 @@ def _dense_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
                 # int8 scans with s8 queries on the int8 dot, bf16 on the bf16 dot
                 # (vdpbf16ps on genoa; the FMA rate below it).
                 compute_bound = {"int8": "int8", "bf16": "bf16"}.get(storage, "fma")
-            rows.append(Row(f"dense {storage} Q={nq}", isa, threads, med, spread, n * nq / med, "vectors",
-                            stored / med / 1e9, ops / med / 1e9, "bandwidth" if nq == 1 else compute_bound, 0.0,
-                            float(stored), float(ops), times))
+            rows += _rows(f"dense {storage} Q={nq}", times, threads, n * nq, "vectors", stored, ops,
+                          "bandwidth" if nq == 1 else compute_bound)
             progress.step(rows[-1].kernel)
         del index
     return rows
 
 
-def _maxsim_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
+def _maxsim_rows(isas, threads, sizes, rounds, rng, progress) -> List[Row]:
     from .multivector import MultiVectorIndex
 
     rows: List[Row] = []
@@ -249,12 +420,10 @@ def _maxsim_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
     for storage in MULTIVECTOR_STORAGES:
         index = MultiVectorIndex(dim, storage=storage)
         index.add((tokens, lengths))
-        stored = index.nbytes
-        times = _timed(lambda: index.search(query, k=10), repeats)
-        med, spread = _median_spread(times)
+        times = _interleaved(lambda: index.search(query, k=10), isas, rounds)
         ops = 2.0 * q_tokens * tokens.shape[0] * dim
-        rows.append(Row(f"maxsim {storage}", isa, threads, med, spread, n_docs / med, "docs", stored / med / 1e9,
-                        ops / med / 1e9, "int8" if storage == "int8" else "fma", 0.0, float(stored), ops, times))
+        rows += _rows(f"maxsim {storage}", times, threads, n_docs, "docs", index.nbytes, ops,
+                      "int8" if storage == "int8" else "fma")
         progress.step(rows[-1].kernel)
         del index
     return rows
@@ -277,7 +446,7 @@ def _plaid_index(sizes, rng):
     return index
 
 
-def _plaid_rows(isa, threads, index, repeats, rng, progress) -> List[Row]:
+def _plaid_rows(isas, threads, sizes, rounds, rng, progress) -> List[Row]:
     """PLAID's stage 4 through ``_core.search_plaid``: every document a candidate (every centroid
     probed) and scored (``ncandidates = ndocs = n``), so stage 4 decompresses every token's residual
     codes, 256 tokens at a time into a per-thread block, and runs the MaxSim kernel on them. The figure
@@ -285,7 +454,9 @@ def _plaid_rows(isa, threads, index, repeats, rng, progress) -> List[Row]:
     before it). Its roof is the float32 FMA rate: 2 * 32 query tokens * 128 flops per token against
     34 bytes of codes and centroid id read, 240 flops a byte, far above the machine balance; the
     decompression (a table look-up per code byte plus the centroid row) is overhead the kernel pays
-    against that roof. The codes' bytes per second are reported beside it."""
+    against that roof. The codes' bytes per second are reported beside it. The index is built once,
+    with the active level (its encoding is not what is measured)."""
+    index = _plaid_index(sizes, rng)
     q_tokens = 32
     query = rng.standard_normal((q_tokens, index.dim), dtype=np.float32)
     query /= np.linalg.norm(query, axis=1, keepdims=True)
@@ -299,17 +470,14 @@ def _plaid_rows(isa, threads, index, repeats, rng, progress) -> List[Row]:
             raise RuntimeError(f"plaid bench: stage 4 scored {stats['scored']} of {n} documents")
         return stats["exact_s"]
 
-    stage4()  # warm-up: the inverted file, page faults, threads
-    times = [stage4() for _ in range(repeats)]
-    med, spread = _median_spread(times)
-    ops = 2.0 * q_tokens * n_tokens * index.dim
-    row = Row(f"plaid {_PLAID_NBITS}-bit decompress+maxsim", isa, threads, med, spread, n / med, "docs",
-              stored / med / 1e9, ops / med / 1e9, "fma", 0.0, stored, ops, times)
-    progress.step(row.kernel)
-    return [row]
+    times = _interleaved(stage4, isas, rounds, own_seconds=True)
+    rows = _rows(f"plaid {_PLAID_NBITS}-bit decompress+maxsim", times, threads, n, "docs", stored,
+                 2.0 * q_tokens * n_tokens * index.dim, "fma")
+    progress.step(rows[-1].kernel)
+    return rows
 
 
-def _pq4_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
+def _pq4_rows(isas, threads, sizes, rounds, rng, progress) -> List[Row]:
     """The 4-bit fast-scan kernel through search_ivf: 4 x dense_n random codes (384 dims, 192
     sub-quantizers: 96 bytes a vector, so the set outgrows the caches as the dense ones do) in 16
     equal lists, every list probed, no rerank. The codes are read once per call whatever the batch
@@ -326,25 +494,21 @@ def _pq4_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
     rows: List[Row] = []
     for nq in (1, batch):
         q = queries[:nq]
-        times = _timed(lambda: _core.search_ivf("pq4", "ip", dim, centroids, offsets, codes, ids, books, None, None,
-                                                None, None, None, None, q, 10, nlist, 0), repeats)
-        med, spread = _median_spread(times)
-        ops = float(n) * m * nq  # 4-bit look-ups
-        rows.append(Row(f"pq4 fast-scan Q={nq}", isa, threads, med, spread, n * nq / med, "vectors",
-                        codes.nbytes / med / 1e9, ops / med / 1e9, "bandwidth", 0.0, float(codes.nbytes), ops, times))
+        times = _interleaved(lambda: _core.search_ivf("pq4", "ip", dim, centroids, offsets, codes, ids, books, None,
+                                                      None, None, None, None, None, q, 10, nlist, 0), isas, rounds)
+        rows += _rows(f"pq4 fast-scan Q={nq}", times, threads, n * nq, "vectors", codes.nbytes, float(n) * m * nq,
+                      "bandwidth")  # operations: 4-bit look-ups
         progress.step(rows[-1].kernel)
     return rows
 
 
-def _topk_rows(isa, threads, sizes, repeats, rng, progress) -> List[Row]:
+def _topk_rows(isas, threads, sizes, rounds, rng, progress) -> List[Row]:
     n = sizes["topk_n"]
     scores = rng.standard_normal((1, n), dtype=np.float32)
-    times = _timed(lambda: _core.topk(scores, 10), repeats)
-    med, spread = _median_spread(times)
-    row = Row(f"top-k k=10 of {n:,}", isa, threads, med, spread, n / med, "scores", scores.nbytes / med / 1e9, 0.0,
-              "bandwidth", 0.0, float(scores.nbytes), 0.0, times)
-    progress.step(row.kernel)
-    return [row]
+    times = _interleaved(lambda: _core.topk(scores, 10), isas, rounds)
+    rows = _rows(f"top-k k=10 of {n:,}", times, threads, n, "scores", scores.nbytes, 0.0, "bandwidth")
+    progress.step(rows[-1].kernel)
+    return rows
 
 
 # (the ceiling's key, the Row field it bounds) for each Row.bound
@@ -368,10 +532,16 @@ def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, d
 
     ``isa``: "best" (the active ISA), "all" (every compiled ISA this CPU runs)
     or one ISA name; ``threads``: core threads (default: the current setting);
-    ``repeats``: timed repeats per figure (default 5, 3 with ``quick``);
-    ``size_factor`` scales every data size (tests use tiny ones). The report
-    holds "machine", "versions", "settings", "ceilings" and "rows" (one
-    :class:`Row` as a dict per kernel and ISA).
+    ``repeats``: timed rounds per kernel, each timing every ISA once in a
+    rotated order (default 9, 7 with ``quick``; 5 is the fewest whose
+    interval reaches 90%, and with some 20 comparisons between levels that
+    may well be equal, 5 would call one of them slower by chance about every
+    other run: 7 needs every round to agree, a chance of 1/128 each);
+    ``size_factor`` scales every data size (tests use tiny
+    ones). The report holds "machine", "versions", "settings", "ceilings",
+    "ceilings_by_isa", "rows" (one :class:`Row` as a dict per kernel and ISA,
+    kernel by kernel) and "comparisons" (one :class:`Comparison` as a dict per
+    kernel and ISA above the first, :func:`compare_levels`).
     """
     quick, progress = as_bool(quick, "quick"), as_bool(progress, "progress")
     if threads is not None:
@@ -399,10 +569,10 @@ def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, d
     else:
         raise ValueError(f"--isa: {isa!r} is not usable here; choose one of {', '.join(compiled)} or 'all'")
     threads = threads or _core.num_threads()
-    repeats = repeats or (3 if quick else 5)
+    repeats = repeats or (7 if quick else 9)
     sizes = _sizes(quick, size_factor)
     previous_isa, previous_threads = _core.active_isa(), _core.num_threads()
-    bar = _Progress(total=1 + len(isas) * 17, enabled=progress)
+    bar = _Progress(total=1 + 17, enabled=progress)
     rows: List[Row] = []
     try:
         _core.set_num_threads(threads)
@@ -418,15 +588,11 @@ def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, d
             for name in isas}
         bar.step("ceilings")
         rng = np.random.default_rng(0)
-        plaid = _plaid_index(sizes, rng)
-        for name in isas:
-            _core.set_active_isa(name)
-            rows += _dense_rows(name, threads, sizes, repeats, rng, bar)
-            rows += _maxsim_rows(name, threads, sizes, repeats, rng, bar)
-            rows += _plaid_rows(name, threads, plaid, repeats, rng, bar)
-            rows += _pq4_rows(name, threads, sizes, repeats, rng, bar)
-            rows += _topk_rows(name, threads, sizes, repeats, rng, bar)
-            # Memory is shared with whatever else runs: read it again after each ISA and keep the best.
+        _core.set_active_isa(previous_isa)  # the data is built once, with the active level
+        for family in (_dense_rows, _maxsim_rows, _plaid_rows, _pq4_rows, _topk_rows):
+            rows += family(isas, threads, sizes, repeats, rng, bar)
+            _core.set_active_isa(previous_isa)
+            # Memory is shared with whatever else runs: read it again after each family and keep the best.
             ceilings["read_gb_per_s"] = max(ceilings["read_gb_per_s"],
                                             read_bandwidth(bandwidth_bytes, threads, probe_repeats))
         for roofs in ceilings_by_isa.values():
@@ -447,6 +613,7 @@ def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, d
         "ceilings": ceilings,
         "ceilings_by_isa": ceilings_by_isa,
         "rows": [asdict(r) for r in rows],
+        "comparisons": [asdict(c) for c in compare_levels(rows, sizes["dim"])],
         "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
     }
     print(format_table(report), file=out)
@@ -476,6 +643,28 @@ def format_table(report: dict) -> str:
             f"{r['items_per_s']:.3g} {r['item']}/s | {r['gb_per_s']:.1f} | {r['gops']:.1f} | "
             f"{r['percent_of_ceiling']:.0f}% of {r['bound']} |"
         )
+    comparisons = report.get("comparisons") or []
+    if comparisons:
+        lines += [
+            "",
+            "Each level against the level below, measured interleaved: ratio of the median times (above 1: slower)",
+            "and the interval of the per-round ratios' median; slower or faster only when it excludes 1.",
+            "",
+            "| kernel | isa | vs | ratio | per-round interval | verdict |",
+            "|---|---|---|---:|---:|---|",
+        ]
+        for c in comparisons:
+            verdict = c["verdict"]
+            if c["same_code_as"] is not None:
+                verdict = f"same kernel as {c['same_code_as']}"
+            elif verdict == "slower":
+                verdict = "**slower**"
+            lines.append(f"| {c['kernel']} | {c['isa']} | {c['below']} | {c['ratio']:.3f} | "
+                         f"{c['low']:.3f}-{c['high']:.3f} ({100 * c['coverage']:.1f}%) | {verdict} |")
+        slower = [c for c in comparisons if c["verdict"] == "slower"]
+        lines += ["", "No level slower than the level below beyond the noise on any kernel." if not slower else
+                  f"{len(slower)} slower beyond the noise: " +
+                  ", ".join(f"{c['kernel']} {c['isa']} ({c['ratio']:.2f}x {c['below']})" for c in slower)]
     return "\n".join(lines)
 
 

@@ -408,13 +408,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("bench", allow_abbrev=False, help="measure the machine's ceilings, then the kernels against them")
-    p.add_argument("--quick", action="store_true", help="about a minute: smaller data, fewer repeats")
+    p.add_argument("--quick", action="store_true", help="about two minutes with --isa all: smaller data, fewer rounds")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--isa", default="best", help="'best' (default), 'all' (one row per compiled ISA) or an ISA name")
+    p.add_argument("--isa", default="best", help="'best' (default), 'all' (every compiled ISA this CPU runs, "
+                   "measured interleaved and each compared with the level below) or an ISA name")
     p.add_argument("--threads", type=_positive_int, default=None, help="threads (default: flatcoat's setting)")
     p.add_argument("--json", default=None, help="write the full report (machine, versions, every figure) here")
     p.add_argument("--plot", default=None, help="draw a roofline to this image file (needs matplotlib)")
-    p.add_argument("--repeats", type=_positive_int, default=None, help="timed repeats per figure (default 5, quick 3)")
+    p.add_argument("--repeats", type=_positive_int, default=None,
+                   help="timed rounds per kernel, each timing every ISA once (default 9, quick 7)")
     p.add_argument("--size-factor", type=_positive_float, default=1.0, help=argparse.SUPPRESS)  # tests: tiny sizes
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_bench)
