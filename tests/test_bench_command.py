@@ -44,6 +44,10 @@ def test_every_kernel_is_measured_and_figures_are_consistent(report):
     for storage in ("f32", "f16", "int8"):
         assert f"maxsim {storage}" in kernels
     assert any(k.startswith("top-k") for k in kernels)
+    # PLAID's stage 4 (decompression + MaxSim), set against the FMA roof
+    plaid = [row for row in report["rows"] if row["kernel"] == "plaid 2-bit decompress+maxsim"]
+    assert len(plaid) == 1 and plaid[0]["bound"] == "fma" and plaid[0]["item"] == "docs"
+    assert plaid[0]["operations"] > 0 and plaid[0]["bytes_moved"] > 0
     for row in report["rows"]:
         assert row["seconds"] > 0 and row["items_per_s"] > 0 and row["percent_of_ceiling"] > 0
         assert len(row["repeats"]) == report["settings"]["repeats"]
@@ -63,6 +67,7 @@ def test_every_isa_gets_a_row_with_isa_all(tmp_path):
     with open(tmp_path / "t", "w") as out:
         r = bench.run(quick=True, isa="all", size_factor=0.001, repeats=5, progress=False, out=out)
     assert sorted({row["isa"] for row in r["rows"]}) == sorted(usable)
+    assert sorted(row["isa"] for row in r["rows"] if row["kernel"].startswith("plaid")) == sorted(usable)
     assert flatcoat.info()["isa"] == flatcoat._core.active_isa()  # restored
     # kernel by kernel, every level in order, each with one time per round
     kernels = list(dict.fromkeys(row["kernel"] for row in r["rows"]))

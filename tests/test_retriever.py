@@ -127,7 +127,7 @@ def test_an_ivf_index_is_a_first_stage(enc, vectors, storage, tmp_path, ivf_core
 def test_nprobe_needs_an_ivf_first_stage(enc):
     r = Retriever(enc, flatcoat.DenseIndex(enc.dim))
     r.add(TEXTS, ids=IDS)
-    with pytest.raises(ValueError, match="nprobe: only for an IVFIndex first stage, this one is a DenseIndex"):
+    with pytest.raises(ValueError, match="nprobe: only for an IVFIndex or PlaidIndex first stage, this one is a DenseIndex"):
         r.search(QUERIES, k=2, nprobe=4)
 
 

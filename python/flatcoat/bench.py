@@ -7,7 +7,8 @@ kernels use (vpdpbusd and vpopcntq on icelake, vpmaddubsw + vpmaddwd and
 popcnt below), from registers: a kernel is set against the roof of its own
 instructions, which it cannot exceed unless the probe is wrong. Then every
 kernel on generated data sized beyond the caches: dense f32/f16/int8/binary
-scans at Q = 1 and batched, MaxSim f32/f16/int8, the 4-bit PQ fast-scan (IVF
+scans at Q = 1 and batched, MaxSim f32/f16/int8, PLAID's stage 4 (residual
+codes decompressed in blocks, then MaxSim), the 4-bit PQ fast-scan (IVF
 lists, read once per batch), and top-k over 10M scores.
 Each figure is the median of several timed repeats after a warm-up, with its
 spread, and the percentage of the ceiling that bounds it (bandwidth for a
@@ -202,8 +203,10 @@ def measure_ceilings(threads: Optional[int] = None, *, bandwidth_bytes: int = 1 
 # ----------------------------------------------------------------------------- the levels, interleaved
 
 
-def _interleaved(fn: Callable[[], object], isas: Sequence[str], rounds: int) -> Dict[str, List[float]]:
+def _interleaved(fn: Callable[[], object], isas: Sequence[str], rounds: int, *,
+                 own_seconds: bool = False) -> Dict[str, List[float]]:
     """Seconds of ``fn`` per ISA: one warm-up call per ISA, then ``rounds`` rounds that time every ISA once.
+    ``own_seconds``: ``fn`` returns the seconds to record (a stage's own time), not its whole call's.
 
     Round r starts at ISA r (mod the count) and wraps around, so over as many
     rounds as ISAs each one runs once in every position: a level does not
@@ -219,8 +222,8 @@ def _interleaved(fn: Callable[[], object], isas: Sequence[str], rounds: int) -> 
         for name in list(isas[first:]) + list(isas[:first]):
             _core.set_active_isa(name)
             start = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - start)
+            seconds = fn()
+            times[name].append(float(seconds) if own_seconds else time.perf_counter() - start)
     return times
 
 
@@ -254,6 +257,9 @@ _OWN_CODE = {
     "maxsim f32": ("haswell", "skylake", "neon"),
     "maxsim f16": ("haswell", "skylake", "neon"),
     "maxsim int8": ("haswell", "skylake", "icelake", "neon"),
+    # PLAID's stage 4: the decompression (kernels/plaid, one template: no vpdpbusd, vpopcntq or
+    # vdpbf16ps) and the f32 MaxSim kernel, so icelake and genoa run skylake's code.
+    "plaid 2-bit": ("haswell", "skylake", "neon"),
     "pq4 fast-scan": ("haswell", "skylake", "neon"),
     "top-k": (),
 }
@@ -423,6 +429,54 @@ def _maxsim_rows(isas, threads, sizes, rounds, rng, progress) -> List[Row]:
     return rows
 
 
+#: PLAID's bench index: residual bits and centroids (a small table: the kernel is stage 4, not the centroid scan).
+_PLAID_NBITS, _PLAID_CENTROIDS = 2, 256
+
+
+def _plaid_index(sizes, rng):
+    """A PlaidIndex over the MaxSim rows' kind of data: ``maxsim_docs`` documents of 50-300 unit-norm
+    128-d tokens, 2 bits, 256 centroids; built once per run (encoding is not what is measured)."""
+    from .plaid import PlaidIndex
+
+    lengths = rng.integers(50, 301, sizes["maxsim_docs"])
+    tokens = rng.standard_normal((int(lengths.sum()), 128), dtype=np.float32)
+    tokens /= np.linalg.norm(tokens, axis=1, keepdims=True)
+    index = PlaidIndex(128, nbits=_PLAID_NBITS, ncentroids=_PLAID_CENTROIDS, seed=0)
+    index.add((tokens, lengths))
+    return index
+
+
+def _plaid_rows(isas, threads, sizes, rounds, rng, progress) -> List[Row]:
+    """PLAID's stage 4 through ``_core.search_plaid``: every document a candidate (every centroid
+    probed) and scored (``ncandidates = ndocs = n``), so stage 4 decompresses every token's residual
+    codes, 256 tokens at a time into a per-thread block, and runs the MaxSim kernel on them. The figure
+    is the stage's own wall-clock time (``exact_s`` of the core's stage timings, not the centroid scan
+    before it). Its roof is the float32 FMA rate: 2 * 32 query tokens * 128 flops per token against
+    34 bytes of codes and centroid id read, 240 flops a byte, far above the machine balance; the
+    decompression (a table look-up per code byte plus the centroid row) is overhead the kernel pays
+    against that roof. The codes' bytes per second are reported beside it. The index is built once,
+    with the active level (its encoding is not what is measured)."""
+    index = _plaid_index(sizes, rng)
+    q_tokens = 32
+    query = rng.standard_normal((q_tokens, index.dim), dtype=np.float32)
+    query /= np.linalg.norm(query, axis=1, keepdims=True)
+    n, n_tokens = len(index), index.num_tokens
+    arrays = index.arrays()
+    stored = float(arrays["codes"].nbytes + arrays["centroid_ids"].nbytes)
+
+    def stage4() -> float:
+        _, _, stats = index.search_stats(query, k=10, nprobe=index.ncentroids, ncandidates=n, ndocs=n)
+        if stats["scored"] != n:  # every document must reach stage 4, or the figure is not stage 4's
+            raise RuntimeError(f"plaid bench: stage 4 scored {stats['scored']} of {n} documents")
+        return stats["exact_s"]
+
+    times = _interleaved(stage4, isas, rounds, own_seconds=True)
+    rows = _rows(f"plaid {_PLAID_NBITS}-bit decompress+maxsim", times, threads, n, "docs", stored,
+                 2.0 * q_tokens * n_tokens * index.dim, "fma")
+    progress.step(rows[-1].kernel)
+    return rows
+
+
 def _pq4_rows(isas, threads, sizes, rounds, rng, progress) -> List[Row]:
     """The 4-bit fast-scan kernel through search_ivf: 4 x dense_n random codes (384 dims, 192
     sub-quantizers: 96 bytes a vector, so the set outgrows the caches as the dense ones do) in 16
@@ -518,7 +572,7 @@ def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, d
     repeats = repeats or (7 if quick else 9)
     sizes = _sizes(quick, size_factor)
     previous_isa, previous_threads = _core.active_isa(), _core.num_threads()
-    bar = _Progress(total=1 + 16, enabled=progress)
+    bar = _Progress(total=1 + 17, enabled=progress)
     rows: List[Row] = []
     try:
         _core.set_num_threads(threads)
@@ -535,7 +589,7 @@ def run(quick: bool = False, isa: str = "best", threads: Optional[int] = None, d
         bar.step("ceilings")
         rng = np.random.default_rng(0)
         _core.set_active_isa(previous_isa)  # the data is built once, with the active level
-        for family in (_dense_rows, _maxsim_rows, _pq4_rows, _topk_rows):
+        for family in (_dense_rows, _maxsim_rows, _plaid_rows, _pq4_rows, _topk_rows):
             rows += family(isas, threads, sizes, repeats, rng, bar)
             _core.set_active_isa(previous_isa)
             # Memory is shared with whatever else runs: read it again after each family and keep the best.
@@ -614,10 +668,11 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
-_FAMILY_COLOURS = {"dense": "tab:blue", "maxsim": "tab:orange", "pq4": "tab:green"}
-_STORAGE_MARKERS = {"f32": "o", "f16": "s", "bf16": "v", "int8": "^", "binary": "D", "fast-scan": "P"}
+_FAMILY_COLOURS = {"dense": "tab:blue", "maxsim": "tab:orange", "plaid": "tab:purple", "pq4": "tab:green"}
+_STORAGE_MARKERS = {"f32": "o", "f16": "s", "bf16": "v", "int8": "^", "binary": "D", "fast-scan": "P",
+                    f"{_PLAID_NBITS}-bit": "X"}
 # (ceiling, name, line style, the kernels it bounds)
-_ROOF_STYLES = (("fma_gflops", "float32 FMA", "-", "dense f32/f16, maxsim f32/f16"),
+_ROOF_STYLES = (("fma_gflops", "float32 FMA", "-", "dense f32/f16, maxsim f32/f16, plaid"),
                 ("bf16_gflops", "bf16 dot", "-.", "dense bf16 (the FMA rate without vdpbf16ps)"),
                 ("int8_gops", "int8 dot", "--", "dense int8 (s8 queries), maxsim int8"),
                 ("popcount_g_per_s", "popcount", ":", "dense binary"))
@@ -660,7 +715,7 @@ def plot_roofline(report: dict, path: str) -> None:
             family, rest = r["kernel"].split(" ", 1)
             storage = rest.split(" ")[0]
             colour = _FAMILY_COLOURS.get(family, "tab:gray")
-            batch = not r["kernel"].endswith("Q=1") and family != "maxsim"
+            batch = not r["kernel"].endswith("Q=1") and family not in ("maxsim", "plaid")
             ax.scatter(r["operations"] / r["bytes_moved"], r["gops"], s=36, marker=_STORAGE_MARKERS.get(storage, "x"),
                        facecolors="none" if batch else colour, edgecolors=colour, linewidths=1.3, zorder=3)
         ax.set_title(isa, fontsize=10)

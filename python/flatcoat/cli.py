@@ -62,6 +62,19 @@ def _storage_list(text: str) -> List[str]:
     return out
 
 
+def _muvera_spec(text: str) -> Dict[str, int]:
+    """``K_SIM,REPETITIONS,PROJECTION`` -> the FDE's keyword arguments (PROJECTION 0: none)."""
+    parts = [t.strip() for t in text.split(",")]
+    try:
+        if len(parts) != 3:
+            raise ValueError
+        k_sim, repetitions, projection = (int(t) for t in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected K_SIM,REPETITIONS,PROJECTION (e.g. 4,10,16; projection 0 for none), got {text!r}") from None
+    return {"k_sim": k_sim, "repetitions": repetitions, "projection": projection or None}
+
+
 def _fmt_time(seconds: float) -> str:
     return f"{seconds * 1000:.1f} ms" if seconds < 1 else f"{seconds:.2f} s"
 
@@ -76,9 +89,20 @@ def _cmd_index(args) -> int:
     from .dense import DenseIndex
     from .encoders import Encoder
     from .multivector import MultiVectorIndex
+    from .plaid import MIN_TRAIN as PLAID_MIN_TRAIN, PlaidIndex
     from .retriever import Retriever
 
-    if args.multivector and (args.reranker or args.storage != "f32"):
+    if args.muvera is not None and (args.reranker or args.plaid):
+        raise CLIError("--muvera is a first stage for exact MaxSim over a MultiVectorIndex; drop --reranker/--plaid")
+    if args.muvera is not None and args.storage not in DENSE_STORAGES:
+        raise CLIError(f"--muvera keeps the FDEs in a DenseIndex: --storage must be one of {', '.join(DENSE_STORAGES)}")
+    if args.plaid and args.reranker == "exact":
+        raise CLIError("--plaid stores multi-vector tokens: use it with --multivector (the single stage) or "
+                       "--reranker multivector (the reranker), not --reranker exact")
+    if args.nbits is not None and not args.plaid:
+        raise CLIError("--nbits sets a PlaidIndex's residual bits; add --plaid")
+    single = args.multivector or (args.plaid and not args.reranker)  # --plaid alone implies --multivector
+    if single and args.muvera is None and (args.reranker or args.storage != "f32"):
         raise CLIError("--multivector builds a single-stage MaxSim index; drop --storage/--reranker, "
                        "or keep a dense first stage with --reranker multivector")
     from ._persist import check_replaceable
@@ -97,9 +121,20 @@ def _cmd_index(args) -> int:
         _note("index", f"skipped {len(corpus.skipped)} empty documents (blank title and text), "
                        f"e.g. id {corpus.skipped[0]!r}")
     t0 = time.perf_counter()
-    if args.multivector:
+
+    def mv_index(dim: int):
+        return PlaidIndex(dim, nbits=args.nbits or 2) if args.plaid else MultiVectorIndex(dim)
+
+    if args.muvera is not None:
+        from .muvera import FDE
+
         enc = Encoder.from_pretrained(args.model, kind="multivector")
-        r = Retriever(enc, MultiVectorIndex(enc.dim), lexical=args.lexical)
+        fde = FDE(enc.dim, **args.muvera)
+        r = Retriever(enc, MultiVectorIndex(enc.dim), lexical=args.lexical,
+                      muvera=(fde, DenseIndex(fde.output_dim, metric="ip", storage=args.storage)))
+    elif single:
+        enc = Encoder.from_pretrained(args.model, kind="multivector")
+        r = Retriever(enc, mv_index(enc.dim), lexical=args.lexical)
     else:
         enc = Encoder.from_pretrained(args.model, kind="dense")
         if args.storage == "pq4":  # a partitioned index (IVFIndex), trained on the corpus itself
@@ -114,10 +149,18 @@ def _cmd_index(args) -> int:
         reranker: Any = args.reranker
         if args.reranker == "multivector":
             mv = Encoder.from_pretrained(args.model, kind="multivector")
-            reranker = (mv, MultiVectorIndex(mv.dim))
+            reranker = (mv, mv_index(mv.dim))
         r = Retriever(enc, index, reranker=reranker, lexical=args.lexical)
-    r.add(corpus.texts, ids=corpus.ids, batch_size=args.batch_size,
-          metadata=corpus.metadata if fields is not None else None)
+    try:
+        r.add(corpus.texts, ids=corpus.ids, batch_size=args.batch_size,
+              metadata=corpus.metadata if fields is not None else None)
+    except ValueError as exc:
+        plaid = next((i for i in (r.index, r._reranker_index) if isinstance(i, PlaidIndex)), None)
+        if plaid is None or plaid.is_trained:
+            raise
+        raise CLIError(f"--plaid: a PlaidIndex trains on the corpus's own token vectors and needs at least "
+                       f"{PLAID_MIN_TRAIN} of them, and this corpus has fewer; index it without --plaid "
+                       "(exact MaxSim)") from exc
     t1 = time.perf_counter()
     r.save(out)
     print(f"indexed {len(corpus)} documents from {args.corpus} into {out} in {_fmt_time(t1 - t0)} "
@@ -141,10 +184,11 @@ def _cmd_search(args) -> int:
             raise CLIError(f"--filter: not valid JSON ({exc}); e.g. --filter '{{\"year\": {{\"$gte\": 2020}}}}'") from None
         if not isinstance(predicate, (dict, list)):
             raise CLIError("--filter: expected a JSON object (a predicate) or a list of document ids")
+    options = {"ndocs": args.ndocs} if args.ndocs is not None else None
     hits = r.search(args.query, k=args.k, instruction=args.instruction, rerank=args.rerank, nprobe=args.nprobe,
-                    filter=predicate, hybrid=args.hybrid)
+                    filter=predicate, hybrid=args.hybrid, index_options=options)
     t2 = time.perf_counter()
-    if args.rerank is not None and r.reranker is None:  # after the search: a bad --rerank is an error, not ignored
+    if args.rerank is not None and r.reranker is None and r.muvera is None:  # after the search: a bad --rerank is an error, not ignored
         _note("search", f"--rerank: {args.dir} has no reranker (built without --reranker); ignored")
     if args.json:
         print(json.dumps([{"id": h.id, "score": h.score, "text": h.text, "metadata": h.metadata} for h in hits],
@@ -177,9 +221,11 @@ def _cmd_eval(args) -> int:
         raise CLIError(f"{args.dataset} is not a directory "
                        "(expected a BEIR-format collection: corpus.jsonl, queries.jsonl, qrels/)")
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip())
-    storages = [] if args.multivector and args.storage is None else (args.storage or ["f32"])
+    late = args.multivector or args.plaid or args.muvera is not None
+    storages = [] if late and args.storage is None else (args.storage or ["f32"])
     result = evaluate_dataset(
         args.dataset, model=args.model, storages=storages, rerank=args.rerank, multivector=args.multivector,
+        plaid=args.plaid or (), muvera=args.muvera,
         bm25=args.bm25, hybrid=args.hybrid, split=args.split, metrics=metrics, batch_size=args.batch_size,
         cache=args.cache,
         log=(lambda line: print(f"  {line}", file=sys.stderr)) if args.verbose else None,
@@ -259,6 +305,9 @@ def _cmd_serve(args) -> int:
 
 # ---------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
+    from .muvera import DEFAULT_PROJECTED
+
+    muvera_default = ",".join(str(DEFAULT_PROJECTED[k]) for k in ("k_sim", "repetitions", "projection"))
     # No abbreviations: a prefix of an option (--rerank of --reranker) would be an alias under another name.
     parser = argparse.ArgumentParser(prog="flatcoat", description="Dense and late-interaction retrieval with a native core.",
                                      allow_abbrev=False)
@@ -280,6 +329,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="second stage: exact float re-ranking of a quantized scan, or MaxSim over the first "
                         "stage's best candidates")
     p.add_argument("--multivector", action="store_true", help="single-stage late interaction (exact MaxSim)")
+    p.add_argument("--plaid", action="store_true",
+                   help="keep the multi-vector tokens in a compressed PlaidIndex (docs/plaid.md; trained on the "
+                        "corpus: at least 256 tokens): the single stage (implies --multivector), or the reranker "
+                        "with --reranker multivector")
+    p.add_argument("--nbits", type=int, choices=(1, 2, 4), default=None,
+                   help="--plaid: residual bits per dimension (default 2)")
+    p.add_argument("--muvera", type=_muvera_spec, nargs="?", const=dict(DEFAULT_PROJECTED), default=None,
+                   metavar="K_SIM,REPS,PROJ",
+                   help="single-stage late interaction with a MUVERA first stage (docs/muvera.md): the FDEs of "
+                        f"the documents in a dense index (--storage), their best --rerank re-ranked by exact "
+                        f"MaxSim; the FDE's k_sim, repetitions and projection (default {muvera_default})")
     p.add_argument("--lexical", action="store_true",
                    help="also keep a BM25 stage (bm25s) for hybrid search (searched hybrid by default)")
     p.add_argument("--fields", default="all", metavar="all|none|F1,F2",
@@ -297,7 +357,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="re-ranking depth: how many first-stage candidates the reranker scores "
                         "(at least -k; default max(10 k, 100))")
     p.add_argument("--nprobe", type=_positive_int, default=None,
-                   help="lists scanned per query by an IVF first stage (--storage pq4); default min(nlist, 32)")
+                   help="lists scanned per query by an IVF first stage (--storage pq4; default min(nlist, 32)), or "
+                        "centroids probed per query token by a PlaidIndex (--plaid; default 4)")
+    p.add_argument("--ndocs", type=_positive_int, default=None,
+                   help="documents a PlaidIndex (--plaid) scores exactly (at least -k; default max(64, 4 k))")
     p.add_argument("--filter", default=None, metavar="JSON",
                    help="only documents whose metadata match, e.g. '{\"year\": {\"$gte\": 2020}}' "
                         "(docs/filters.md), or a JSON list of ids")
@@ -316,9 +379,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated storages to compare, e.g. f32,int8,binary (one encode for all; "
                         "default f32, none with --multivector)")
     p.add_argument("--rerank", type=_int_list, default=[], metavar="R[,R...]",
-                   help="comma-separated depths of exact re-ranking for int8/binary, e.g. 100,200,500; "
+                   help="comma-separated depths of exact re-ranking for int8/binary and MUVERA, e.g. 100,200,500; "
                         "a depth below the evaluation depth is raised to it (said on stderr)")
     p.add_argument("--multivector", action="store_true", help="add the exact MaxSim row (multi-vector encoder)")
+    p.add_argument("--plaid", type=_int_list, default=None, metavar="NBITS[,NBITS...]",
+                   help="add a PlaidIndex row per residual width (1, 2 or 4 bits), default stage sizes")
+    p.add_argument("--muvera", type=_muvera_spec, nargs="?", const=dict(DEFAULT_PROJECTED), default=None,
+                   metavar="K_SIM,REPS,PROJ",
+                   help="add MUVERA rows: FDE candidates re-ranked by exact MaxSim, one row per --rerank depth "
+                        f"(default: the evaluation depth); the FDE's k_sim, repetitions and projection (default "
+                        f"{muvera_default})")
     p.add_argument("--bm25", action="store_true", help="add a BM25 row (bm25s) as the lexical reference")
     p.add_argument("--hybrid", nargs="?", const=True, default=False, choices=(True, "rrf", "convex", "union"),
                    metavar="METHOD", help="add a hybrid row: dense f32 fused with stemmed BM25 (and MaxSim with "

@@ -272,6 +272,26 @@ def _encode(encoders, texts: List[str], side: str, cache: Optional[EmbeddingCach
     return outs, elapsed
 
 
+def _fde_args(muvera: Any) -> Optional[Dict[str, Any]]:
+    """``muvera=`` -> the FDE's keyword arguments (without ``dim``), or None."""
+    if muvera is None or muvera is False:
+        return None
+    if muvera is True:
+        from .muvera import DEFAULT_PROJECTED
+
+        return dict(DEFAULT_PROJECTED)
+    if not isinstance(muvera, dict):
+        raise TypeError(f"muvera: expected True or a dict of FDE arguments (e.g. {{'k_sim': 4, 'projection': 16}}), got "
+                        f"{type(muvera).__name__}")
+    if "dim" in muvera:
+        raise ValueError("muvera: leave out dim, it is the multi-vector encoder's")
+    unknown = sorted(set(muvera) - {"k_sim", "repetitions", "projection", "final_dim", "seed"}, key=str)
+    if unknown:
+        raise ValueError(f"muvera: {', '.join(map(repr, unknown))} not an FDE argument (k_sim, repetitions, "
+                         "projection, final_dim, seed)")
+    return dict(muvera)
+
+
 def evaluate_dataset(
     dataset: "str | os.PathLike[str]",
     *,
@@ -279,6 +299,8 @@ def evaluate_dataset(
     storages: Sequence[str] = ("f32",),
     rerank: Sequence[int] = (),
     multivector: bool = False,
+    plaid: Sequence[int] = (),
+    muvera: Any = None,
     bm25: bool = False,
     hybrid: Any = False,
     split: str = "test",
@@ -296,7 +318,12 @@ def evaluate_dataset(
     more row per depth in ``rerank`` (exact float re-ranking of that many
     candidates; a depth below the evaluation depth is raised to it, and the
     run's ``notes`` say so); the exact MaxSim row of the multi-vector encoder
-    (``multivector``); BM25 (``bm25``, needs bm25s; no stemming, as the
+    (``multivector``); a :class:`flatcoat.PlaidIndex` row per residual width
+    in ``plaid`` (1, 2 or 4 bits, default stage sizes, ``"PLAID nbits=2"``);
+    MUVERA rows (``muvera``: True for :data:`flatcoat.muvera.DEFAULT_PROJECTED`, or a dict of
+    :class:`flatcoat.muvera.FDE` keyword arguments without ``dim``): the FDEs
+    in an f32 ``DenseIndex``, the best ``R`` re-ranked by exact MaxSim, one
+    row per depth in ``rerank`` (default: the evaluation depth); BM25 (``bm25``, needs bm25s; no stemming, as the
     reference row has always been measured). ``hybrid``: False, or True (the
     default setting, :data:`flatcoat.fusion.DEFAULT_HYBRID`), a method name, a
     :class:`flatcoat.fusion.Hybrid` or a dict of its fields: one more row,
@@ -315,6 +342,7 @@ def evaluate_dataset(
     from .dense import DenseIndex
     from .encoders import Encoder
     from .multivector import MultiVectorIndex
+    from .plaid import PlaidIndex
 
     metrics = (metrics,) if isinstance(metrics, str) else tuple(metrics)
     if not metrics:
@@ -328,6 +356,12 @@ def evaluate_dataset(
             raise ValueError(f"storages: unknown storage {s!r}; expected some of {', '.join(DENSE_STORAGES)}")
     rerank = [as_int(r, "rerank", minimum=1) for r in rerank]
     multivector, bm25 = as_bool(multivector, "multivector"), as_bool(bm25, "bm25")
+    if isinstance(plaid, (int, np.integer)):
+        plaid = (plaid,)
+    plaid = [as_int(b, "plaid", minimum=1) for b in plaid]
+    if any(b not in (1, 2, 4) for b in plaid):
+        raise ValueError(f"plaid: residual bits per dimension are 1, 2 or 4, got {plaid}")
+    fde_args = _fde_args(muvera)
     if hybrid is False or (isinstance(hybrid, np.bool_) and not hybrid):
         fusion = None
     else:
@@ -335,8 +369,9 @@ def evaluate_dataset(
 
         fusion = as_hybrid(hybrid)
     batch_size = as_int(batch_size, "batch_size", minimum=1)
-    if not (storages or multivector or bm25 or fusion):
-        raise ValueError("nothing to evaluate: give storages, multivector=True, bm25=True or hybrid=True")
+    if not (storages or multivector or plaid or fde_args is not None or bm25 or fusion):
+        raise ValueError("nothing to evaluate: give storages, multivector=True, plaid=[2], muvera=True, bm25=True "
+                         "or hybrid=True")
     say = log or (lambda message: None)
 
     corpus, queries, qrels = load_beir(dataset, split=split)
@@ -352,8 +387,9 @@ def evaluate_dataset(
     if skipped:
         result.notes.append(f"skipped {len(skipped)} empty documents (blank title and text), e.g. {skipped[0]!r}")
     quantized = [s for s in storages if s in ("int8", "binary")]
-    if rerank and not quantized:
-        result.notes.append("rerank: re-ranking applies to the int8 and binary storages; none was asked for")
+    if rerank and not quantized and fde_args is None:
+        result.notes.append("rerank: re-ranking applies to the int8 and binary storages (and MUVERA); none was "
+                            "asked for")
     elif rerank:
         below = [r for r in rerank if r < depth]
         if below:
@@ -372,7 +408,7 @@ def evaluate_dataset(
     encoders = []
     if storages or fusion:
         encoders.append(Encoder.from_pretrained(model, kind="dense"))
-    if multivector or (fusion and fusion.method == "union"):
+    if multivector or plaid or fde_args is not None or (fusion and fusion.method == "union"):
         encoders.append(Encoder.from_pretrained(model, kind="multivector"))
     lists: Dict[str, Any] = {}  # what the hybrid row fuses: (scores, ids) or the index and its queries
     store = EmbeddingCache(cache) if cache else None
@@ -402,13 +438,34 @@ def evaluate_dataset(
             index = MultiVectorIndex(enc.dim)
             index.add(docs[i])
             lists["multivector"] = (index, qs[i])
-            if not multivector:
-                continue
-            t0 = time.perf_counter()
-            scores, ids = index.search(qs[i], k=depth)
-            ts = time.perf_counter() - t0
             label = "multivector (stand-in)" if enc.config.stand_in else "multivector"
-            row(f"{label} MaxSim", run_from_results(qids, scores, ids, dids), td + tq, ts)
+            if multivector:
+                t0 = time.perf_counter()
+                scores, ids = index.search(qs[i], k=depth)
+                ts = time.perf_counter() - t0
+                row(f"{label} MaxSim", run_from_results(qids, scores, ids, dids), td + tq, ts)
+            for nbits in plaid:
+                t0 = time.perf_counter()
+                compressed = PlaidIndex(enc.dim, nbits=nbits)
+                compressed.add(docs[i])
+                t1 = time.perf_counter()
+                scores, ids = compressed.search(qs[i], k=depth)
+                row(f"{label} PLAID nbits={nbits}", run_from_results(qids, scores, ids, dids), td + tq + t1 - t0,
+                    time.perf_counter() - t1)
+            if fde_args is not None:
+                from . import muvera as mu
+
+                fde = mu.FDE(enc.dim, **fde_args)
+                t0 = time.perf_counter()
+                fde_index = mu.encode_index(fde, docs[i])
+                t1 = time.perf_counter()
+                name = (f"{label} MUVERA k_sim={fde.k_sim} R={fde.repetitions}"
+                        + (f" d_proj={fde.projection}" if fde.projection else ""))
+                for r in result.rerank or [depth]:
+                    t2 = time.perf_counter()
+                    scores, ids = mu.search(fde, fde_index, index, qs[i], k=depth, rerank=r)
+                    row(f"{name} + rerank@{r}", run_from_results(qids, scores, ids, dids), td + tq + t1 - t0,
+                        time.perf_counter() - t2)
     if bm25:
         from .lexical import BM25
 

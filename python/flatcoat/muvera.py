@@ -57,7 +57,11 @@ import numpy as np
 from ._validate import as_int, as_k
 from .multivector import _packed_docs, _parse_queries, parse_query_weights
 
-__all__ = ["FDE", "encode_index", "search"]
+__all__ = ["FDE", "encode_index", "search", "DEFAULT_PROJECTED"]
+
+#: The FDE that ``flatcoat index --muvera`` and ``flatcoat eval --muvera`` build without arguments: 16 cells,
+#: 10 repetitions, each cell projected to 16 values (2,560 dimensions whatever the token dim; docs/muvera.md).
+DEFAULT_PROJECTED = {"k_sim": 4, "repetitions": 10, "projection": 16}
 
 MAX_K_SIM = 16  # 65,536 partitions per repetition: already far past any useful encoding
 # Temporaries are bounded by processing documents in chunks of about this many tokens.
@@ -333,7 +337,7 @@ def encode_index(fde: FDE, docs, ids=None, *, storage: str = "f32", batch: int =
 
 
 def search(fde: FDE, fde_index, index, queries, k: int = 10, *, rerank: int = 100,
-           query_weights=None) -> Tuple[np.ndarray, np.ndarray]:
+           query_weights=None, filter=None) -> Tuple[np.ndarray, np.ndarray]:
     """MUVERA search: the ``rerank`` best documents by FDE inner product, re-ranked by exact MaxSim.
 
     ``fde_index``: a dense index of the documents' FDEs (:func:`encode_index`, or any index whose
@@ -343,7 +347,9 @@ def search(fde: FDE, fde_index, index, queries, k: int = 10, *, rerank: int = 10
     an int8 or f16 index built with ``keep_float=True`` too (every candidate is re-scored from the
     float copy). ``rerank`` (``R >= k``) is the depth of the first stage. The result follows the
     result rule: ``(scores, ids)`` of shape ``(q, min(k, len(index)))``; a query with fewer than
-    ``k`` candidates is padded with -1 / -inf.
+    ``k`` candidates is padded with -1 / -inf. ``filter``: only documents it allows (a dict predicate
+    over ``index``'s attributes, docs/filters.md, or a 1-d sequence of allowed ids) are candidates;
+    the FDE index is searched with the ids ``index.matches(filter)`` allows, so it needs no attributes.
 
     >>> import numpy as np, flatcoat
     >>> from flatcoat.muvera import FDE, encode_index, search
@@ -362,6 +368,8 @@ def search(fde: FDE, fde_index, index, queries, k: int = 10, *, rerank: int = 10
     if rerank < k:
         raise ValueError(f"rerank: must be at least k ({k}), got {rerank}")
     encoded = fde.encode_queries(queries, query_weights)
-    _, candidates = fde_index.search(encoded, k=rerank)
+    if isinstance(filter, dict):
+        filter = index.matches(filter)
+    _, candidates = fde_index.search(encoded, k=rerank, filter=filter)
     exact = {"rerank": max(k, candidates.shape[1])} if getattr(index, "keep_float", False) else {}
     return index.search(queries, k, subset=list(candidates), query_weights=query_weights, **exact)

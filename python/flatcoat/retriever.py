@@ -5,8 +5,16 @@ int8 or binary codes) proposes candidates, then a second stage, the
 ``reranker``, re-ranks the best ``rerank`` of them exactly: either with the
 float copy of the same vectors (``reranker="exact"``, the index's
 ``rerank``) or by late interaction (``reranker=(multivector encoder,
-MultiVectorIndex)``, MaxSim over the candidates, the index's ``subset``). The
+MultiVectorIndex)``, MaxSim over the candidates, the index's ``subset``; or a
+``PlaidIndex``, MaxSim over the candidates' decompressed tokens). The
 re-ranking depth is a search argument, not index state.
+
+A multivector encoder searches a multi-vector index as its single stage: a
+``MultiVectorIndex`` (exact MaxSim), a ``PlaidIndex`` (centroid candidates,
+then MaxSim over decompressed tokens; its stage sizes through
+``search(nprobe=, index_options=)``), or a ``MultiVectorIndex`` behind a
+MUVERA first stage (``muvera=FDE(...)``: the ``rerank`` best documents by
+fixed-dimensional encoding, re-ranked by exact MaxSim).
 
 A lexical stage (``lexical=True``: BM25 on bm25s, stemmed) joins the dense one
 for hybrid search: the two shortlists are fused (``hybrid=``: reciprocal rank
@@ -37,11 +45,17 @@ from .dense import DenseIndex
 from .encoders import Encoder, EncoderConfig, KINDS, check_texts
 from .ivf import IVFIndex
 from .multivector import MultiVectorIndex
+from .muvera import FDE
+from .plaid import PlaidIndex
 
 __all__ = ["Retriever", "Hit"]
 
 KIND = "retriever"
 RERANKERS = (None, "exact", "multivector")
+#: Indexes a multivector encoder searches (or re-ranks with).
+MULTIVECTOR_INDEXES = (MultiVectorIndex, PlaidIndex)
+#: ``Retriever.search(index_options=)``: the search arguments each first stage takes.
+INDEX_OPTIONS = {IVFIndex: ("nprobe",), PlaidIndex: ("nprobe", "ncandidates", "ndocs", "centroid_threshold")}
 
 UserId = Union[str, int]
 
@@ -91,14 +105,15 @@ def _check_stages(encoder: Any, index: Any, reranker: Any) -> Tuple[Optional[str
     """Validates a Retriever's stages; returns (reranker kind, its encoder, its index)."""
     if not isinstance(encoder, Encoder):
         raise TypeError(f"encoder must be a flatcoat.Encoder, got {type(encoder).__name__}")
-    if not isinstance(index, (DenseIndex, IVFIndex, MultiVectorIndex)):
-        raise TypeError(
-            f"index must be a flatcoat index (DenseIndex, IVFIndex or MultiVectorIndex), got {type(index).__name__}")
-    mv_index = isinstance(index, MultiVectorIndex)
+    if not isinstance(index, (DenseIndex, IVFIndex) + MULTIVECTOR_INDEXES):
+        raise TypeError("index must be a flatcoat index (DenseIndex, IVFIndex, MultiVectorIndex or PlaidIndex), "
+                        f"got {type(index).__name__}")
+    mv_index = isinstance(index, MULTIVECTOR_INDEXES)
     if encoder.kind == "multivector" and not mv_index:
-        raise ValueError("a multivector encoder needs a MultiVectorIndex; use a dense encoder with a DenseIndex")
+        raise ValueError("a multivector encoder needs a MultiVectorIndex or a PlaidIndex; use a dense encoder with "
+                         "a DenseIndex")
     if encoder.kind == "dense" and mv_index:
-        raise ValueError("a MultiVectorIndex needs Encoder.from_pretrained(..., kind='multivector')")
+        raise ValueError(f"a {type(index).__name__} needs Encoder.from_pretrained(..., kind='multivector')")
     if index.dim != encoder.dim:
         raise ValueError(f"index dim {index.dim} does not match the encoder's dim {encoder.dim}")
     if reranker is None:
@@ -118,17 +133,45 @@ def _check_stages(encoder: Any, index: Any, reranker: Any) -> Tuple[Optional[str
             raise ValueError("a late-interaction reranker needs a dense first stage (a DenseIndex)")
         if not isinstance(r_enc, Encoder) or r_enc.kind != "multivector":
             raise TypeError("reranker[0] must be an Encoder with kind='multivector'")
-        if not isinstance(r_index, MultiVectorIndex):
-            raise TypeError(f"reranker[1] must be a MultiVectorIndex, got {type(r_index).__name__}")
+        if not isinstance(r_index, MULTIVECTOR_INDEXES):
+            raise TypeError(f"reranker[1] must be a MultiVectorIndex or a PlaidIndex, got {type(r_index).__name__}")
         if r_index.dim != r_enc.dim:
             raise ValueError(f"reranker index dim {r_index.dim} does not match its encoder's dim {r_enc.dim}")
         return "multivector", r_enc, r_index
     raise TypeError("reranker must be None, 'exact' or a (multivector encoder, MultiVectorIndex) tuple")
 
 
+def _check_muvera(muvera: Any, encoder: Encoder, index: Any) -> Tuple[Optional[FDE], Any]:
+    """Validates ``muvera=``; returns (the FDE, its empty dense index) or (None, None)."""
+    if muvera is None:
+        return None, None
+    fde, fde_index = muvera if isinstance(muvera, tuple) and len(muvera) == 2 else (muvera, None)
+    if not isinstance(fde, FDE):
+        raise TypeError(f"muvera: expected a flatcoat.muvera.FDE (or an (FDE, DenseIndex) pair), got "
+                        f"{type(fde).__name__}")
+    if not isinstance(index, MultiVectorIndex):
+        raise ValueError(f"muvera: the FDE candidates are re-ranked by exact MaxSim over a MultiVectorIndex "
+                         f"(with a multivector encoder), this index is a {type(index).__name__}")
+    if fde.dim != encoder.dim:
+        raise ValueError(f"muvera: the FDE's dim {fde.dim} does not match the encoder's dim {encoder.dim}; "
+                         f"build it as FDE({encoder.dim}, ...)")
+    if fde_index is None:
+        fde_index = DenseIndex(fde.output_dim, metric="ip")
+    if not isinstance(fde_index, (DenseIndex, IVFIndex)):
+        raise TypeError(f"muvera[1]: expected a DenseIndex or an IVFIndex of the FDEs, got {type(fde_index).__name__}")
+    if fde_index.dim != fde.output_dim or fde_index.metric != "ip":
+        raise ValueError(f"muvera[1]: the FDE index must have dim fde.output_dim ({fde.output_dim}) and metric 'ip', "
+                         f"got dim {fde_index.dim} and metric {fde_index.metric!r}")
+    return fde, fde_index
+
+
+def _device_of(index: Any) -> str:
+    return getattr(index, "device", "cpu")  # a PlaidIndex is CPU-only and has no device
+
+
 def _on_device(encoder: Encoder, index: Any) -> bool:
     """Whether queries can be encoded straight into the index's GPU memory."""
-    return index.device != "cpu" and encoder.device == index.device
+    return _device_of(index) != "cpu" and encoder.device == _device_of(index)
 
 
 class Retriever:
@@ -137,10 +180,18 @@ class Retriever:
     ``encoder``: a dense :class:`Encoder` with a ``DenseIndex`` (or an
     ``IVFIndex``: trained with ``train()`` first, or on a first ``add`` of at
     least 256 texts) of the same dimension, or a multivector encoder with a
-    ``MultiVectorIndex`` (exact MaxSim, single stage). ``reranker``: ``None``; ``"exact"`` (the dense
+    ``MultiVectorIndex`` (exact MaxSim, single stage) or a ``PlaidIndex``
+    (compressed, centroid-pruned MaxSim; trained on the first ``add`` of at
+    least 256 tokens, or with ``train()`` first). ``reranker``: ``None``; ``"exact"`` (the dense
     index must be built with ``keep_float=True``; its quantized scan is
     re-ranked with float vectors); or ``(multivector_encoder,
-    MultiVectorIndex)``. ``lexical``: also keep a BM25 stage over the texts
+    MultiVectorIndex)`` (or a ``PlaidIndex``: MaxSim over the candidates'
+    decompressed tokens, a smaller second stage). ``muvera`` (a multivector
+    encoder with a ``MultiVectorIndex`` only): a :class:`flatcoat.muvera.FDE`,
+    or ``(FDE, empty DenseIndex)`` to choose the FDE index's storage (default
+    f32, metric "ip"): documents' FDEs are kept in that dense index, a search
+    takes the ``rerank`` best by FDE inner product and re-ranks them by exact
+    MaxSim (docs/muvera.md). ``lexical``: also keep a BM25 stage over the texts
     (needs bm25s: ``pip install 'flatcoat[eval]'``) for ``search(hybrid=)``;
     a retriever with one searches hybrid by default. Indexes must be empty:
     :meth:`add` fills them.
@@ -155,10 +206,12 @@ class Retriever:
     'argparse'
     """
 
-    def __init__(self, encoder: Encoder, index: Any, *, reranker: Any = None, lexical: bool = False):
+    def __init__(self, encoder: Encoder, index: Any, *, reranker: Any = None, lexical: bool = False,
+                 muvera: Any = None):
         kind, r_enc, r_index = _check_stages(encoder, index, reranker)
+        fde, fde_index = _check_muvera(muvera, encoder, index)
         lexical = as_bool(lexical, "lexical")
-        for what, idx in (("index", index), ("reranker index", r_index)):
+        for what, idx in (("index", index), ("reranker index", r_index), ("muvera index", fde_index)):
             if idx is not None and len(idx) != 0:
                 raise ValueError(
                     f"{what} already holds {len(idx)} entries; pass an empty index (Retriever.add encodes and adds texts)"
@@ -167,12 +220,15 @@ class Retriever:
             from .lexical import _bm25s
 
             _bm25s()  # a missing bm25s is reported now, not at the first search
-        self._set(encoder, index, kind, r_enc, r_index, {}, {}, lexical)
+        self._set(encoder, index, kind, r_enc, r_index, {}, {}, lexical, fde=fde, fde_index=fde_index)
 
     def _set(self, encoder, index, kind, r_enc, r_index, ids: Dict[int, UserId], texts: Dict[int, str],
-             lexical: bool, bm25=None, bm25_rows: Optional[np.ndarray] = None) -> None:
+             lexical: bool, bm25=None, bm25_rows: Optional[np.ndarray] = None, *, fde: Optional[FDE] = None,
+             fde_index: Any = None) -> None:
         self.encoder = encoder
         self.index = index
+        self._fde: Optional[FDE] = fde  # MUVERA: the transform and the dense index of the documents' FDEs
+        self._fde_index: Any = fde_index
         self._reranker_kind: Optional[str] = kind
         self._reranker_encoder: Optional[Encoder] = r_enc
         self._reranker_index: Any = r_index
@@ -197,6 +253,8 @@ class Retriever:
             stages += ", reranker='exact'"
         elif self._reranker_kind == "multivector":
             stages += f", reranker=({self._reranker_encoder!r}, {self._reranker_index!r})"
+        if self._fde is not None:
+            stages += f", muvera={self._fde!r}"
         if self._lexical:
             stages += ", lexical=True"
         return f"Retriever({len(self)} documents, {stages})"
@@ -210,6 +268,11 @@ class Retriever:
     def reranker(self) -> Optional[str]:
         """The second stage: None, "exact" or "multivector"."""
         return self._reranker_kind
+
+    @property
+    def muvera(self) -> Optional[FDE]:
+        """The MUVERA first stage's transform (:class:`flatcoat.muvera.FDE`), or None."""
+        return self._fde
 
     @property
     def lexical(self) -> bool:
@@ -291,6 +354,12 @@ class Retriever:
             except BaseException:
                 self.index.remove(internal)  # keep both stages in step
                 raise
+        if self._fde is not None:
+            try:
+                self._fde_index.add(self._fde.encode_documents(vecs), ids=internal)
+            except BaseException:
+                self.index.remove(internal)
+                raise
         self._next_internal += len(items)
         for n, uid, text in zip(internal.tolist(), user_ids, items):
             self._lookup[uid] = n
@@ -311,6 +380,8 @@ class Retriever:
         self.index.remove(arr)
         if self._reranker_index is not None:
             self._reranker_index.remove(arr)
+        if self._fde_index is not None:
+            self._fde_index.remove(arr)
         for n in internal:
             del self._lookup[self._ids.pop(n)]
             del self._texts[n]
@@ -329,6 +400,7 @@ class Retriever:
         filter=None,
         hybrid=None,
         batch_size: int = 32,
+        index_options: Optional[Dict[str, Any]] = None,
     ) -> Union[List[Hit], List[List[Hit]]]:
         """Top-``k`` hits per query, best first (at most as many as the retriever holds).
 
@@ -336,10 +408,16 @@ class Retriever:
         query) or a single string (returns its list of hits). ``instruction``
         is applied to the queries through the encoder's template.
         ``rerank``: how many first-stage candidates the reranker sees
-        (``>= k``; default ``max(10 * k, 100)``, at most the collection);
+        (``>= k``; default ``max(10 * k, 100)``, at most the collection; with
+        ``muvera``, the FDE candidates that exact MaxSim re-ranks);
         ignored without a reranker. ``nprobe``: lists scanned per query by an
-        :class:`IVFIndex` first stage (default: the index's, ``min(nlist, 32)``);
-        a ``ValueError`` for any other first stage.
+        :class:`IVFIndex` first stage (default: the index's, ``min(nlist, 32)``),
+        or centroids probed per query token by a :class:`PlaidIndex` (default 4);
+        a ``ValueError`` for any other first stage. ``index_options``: a dict of
+        the first-stage index's own search arguments (a ``PlaidIndex``:
+        ``nprobe``, ``ncandidates``, ``ndocs``, ``centroid_threshold``; an
+        ``IVFIndex``: ``nprobe``), e.g. ``{"ndocs": 256}``; a ``ValueError``
+        names any the index does not take.
 
         ``filter``: only documents whose metadata match (a dict predicate,
         docs/filters.md) or whose ids are listed (a list of user ids) are
@@ -363,10 +441,13 @@ class Retriever:
             rerank = as_k(rerank, "rerank")
             if rerank < k:
                 raise ValueError(f"rerank: must be at least k ({k}), got {rerank}")
-        first: Dict[str, int] = {}  # the first stage's own search arguments
+        first: Dict[str, Any] = self._index_options(index_options)  # the first stage's own search arguments
         if nprobe is not None:
-            if not isinstance(self.index, IVFIndex):
-                raise ValueError(f"nprobe: only for an IVFIndex first stage, this one is a {type(self.index).__name__}")
+            if not isinstance(self.index, (IVFIndex, PlaidIndex)):
+                raise ValueError(f"nprobe: only for an IVFIndex or PlaidIndex first stage, this one is a "
+                                 f"{type(self.index).__name__}")
+            if "nprobe" in first:
+                raise ValueError("nprobe: given twice, as nprobe= and in index_options; pass it once")
             first["nprobe"] = as_int(nprobe, "nprobe", 1)
         mode = self._mode(hybrid)
         if len(self) == 0:
@@ -387,6 +468,20 @@ class Retriever:
         metadata = self._metadata_of(ids)
         out = [self._hits(scores[i], ids[i], metadata) for i in range(len(items))]
         return out[0] if single else out
+
+    def _index_options(self, options) -> Dict[str, Any]:
+        if options is None:
+            return {}
+        if not isinstance(options, dict):
+            raise TypeError(f"index_options: expected a dict of the index's search arguments (e.g. "
+                            f"{{'ndocs': 256}}), got {type(options).__name__}")
+        allowed = INDEX_OPTIONS.get(type(self.index), ())
+        unknown = sorted(set(options) - set(allowed), key=str)
+        if unknown:
+            takes = f"takes {', '.join(allowed)}" if allowed else "takes none"
+            raise ValueError(f"index_options: {', '.join(map(repr, unknown))} not a search argument of this "
+                             f"retriever's {type(self.index).__name__} (it {takes})")
+        return dict(options)
 
     def _mode(self, hybrid):
         if hybrid is None:
@@ -420,6 +515,8 @@ class Retriever:
         return np.array(internal, dtype=np.int64)
 
     def _dense_search(self, items, k, depth, first, instruction, batch_size):
+        if self._fde is not None:
+            return self._muvera_search(items, k, depth, first, instruction, batch_size)
         q = self._encode_queries(self.encoder, self.index, items, instruction, batch_size)
         if self._reranker_kind == "exact":
             return self.index.search(q, k=k, rerank=depth, **first)
@@ -428,9 +525,35 @@ class Retriever:
             return self._maxsim(items, k, self._host(candidates), instruction, batch_size)
         return self.index.search(q, k=k, **first)
 
+    def _muvera_search(self, items, k, depth, first, instruction, batch_size):
+        """MUVERA: the ``depth`` best documents by FDE inner product, re-ranked by exact MaxSim."""
+        from .muvera import search as muvera_search
+
+        q = self.encoder.encode_queries(items, instruction=instruction, batch_size=batch_size)  # host: FDEs are numpy
+        return muvera_search(self._fde, self._fde_index, self.index, q, k, rerank=max(k, depth),
+                             filter=first.get("filter"))
+
     def _maxsim(self, items, k, subset, instruction, batch_size):
         qmv = self._encode_queries(self._reranker_encoder, self._reranker_index, items, instruction, batch_size)
+        if isinstance(self._reranker_index, PlaidIndex):
+            return self._plaid_rerank(qmv, k, subset)
         return self._reranker_index.search(qmv, k=k, subset=subset)
+
+    def _plaid_rerank(self, queries, k, subset):
+        """MaxSim over each query's candidates' decompressed tokens: one PlaidIndex search per query, its
+        filter the candidates (so they are the PLAID candidates themselves) and every stage as deep as them."""
+        subset = self._host(subset) if isinstance(subset, np.ndarray) else [self._host(c) for c in subset]
+        scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+        ids = np.full((len(queries), k), -1, dtype=np.int64)
+        for i, (query, row) in enumerate(zip(queries, subset)):
+            row = np.unique(np.asarray(row, dtype=np.int64))
+            row = row[row >= 0]
+            if row.size == 0:
+                continue
+            deep = max(k, row.size)
+            s, found = self._reranker_index.search(query, k=k, filter=row, ncandidates=deep, ndocs=deep)
+            scores[i, : s.shape[1]], ids[i, : s.shape[1]] = s[0], found[0]
+        return scores, ids
 
     def _lexical_search(self, items, depth, index_filter):
         """BM25 results as internal ids (q, depth'), restricted like the first stage."""
@@ -449,11 +572,14 @@ class Retriever:
 
     def _hybrid_search(self, hybrid: Hybrid, items, k, depth, first, instruction, batch_size):
         depth = min(hybrid.depth if hybrid.depth is not None else depth, len(self))  # per list
-        q = self._encode_queries(self.encoder, self.index, items, instruction, batch_size)
-        if self._reranker_kind == "exact":
-            dense = self.index.search(q, k=depth, rerank=depth, **first)
+        if self._fde is not None:
+            dense = self._muvera_search(items, depth, depth, first, instruction, batch_size)
         else:
-            dense = self.index.search(q, k=depth, **first)
+            q = self._encode_queries(self.encoder, self.index, items, instruction, batch_size)
+            if self._reranker_kind == "exact":
+                dense = self.index.search(q, k=depth, rerank=depth, **first)
+            else:
+                dense = self.index.search(q, k=depth, **first)
         dense = (self._host(dense[0]), self._host(dense[1]))
         lexical = self._lexical_search(items, depth, first.get("filter"))
         lists = [dense, lexical]
@@ -467,8 +593,8 @@ class Retriever:
         return fuse(hybrid, lists, k, lexical=len(lists) - 1)
 
     def _uses_gpu(self) -> bool:
-        return self.index.device != "cpu" or (
-            self._reranker_index is not None and self._reranker_index.device != "cpu")
+        return any(idx is not None and _device_of(idx) != "cpu"
+                   for idx in (self.index, self._reranker_index, self._fde_index))
 
     def _encode_queries(self, encoder: Encoder, index: Any, items: List[str], instruction, batch_size):
         if _on_device(encoder, index):
@@ -506,7 +632,9 @@ class Retriever:
         encoders' names and configs, the reranker), ``ids.json``,
         ``texts.json``, ``internal.npy`` (the indexes' id of each document),
         the child index directory ``index/`` (with the metadata as its
-        attributes), with a late-interaction reranker ``rerank/``, with a
+        attributes; a ``PlaidIndex`` is saved as it is), with a late-interaction
+        reranker ``rerank/``, with MUVERA ``muvera/`` (the FDE index; the
+        manifest keeps the FDE's parameters, which rebuild the transform), with a
         lexical stage ``lexical/`` and ``lexical_rows.npy``; every file
         checksummed. An existing flatcoat directory at ``path`` is replaced.
         """
@@ -516,6 +644,7 @@ class Retriever:
             "reranker": self._reranker_kind,
             "reranker_encoder": _encoder_state(self._reranker_encoder) if self._reranker_encoder else None,
             "lexical": self._lexical,
+            "muvera": self._fde.params if self._fde is not None else None,
         }
         if self._lexical and self._bm25 is None and len(self):
             self._lexical_search([""], 1, None)  # builds the lexical stage, so that it is saved
@@ -524,6 +653,8 @@ class Retriever:
             writer.add_child("index", self.index.save)
             if self._reranker_index is not None:
                 writer.add_child("rerank", self._reranker_index.save)
+            if self._fde_index is not None:
+                writer.add_child("muvera", self._fde_index.save)
             if self._lexical and self._bm25 is not None:
                 writer.add_child("lexical", self._bm25.save)
                 writer.add_array("lexical_rows", self._bm25_rows)
@@ -570,9 +701,20 @@ class Retriever:
         need(isinstance(count, int) and not isinstance(count, bool) and count >= 0, f"invalid count {count!r}")
         need(kind in RERANKERS, f"unknown reranker {kind!r}")
         need(isinstance(lexical, bool), f"invalid lexical {lexical!r}")
-        children = {"index"} | ({"rerank"} if kind == "multivector" else set())
+        fde_params = meta.get("muvera")
+        need(fde_params is None or isinstance(fde_params, dict), f"invalid muvera {fde_params!r}")
+        fde = None
+        if fde_params is not None:
+            try:
+                fde = FDE(**fde_params)
+            except (TypeError, ValueError) as exc:
+                raise IndexFormatError(f"{root}: the saved MUVERA parameters {fde_params!r} do not build an FDE "
+                                       f"({exc})") from exc
+        children = ({"index"} | ({"rerank"} if kind == "multivector" else set())
+                    | ({"muvera"} if fde is not None else set()))
         need(set(saved.children) - {"lexical"} == children and ("lexical" not in saved.children or lexical),
-             f"child directories {sorted(saved.children)} do not match reranker {kind!r} and lexical {lexical}")
+             f"child directories {sorted(saved.children)} do not match reranker {kind!r}, muvera "
+             f"{fde_params is not None} and lexical {lexical}")
         ids, texts = saved.documents.get("ids"), saved.documents.get("texts")
         need(isinstance(ids, list) and isinstance(texts, list) and len(ids) == len(texts) == count,
              "ids.json, texts.json and the manifest disagree on the document count")
@@ -583,9 +725,19 @@ class Retriever:
         internal = np.arange(count, dtype=np.int64) if internal is None else np.asarray(internal)
         need(internal.dtype == np.int64 and internal.shape == (count,) and (count == 0 or int(internal.min()) >= 0)
              and np.unique(internal).size == count, "internal.npy: one distinct non-negative id per document")
-        index = saved.open_child("index", mmap=mmap, verify=verify, device=device)
-        r_index = saved.open_child("rerank", mmap=mmap, verify=verify, device=device) if kind == "multivector" else None
-        for what, idx in (("index", index), ("rerank", r_index)):
+        def child(name):  # opened on the CPU, then moved: a PlaidIndex has no GPU copy
+            idx = saved.open_child(name, mmap=mmap, verify=verify)
+            if device != "cpu":
+                if not hasattr(idx, "to"):
+                    raise ValueError(f"device: {root}/{name} holds a {type(idx).__name__}, which searches on the CPU "
+                                     "only; load with device='cpu'")
+                idx.to(device)
+            return idx
+
+        index = child("index")
+        r_index = child("rerank") if kind == "multivector" else None
+        fde_index = child("muvera") if fde is not None else None
+        for what, idx in (("index", index), ("rerank", r_index), ("muvera", fde_index)):
             if idx is not None:
                 need(len(idx) == count, f"{what}/ holds {len(idx)} entries, the manifest says {count}")
                 need(np.array_equal(np.sort(np.asarray(idx.ids)), np.sort(internal)),
@@ -605,11 +757,14 @@ class Retriever:
         reranker = kind if kind != "multivector" else (r_enc, r_index)
         try:
             checked = _check_stages(enc, index, reranker)
+            if fde is not None:
+                _check_muvera((fde, fde_index), enc, index)
         except (TypeError, ValueError) as exc:
             raise IndexFormatError(f"{root}: the saved stages do not fit together ({exc})") from exc
         self = cls.__new__(cls)  # the indexes are already filled: __init__ wants empty ones
         order = internal.tolist()
-        self._set(enc, index, *checked, dict(zip(order, ids)), dict(zip(order, texts)), lexical, bm25, bm25_rows)
+        self._set(enc, index, *checked, dict(zip(order, ids)), dict(zip(order, texts)), lexical, bm25, bm25_rows,
+                  fde=fde, fde_index=fde_index)
         return self
 
 
