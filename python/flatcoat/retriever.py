@@ -121,9 +121,11 @@ def _check_stages(encoder: Any, index: Any, reranker: Any) -> Tuple[Optional[str
     if isinstance(reranker, str):
         if reranker != "exact":
             raise ValueError(
-                f"reranker must be None, 'exact' or (multivector encoder, MultiVectorIndex), got {reranker!r}")
+                f"reranker must be None, 'exact' or (multivector encoder, MultiVectorIndex or PlaidIndex), "
+                f"got {reranker!r}")
         if mv_index:
-            raise ValueError("reranker='exact' applies to a quantized DenseIndex; MaxSim search is already exact")
+            raise ValueError("reranker='exact' applies to a quantized DenseIndex (re-ranked from its float copy); a "
+                             "multi-vector index is scored by MaxSim itself")
         if not index.keep_float:
             raise ValueError("reranker='exact' needs a DenseIndex built with keep_float=True")
         return "exact", None, None
@@ -138,7 +140,8 @@ def _check_stages(encoder: Any, index: Any, reranker: Any) -> Tuple[Optional[str
         if r_index.dim != r_enc.dim:
             raise ValueError(f"reranker index dim {r_index.dim} does not match its encoder's dim {r_enc.dim}")
         return "multivector", r_enc, r_index
-    raise TypeError("reranker must be None, 'exact' or a (multivector encoder, MultiVectorIndex) tuple")
+    raise TypeError("reranker must be None, 'exact' or a (multivector encoder, MultiVectorIndex or PlaidIndex) "
+                    "tuple")
 
 
 def _check_muvera(muvera: Any, encoder: Encoder, index: Any) -> Tuple[Optional[FDE], Any]:
