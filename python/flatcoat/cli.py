@@ -304,10 +304,17 @@ def _cmd_serve(args) -> int:
 
 
 # ---------------------------------------------------------------------- parser
-def build_parser() -> argparse.ArgumentParser:
+def _muvera_option(p: argparse.ArgumentParser, what: str) -> None:
+    """``--muvera [K_SIM,REPS,PROJ]`` (index and eval): the FDE's parameters, the defaults when given bare."""
     from .muvera import DEFAULT_PROJECTED
 
-    muvera_default = ",".join(str(DEFAULT_PROJECTED[k]) for k in ("k_sim", "repetitions", "projection"))
+    default = ",".join(str(DEFAULT_PROJECTED[k]) for k in ("k_sim", "repetitions", "projection"))
+    p.add_argument("--muvera", type=_muvera_spec, nargs="?", const=dict(DEFAULT_PROJECTED), default=None,
+                   metavar="K_SIM,REPS,PROJ",
+                   help=f"{what}; the FDE's k_sim, repetitions and projection (default {default})")
+
+
+def build_parser() -> argparse.ArgumentParser:
     # No abbreviations: a prefix of an option (--rerank of --reranker) would be an alias under another name.
     parser = argparse.ArgumentParser(prog="flatcoat", description="Dense and late-interaction retrieval with a native core.",
                                      allow_abbrev=False)
@@ -335,11 +342,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "with --reranker multivector")
     p.add_argument("--nbits", type=int, choices=(1, 2, 4), default=None,
                    help="--plaid: residual bits per dimension (default 2)")
-    p.add_argument("--muvera", type=_muvera_spec, nargs="?", const=dict(DEFAULT_PROJECTED), default=None,
-                   metavar="K_SIM,REPS,PROJ",
-                   help="single-stage late interaction with a MUVERA first stage (docs/muvera.md): the FDEs of "
-                        f"the documents in a dense index (--storage), their best --rerank re-ranked by exact "
-                        f"MaxSim; the FDE's k_sim, repetitions and projection (default {muvera_default})")
+    _muvera_option(p, "single-stage late interaction with a MUVERA first stage (docs/muvera.md): the FDEs of "
+                      "the documents in a dense index (--storage), their best --rerank re-ranked by exact MaxSim")
     p.add_argument("--lexical", action="store_true",
                    help="also keep a BM25 stage (bm25s) for hybrid search (searched hybrid by default)")
     p.add_argument("--fields", default="all", metavar="all|none|F1,F2",
@@ -384,11 +388,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--multivector", action="store_true", help="add the exact MaxSim row (multi-vector encoder)")
     p.add_argument("--plaid", type=_int_list, default=None, metavar="NBITS[,NBITS...]",
                    help="add a PlaidIndex row per residual width (1, 2 or 4 bits), default stage sizes")
-    p.add_argument("--muvera", type=_muvera_spec, nargs="?", const=dict(DEFAULT_PROJECTED), default=None,
-                   metavar="K_SIM,REPS,PROJ",
-                   help="add MUVERA rows: FDE candidates re-ranked by exact MaxSim, one row per --rerank depth "
-                        f"(default: the evaluation depth); the FDE's k_sim, repetitions and projection (default "
-                        f"{muvera_default})")
+    _muvera_option(p, "add MUVERA rows: FDE candidates re-ranked by exact MaxSim, one row per --rerank depth "
+                      "(default: the evaluation depth)")
     p.add_argument("--bm25", action="store_true", help="add a BM25 row (bm25s) as the lexical reference")
     p.add_argument("--hybrid", nargs="?", const=True, default=False, choices=(True, "rrf", "convex", "union"),
                    metavar="METHOD", help="add a hybrid row: dense f32 fused with stemmed BM25 (and MaxSim with "
