@@ -150,6 +150,11 @@ def test_code_level_follows_the_instructions_each_level_adds():
                     "maxsim int8": "icelake", "pq4 fast-scan Q=64": "skylake"}
         assert {k: bench.code_level(k, "genoa") for k in expected} == expected
         assert bench.code_level("dense binary Q=1", "genoa", dim=512) == "icelake"  # 8 words: vpopcntq
+    if "sapphirerapids" in levels:  # batches of int8 and bf16 on tiles; single queries as genoa
+        expected = {"dense int8 Q=64": "sapphirerapids", "dense bf16 Q=64": "sapphirerapids",
+                    "dense int8 Q=1": "icelake", "dense bf16 Q=1": "genoa", "dense f32 Q=64": "skylake",
+                    "maxsim int8": "icelake"}
+        assert {k: bench.code_level(k, "sapphirerapids") for k in expected} == expected
     with pytest.raises(ValueError, match="unknown kernel"):
         bench.code_level("sparse f32", levels[0])
 
@@ -279,12 +284,15 @@ def test_ceilings_script_runs_against_the_installed_package(tmp_path):
 def test_info_lists_each_levels_cpu_features_and_they_decide_support(capsys):
     features = flatcoat.info()["cpu_features"]
     levels = list(features)  # least to most capable
-    assert levels == [isa for isa in ("haswell", "skylake", "icelake", "genoa", "neon") if isa in levels]
+    assert levels == [isa for isa in ("haswell", "skylake", "icelake", "genoa", "sapphirerapids", "neon")
+                      if isa in levels]
     if "icelake" in levels:
         assert set(features["icelake"]) == {"avx512vnni", "avx512vpopcntdq", "avx512vbmi", "avx512vbmi2",
                                             "avx512bitalg"}
     if "genoa" in levels:
         assert set(features["genoa"]) == {"avx512bf16"}
+    if "sapphirerapids" in levels:  # present only where the OS grants the tile state too
+        assert set(features["sapphirerapids"]) == {"amx-tile", "amx-int8", "amx-bf16"}
     for at, isa in enumerate(levels):
         needed = [present for level in levels[: at + 1] for present in features[level].values()]
         assert flatcoat._core.cpu_supports(isa) == all(needed), isa
@@ -325,6 +333,10 @@ def test_the_bf16_probe_runs_where_the_level_has_vdpbf16ps(restore_isa):
             seconds, flops = flatcoat._core.probe_bf16(1000, 1)
             # 12 chains x 16 lanes x 2 products x 2 flops per round
             assert seconds > 0 and flops == 1000 * 12 * 16 * 2 * 2
+        elif isa == "sapphirerapids":
+            seconds, flops = flatcoat._core.probe_bf16(1000, 1)
+            # 4 tiles x 16 x 16 lanes x 32 products x 2 flops per round (tdpbf16ps)
+            assert seconds > 0 and flops == 1000 * 4 * 16 * 16 * 32 * 2
         else:
             with pytest.raises(ValueError, match="no bfloat16 dot instruction"):
                 flatcoat._core.probe_bf16(1000, 1)

@@ -257,7 +257,12 @@ def test_every_family_dispatches_for_every_compiled_isa(isa, restore_isa):
 def test_isa_errors():
     with pytest.raises(ValueError, match="unknown ISA 'avx9': expected one of " + ", ".join(_core.compiled_isas())):
         _core.set_active_isa("avx9")
-    missing = [isa for isa in ("scalar", "haswell", "skylake", "icelake", "genoa", "neon") if isa not in _core.compiled_isas()]
+    levels = ("scalar", "haswell", "skylake", "icelake", "genoa", "sapphirerapids", "neon")
+    missing = [isa for isa in levels if isa not in _core.compiled_isas()]
     for isa in missing:
         with pytest.raises(ValueError, match=f"ISA '{isa}' is not compiled into this build"):
+            _core.set_active_isa(isa)
+    # A compiled level this CPU lacks (on x86 machines without AMX: sapphirerapids) is refused, never run.
+    for isa in [isa for isa in _core.compiled_isas() if not _core.cpu_supports(isa)]:
+        with pytest.raises(ValueError, match=f"ISA '{isa}' is not supported by this CPU \\(best: "):
             _core.set_active_isa(isa)

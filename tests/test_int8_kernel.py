@@ -91,3 +91,71 @@ def test_int8_refuses_dims_its_sums_cannot_hold():
     with pytest.raises(ValueError, match="dim: int8 storage takes at most 65536"):
         flatcoat.DenseIndex(70_000, storage="int8")
     flatcoat.DenseIndex(65_536, storage="int8")  # the largest that fits
+
+
+# ----------------------------------------------------------------------------- the AMX tile kernels
+# The sapphirerapids level scores batches on AMX tiles. Where the CPU has AMX,
+# the forced-ISA tests above run them; everywhere the genoa level runs, the
+# same kernel code runs on emulated tiles (plain code following the SDM's
+# tdpbusd and tdpbf16ps), which checks its blocking (32 rows x 32 queries, then
+# 16), the panel layout as B tiles, and the tails left to the vector kernels.
+TILE_EMULATION = "genoa" in USABLE_ISAS
+needs_tile_emulation = pytest.mark.skipif(not TILE_EMULATION, reason="the tile emulation runs on genoa's kernels")
+# dims: whole 64-byte tile steps (64, 384) and not (100: the vector kernel's);
+# rows and queries: one tile, two, and short of a tile on either side
+TILE_SHAPES = [(dim, nq, nx) for dim in (64, 100, 384) for nq in (1, 16, 17, 40) for nx in (1, 15, 16, 33, 301)]
+
+
+def bfloat16_bits(x):
+    """float32 -> bfloat16 bits (uint16), nearest, ties to even: the numpy reference of to_bfloat16."""
+    bits = np.asarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bfloat16_values(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32).astype(np.float64)
+
+
+@needs_tile_emulation
+@pytest.mark.parametrize("dim,nq,nx", TILE_SHAPES)
+def test_int8_tile_kernel_is_exact(dim, nq, nx):
+    rng = np.random.default_rng(dim * 1000 + nq * 10 + nx)
+    x = rng.integers(0, 256, size=(nx, dim), dtype=np.uint8)
+    q = rng.integers(-127, 128, size=(nq, dim), dtype=np.int8)
+    x[0], q[0] = 255, -127  # the extremes in every product
+    got = _core.int8_dots(q, x, emulate_tiles=True)
+    np.testing.assert_array_equal(got, q.astype(np.int64) @ x.astype(np.int64).T)
+
+
+@needs_tile_emulation
+@pytest.mark.parametrize("dim,nq,nx", TILE_SHAPES)
+def test_bf16_tile_kernel_matches_float64(dim, nq, nx, restore_isa):
+    rng = np.random.default_rng(dim * 1000 + nq * 10 + nx + 1)
+    x = bfloat16_bits(rng.standard_normal((nx, dim)))
+    q = bfloat16_bits(rng.standard_normal((nq, dim)))
+    exact = bfloat16_values(q) @ bfloat16_values(x).T  # bf16 products are exact in float64
+    # float32 sums of `dim` products: within dim ulps of the sum of magnitudes
+    bound = 2.0 ** -24 * dim * (np.abs(bfloat16_values(q)) @ np.abs(bfloat16_values(x)).T)
+    got = _core.bf16_dots(q, x, emulate_tiles=True)
+    assert got.dtype == np.float32 and got.shape == (nq, nx)
+    assert (np.abs(got - exact) <= bound).all()
+    _core.set_active_isa("genoa")  # genoa's vdpbf16ps kernels, to the same bound
+    assert (np.abs(_core.bf16_dots(q, x) - exact) <= bound).all()
+
+
+@pytest.mark.parametrize("isa", USABLE_ISAS)
+def test_bf16_kernels_match_float64_on_every_isa(isa, restore_isa):
+    rng = np.random.default_rng(5)
+    x = bfloat16_bits(rng.standard_normal((301, 384)))
+    q = bfloat16_bits(rng.standard_normal((40, 384)))
+    exact = bfloat16_values(q) @ bfloat16_values(x).T
+    bound = 2.0 ** -24 * 384 * (np.abs(bfloat16_values(q)) @ np.abs(bfloat16_values(x)).T)
+    _core.set_active_isa(isa)
+    for nq in (1, 40):  # the single-query kernel, and query panels where the level has them
+        assert (np.abs(_core.bf16_dots(q[:nq], x) - exact[:nq]) <= bound[:nq]).all()
+
+
+@pytest.mark.skipif(TILE_EMULATION, reason="this CPU runs the tile emulation")
+def test_tile_emulation_says_what_it_needs():
+    with pytest.raises(ValueError, match="emulate_tiles: "):
+        _core.int8_dots(np.zeros((1, 64), dtype=np.int8), np.zeros((2, 64), dtype=np.uint8), emulate_tiles=True)

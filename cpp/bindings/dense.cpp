@@ -83,7 +83,7 @@ static py::tuple quantize_queries_py(const py::object& queries_obj) {
     return py::make_tuple(codes_out, scales_out);
 }
 
-static py::array_t<int32_t> int8_dots_py(const py::object& q_obj, const py::object& x_obj) {
+static py::array_t<int32_t> int8_dots_py(const py::object& q_obj, const py::object& x_obj, bool emulate_tiles) {
     const int8_t* q = checked<int8_t>(q_obj, "query_codes", 2);
     const uint8_t* x = checked<uint8_t>(x_obj, "codes", 2);
     const py::array qa = array_arg(q_obj, "query_codes"), xa = array_arg(x_obj, "codes");
@@ -93,7 +93,23 @@ static py::array_t<int32_t> int8_dots_py(const py::object& q_obj, const py::obje
     int32_t* out_ptr = out.mutable_data();
     {
         py::gil_scoped_release release;
-        int8_dots(q, nq, x, nx, dim, out_ptr);
+        int8_dots(q, nq, x, nx, dim, out_ptr, emulate_tiles);
+    }
+    return out;
+}
+
+/// bfloat16 arrays travel as uint16 (their bits): numpy has no bfloat16.
+static py::array_t<float> bf16_dots_py(const py::object& q_obj, const py::object& x_obj, bool emulate_tiles) {
+    const bf16_t* q = reinterpret_cast<const bf16_t*>(checked<uint16_t>(q_obj, "queries", 2));
+    const bf16_t* x = reinterpret_cast<const bf16_t*>(checked<uint16_t>(x_obj, "rows", 2));
+    const py::array qa = array_arg(q_obj, "queries"), xa = array_arg(x_obj, "rows");
+    const size_t nq = size_t(qa.shape(0)), nx = size_t(xa.shape(0)), dim = size_t(qa.shape(1));
+    expect_extent(xa, "rows", 1, dim, "columns");
+    py::array_t<float> out({nq, nx});
+    float* out_ptr = out.mutable_data();
+    {
+        py::gil_scoped_release release;
+        bf16_dots(q, nq, x, nx, dim, out_ptr, emulate_tiles);
     }
     return out;
 }
@@ -151,9 +167,15 @@ void bind_dense(py::module_& m) {
           "returned, missing results padded with id -1 and score -inf (+inf for l2).");
     m.def("quantize_queries", &quantize_queries_py, py::arg("queries"),
           "The int8 scan's query codes: (codes int8 (q, dim), scales float32 (q,)), q ~ scale * code.");
-    m.def("int8_dots", &int8_dots_py, py::arg("query_codes"), py::arg("codes"),
+    m.def("int8_dots", &int8_dots_py, py::arg("query_codes"), py::arg("codes"), py::kw_only(),
+          py::arg("emulate_tiles") = false,
           "Exact int32 dot products of int8 query codes (q, dim) with uint8 row codes (n, dim): (q, n),\n"
-          "with the active ISA's kernel.");
+          "with the active ISA's kernel; emulate_tiles: the AMX tile kernel on emulated tiles.");
+    m.def("bf16_dots", &bf16_dots_py, py::arg("queries"), py::arg("rows"), py::kw_only(),
+          py::arg("emulate_tiles") = false,
+          "float32 (q, n) dot products of bfloat16 queries (q, dim) with bfloat16 rows (n, dim), both as\n"
+          "uint16 bits, with the active ISA's bf16 scan kernels; emulate_tiles: the AMX tile kernel on\n"
+          "emulated tiles.");
     m.def("encode_dense", &encode_dense_py, py::arg("storage"), py::arg("x"), py::arg("codes"), py::kw_only(),
           py::arg("scale") = py::none(), py::arg("offset") = py::none(), py::arg("sq_norms") = py::none(),
           py::arg("float_rows") = py::none(), py::arg("float_sq_norms") = py::none(), py::arg("normalize") = false,

@@ -386,31 +386,77 @@ void quantize_queries(const float* queries, size_t nq, size_t dim, std::vector<i
     }
 }
 
-void int8_dots(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t dim, int32_t* out) {
-    if (dim > max_int8_dim) throw error("dim: the int8 kernel takes at most " + std::to_string(max_int8_dim));
-    for (size_t i = 0; i < nq * dim; ++i)
-        if (q[i] == -128) throw error("query codes: -128 is outside the kernel's range [-127, 127]");
-    const dense_kernels_t& kernels = kernels_for<dense_kernels_t>(active_isa());
-    // The kernel the scan would use: query panels for batches where the level has them.
-    const bool panels = kernels.dot_u8s8_panels != nullptr && nq >= widen_batch_k;
-    const size_t width = kernels.panel_queries, padded_nq = panels ? (nq + width - 1) / width * width : 0;
-    const std::vector<int8_t> packed =
-        panels ? pack_query_panels(q, nq, dim, width, 4) : std::vector<int8_t>();
+/// The panel kernels `*_dots` test with: the active level's, or (emulate_tiles)
+/// the tile kernels on emulated tiles, which need the genoa level's CPU.
+static const dense_kernels_t& dots_kernels(bool emulate_tiles, dense_kernels_t& emulated) {
+    const dense_kernels_t& active = kernels_for<dense_kernels_t>(active_isa());
+    if (!emulate_tiles) return active;
+#if defined(FLATCOAT_TILE_EMULATION)
+    if (!cpu_supports(isa_t::genoa_k))
+        throw error("emulate_tiles: the tile emulation runs with the genoa level's kernels, which this CPU lacks");
+    emulated = kernels_for<dense_kernels_t>(isa_t::genoa_k);
+    const tile_emulation_t& tiles = emulated_tile_kernels();
+    emulated.dot_u8s8_panels = tiles.dot_u8s8_panels;
+    emulated.dot_bf16_panels = tiles.dot_bf16_panels;
+    emulated.panel_queries = tiles.panel_queries;
+    return emulated;
+#else
+    (void)emulated;
+    throw error("emulate_tiles: this build has no tile emulation (it needs the genoa level compiled in)");
+#endif
+}
+
+/// out (nq x nx) = q (nq x dim) times x (nx x dim) transposed through `panels_fn`
+/// (query panels; `lane` elements per 32-bit word) from `batch` queries on,
+/// else through `direct(q, nq, x, rows, dim, block, ldo)`; threads split the rows.
+template <class q_t, class x_t, class out_t, class panels_fn_t, class direct_t>
+static void panel_dots(const q_t* q, size_t nq, const x_t* x, size_t nx, size_t dim, out_t* out,
+                       panels_fn_t panels_fn, size_t width, size_t lane, size_t batch, const direct_t& direct) {
+    const bool panels = panels_fn != nullptr && nq >= batch;
+    const size_t padded_nq = panels ? (nq + width - 1) / width * width : 0;
+    const std::vector<q_t> packed = panels ? pack_query_panels(q, nq, dim, width, lane) : std::vector<q_t>();
     constexpr size_t chunk = 256;
     parallel_for((nx + chunk - 1) / chunk, num_threads(), [&](size_t c, size_t) {
         const size_t begin = c * chunk, rows = std::min(chunk, nx - begin);
-        std::vector<int32_t> block(std::max(nq, padded_nq) * rows);
+        std::vector<out_t> block(std::max(nq, padded_nq) * rows);
         if (panels) {
-            kernels.dot_u8s8_panels(packed.data(), padded_nq / width, x + begin * dim, rows, dim, block.data(),
-                                    padded_nq);
+            panels_fn(packed.data(), padded_nq / width, x + begin * dim, rows, dim, block.data(), padded_nq);
             for (size_t j = 0; j < rows; ++j)
                 for (size_t i = 0; i < nq; ++i) out[i * nx + begin + j] = block[j * padded_nq + i];
             return;
         }
-        kernels.dot_u8s8(q, nq, x + begin * dim, rows, dim, block.data(), rows);
+        direct(q, nq, x + begin * dim, rows, dim, block.data(), rows);
         for (size_t i = 0; i < nq; ++i)
-            std::memcpy(out + i * nx + begin, block.data() + i * rows, rows * sizeof(int32_t));
+            std::memcpy(out + i * nx + begin, block.data() + i * rows, rows * sizeof(out_t));
     });
+}
+
+void int8_dots(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t dim, int32_t* out,
+               bool emulate_tiles) {
+    if (dim > max_int8_dim) throw error("dim: the int8 kernel takes at most " + std::to_string(max_int8_dim));
+    for (size_t i = 0; i < nq * dim; ++i)
+        if (q[i] == -128) throw error("query codes: -128 is outside the kernel's range [-127, 127]");
+    dense_kernels_t emulated;
+    const dense_kernels_t& kernels = dots_kernels(emulate_tiles, emulated);
+    // The kernel the scan would use: query panels for batches where the level has them.
+    panel_dots(q, nq, x, nx, dim, out, kernels.dot_u8s8_panels, kernels.panel_queries, 4,
+               emulate_tiles ? 1 : widen_batch_k, kernels.dot_u8s8);
+}
+
+void bf16_dots(const bf16_t* q, size_t nq, const bf16_t* x, size_t nx, size_t dim, float* out, bool emulate_tiles) {
+    dense_kernels_t emulated;
+    const dense_kernels_t& kernels = dots_kernels(emulate_tiles, emulated);
+    // As the bf16 scan: query panels for batches, bf16 pairs for fewer queries,
+    // and on levels without AVX512_BF16 the float32 kernel on widened queries.
+    const auto direct = [&](const bf16_t* qb, size_t n, const bf16_t* rows, size_t count, size_t d, float* block,
+                            size_t ldo) {
+        if (kernels.dot_bf16_pairs != nullptr) return kernels.dot_bf16_pairs(qb, n, rows, count, d, block, ldo);
+        std::vector<float> wide(n * d);
+        kernels.widen_bf16(qb, n * d, wide.data());
+        kernels.dot_bf16(wide.data(), n, rows, count, d, block, ldo);
+    };
+    panel_dots(q, nq, x, nx, dim, out, kernels.dot_bf16_panels, kernels.panel_queries, 2,
+               emulate_tiles ? 1 : widen_batch_k, direct);
 }
 
 void to_bfloat16(const float* x, size_t n, bf16_t* out) {

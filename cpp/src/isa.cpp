@@ -3,7 +3,13 @@
 
 #include <atomic>   // std::atomic
 #include <cstdlib>  // std::getenv
+#include <cstring>  // std::strncmp
 #include <mutex>    // std::once_flag
+
+#if defined(__x86_64__) && defined(__linux__)
+#include <sys/syscall.h>  // SYS_arch_prctl
+#include <unistd.h>       // syscall
+#endif
 
 namespace flatcoat {
 
@@ -43,12 +49,32 @@ isa_t isa_from_name(const std::string& name) {
     X(skylake, "avx512cd")                                                                                      \
     X(icelake, "avx512vnni") X(icelake, "avx512vpopcntdq") X(icelake, "avx512vbmi") X(icelake, "avx512vbmi2") \
     X(icelake, "avx512bitalg")                                                                                  \
-    X(genoa, "avx512bf16")
+    X(genoa, "avx512bf16")                                                                                      \
+    X(sapphirerapids, "amx-tile") X(sapphirerapids, "amx-int8") X(sapphirerapids, "amx-bf16")
+
+#if defined(__x86_64__) && defined(__linux__)
+// Linux hands out the tile registers' 8 KiB of state only to a process that
+// asks (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA; kernel 5.16 on):
+// without it the first tile instruction is a SIGILL. Asked once.
+static bool os_grants_tiles() {
+    static const bool granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    return granted;
+}
+#else
+static bool os_grants_tiles() { return false; }
+#endif
+
+/// Whether the OS lets this process use a feature the CPU reports (the AMX
+/// ones need the permission above; __builtin_cpu_supports already checks that
+/// the OS saves the vector registers' state).
+static bool os_allows(const char* feature) {
+    return std::strncmp(feature, "amx-", 4) != 0 || os_grants_tiles();
+}
 
 std::vector<cpu_feature_t> cpu_features() {
     std::vector<cpu_feature_t> features;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FLATCOAT_X86_FEATURE_(isa, name) features.push_back({isa_t::isa##_k, name, bool(__builtin_cpu_supports(name))});
+#define FLATCOAT_X86_FEATURE_(isa, name) features.push_back({isa_t::isa##_k, name, __builtin_cpu_supports(name) && os_allows(name)});
     FLATCOAT_X86_FEATURES_(FLATCOAT_X86_FEATURE_)
 #undef FLATCOAT_X86_FEATURE_
 #elif defined(__aarch64__)

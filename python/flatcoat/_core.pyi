@@ -67,8 +67,12 @@ def binarize(x: np.ndarray) -> np.ndarray:
     """Sign bits of (n, dim) float32 rows: (n, ceil(dim / 64)) uint64, bit j set when x[j] > 0."""
 def quantize_queries(queries: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
     """The int8 scan's query codes: (codes int8 (q, dim), scales float32 (q,)), q ~ scale * code."""
-def int8_dots(query_codes: np.ndarray, codes: np.ndarray) -> np.ndarray:
-    """Exact int32 (q, n) dot products of int8 query codes (q, dim) with uint8 row codes (n, dim), active ISA."""
+def int8_dots(query_codes: np.ndarray, codes: np.ndarray, *, emulate_tiles: bool = False) -> np.ndarray:
+    """Exact int32 (q, n) dot products of int8 query codes (q, dim) with uint8 row codes (n, dim), active ISA;
+    emulate_tiles: the sapphirerapids tile kernel on emulated tiles (needs a CPU with genoa's features)."""
+def bf16_dots(queries: np.ndarray, rows: np.ndarray, *, emulate_tiles: bool = False) -> np.ndarray:
+    """float32 (q, n) dot products of bfloat16 queries (q, dim) and rows (n, dim), given as uint16 bits,
+    with the active ISA's bf16 scan kernels; emulate_tiles as for int8_dots."""
 def encode_dense(
     storage: str,
     x: np.ndarray,  # (n, dim) float32

@@ -34,6 +34,7 @@ import math
 import os
 import platform
 import statistics
+import re
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -167,7 +168,7 @@ def arithmetic_peaks(threads: Optional[int] = None, rounds: int = 10_000_000, re
     float32 FMA throughput (an FMA counts 2), u8 x s8 multiply-add throughput,
     64-bit popcounts per second and bfloat16 pair products (vdpbf16ps where
     the level has it, else the FMA rate, which the bf16 scan then runs on), each with the instructions ``isa``'s
-    kernels use (default: the best ISA this CPU has), the best of ``repeats``
+    kernels use (on sapphirerapids int8 and bf16 are the tile unit's tdpbusd and tdpbf16ps) (default: the best ISA this CPU has), the best of ``repeats``
     on ``threads`` threads (default: flatcoat's setting). Each thread times its
     own loop and the rates add up, so a thread that another process delays
     does not lower the others'. ``rounds`` per thread sizes the loops (10M:
@@ -180,7 +181,7 @@ def arithmetic_peaks(threads: Optional[int] = None, rounds: int = 10_000_000, re
         fma = _best_rate(lambda: _core.probe_fma(rounds, threads), repeats)
         int8 = _best_rate(lambda: _core.probe_int8(rounds, threads), repeats)
         popcount = _best_rate(lambda: _core.probe_popcount(rounds, threads), repeats)
-        try:  # levels with AVX512_BF16 (genoa) only
+        try:  # levels with AVX512_BF16 (genoa; sapphirerapids: the tile unit) only
             bf16 = _best_rate(lambda: _core.probe_bf16(rounds, threads), repeats)
         except ValueError:
             bf16 = fma  # the bf16 scan runs on float32 FMA there
@@ -263,6 +264,10 @@ _OWN_CODE = {
     "pq4 fast-scan": ("haswell", "skylake", "neon"),
     "top-k": (),
 }
+# Batches (Q of 8 or more) of these scans run on query panels, which the
+# sapphirerapids level computes on AMX tiles; single queries keep the vector
+# code of the level below.
+_OWN_BATCH_CODE = {"dense int8": ("sapphirerapids",), "dense bf16": ("sapphirerapids",)}
 
 
 def code_level(kernel: str, isa: str, dim: int = 384) -> str:
@@ -282,8 +287,12 @@ def code_level(kernel: str, isa: str, dim: int = 384) -> str:
     levels = [name for name in _core.compiled_isas()]
     if isa not in levels:
         raise ValueError(f"code_level: {isa!r} is not compiled here; one of {', '.join(levels)}")
+    batch = re.search(r"Q=(\d+)", kernel)
+    own = _OWN_CODE[family]
+    if batch and int(batch.group(1)) >= 8:
+        own = own + _OWN_BATCH_CODE.get(family, ())
     for name in reversed(levels[: levels.index(isa) + 1]):
-        if name == "scalar" or name in _OWN_CODE[family]:
+        if name == "scalar" or name in own:
             return name
     return "scalar"
 

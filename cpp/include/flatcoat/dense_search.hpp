@@ -76,8 +76,17 @@ void quantize_queries(const float* queries, size_t nq, size_t dim, std::vector<i
 /// The active ISA's exact int8 kernel over whole arrays: out (nq x nx) int32
 /// = q (nq x dim s8, |q| <= 127) times x (nx x dim u8) transposed; threads split
 /// the rows. For tests and benchmarks of the kernel the int8 scan runs on (query
-/// panels for 8 queries or more where the level has them).
-void int8_dots(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t dim, int32_t* out);
+/// panels for 8 queries or more where the level has them). emulate_tiles: the
+/// sapphirerapids level's tile kernel on emulated tiles instead, for every
+/// nq (tests on machines without AMX; throws if the CPU lacks genoa's features).
+void int8_dots(const int8_t* q, size_t nq, const uint8_t* x, size_t nx, size_t dim, int32_t* out,
+               bool emulate_tiles = false);
+
+/// The bf16 scan's kernels over whole arrays: out (nq x nx) float32 = q (nq x
+/// dim bf16) times x (nx x dim bf16) transposed, products summed in float32;
+/// query panels from 8 queries where the level has them, as int8_dots.
+void bf16_dots(const bf16_t* q, size_t nq, const bf16_t* x, size_t nx, size_t dim, float* out,
+               bool emulate_tiles = false);
 
 /// What the dense codecs need of each of `nq` queries (n x dim floats): int8
 /// each query's sum (the rows' offsets multiply it) into `sums` (nq), binary

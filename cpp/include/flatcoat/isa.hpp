@@ -14,7 +14,8 @@ namespace flatcoat {
 /// Every ISA flatcoat has kernels for, named by CPU generation: X(isa, arg) for
 /// each. The enum and the names come from this list; which ones a build
 /// compiles is CMakeLists.txt's choice (FLATCOAT_FOR_EACH_COMPILED_ISA).
-#define FLATCOAT_FOR_EACH_ISA(X, arg) X(scalar, arg) X(haswell, arg) X(skylake, arg) X(icelake, arg) X(genoa, arg) X(neon, arg)
+#define FLATCOAT_FOR_EACH_ISA(X, arg) X(scalar, arg) X(haswell, arg) X(skylake, arg) X(icelake, arg) X(genoa, arg) X(sapphirerapids, arg) \
+    X(neon, arg)
 
 #define FLATCOAT_ISA_ENUMERATOR_(isa, arg) isa##_k,
 /// Kernel families are compiled once per ISA; `isa_t` names them.

@@ -13,6 +13,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>  // std::memcpy
 #include <type_traits>  // std::is_class, std::is_integral
 
 #include "flatcoat/probe.hpp"
@@ -157,6 +158,83 @@ template <class S>
 void add_bf16_probe(probe_kernels_t& table) {
     table.bf16_loop = &probe_bf16_loop<S>;
     table.bf16_per_round = probe_chains<S>() * S::width * 2;  // two products per float32 lane
+}
+
+/// The tile unit's ceilings (levels with AMX): tdpbusd or tdpbf16ps into the
+/// four accumulator tiles of the tile kernels' 2 x 2 block, from operand
+/// tiles loaded once, so each round is four independent tile products (the
+/// block the kernels issue). The int8 operands: u8 and s8 bytes of any value
+/// (int32 sums wrap, the result only has to depend on the work); the bf16
+/// ones 2^-10 each, far from overflow and denormals.
+template <class S, class T, bool bf16>
+double probe_tile_loop(size_t rounds) {
+    alignas(64) uint8_t a[16 * 64], b[16 * 64];
+    for (size_t i = 0; i < sizeof a; ++i) {
+        a[i] = bf16 ? (i % 2 ? 0x3a : 0x80) : uint8_t(i * 13);
+        b[i] = bf16 ? (i % 2 ? 0x3a : 0x80) : uint8_t(i * 7);
+    }
+    T::configure();
+    T::template zero<0>();
+    T::template zero<1>();
+    T::template zero<2>();
+    T::template zero<3>();
+    T::template load<4>(a, 64);
+    T::template load<5>(a, 64);
+    T::template load<6>(b, 64);
+    T::template load<7>(b, 64);
+    for (size_t r = 0; r < rounds; ++r) {
+        if constexpr (bf16) {
+            T::template dpbf16ps<0, 4, 6>();
+            T::template dpbf16ps<1, 4, 7>();
+            T::template dpbf16ps<2, 5, 6>();
+            T::template dpbf16ps<3, 5, 7>();
+        } else {
+            T::template dpbusd<0, 4, 6>();
+            T::template dpbusd<1, 4, 7>();
+            T::template dpbusd<2, 5, 6>();
+            T::template dpbusd<3, 5, 7>();
+        }
+    }
+    alignas(64) uint8_t c[4][16 * 64];
+    T::template store<0>(c[0], 64);
+    T::template store<1>(c[1], 64);
+    T::template store<2>(c[2], 64);
+    T::template store<3>(c[3], 64);
+    T::release();
+    double total = 0;
+    for (size_t t = 0; t < 4; ++t)
+        for (size_t i = 0; i < 16 * 16; ++i) {
+            if (bf16) {
+                float f;
+                std::memcpy(&f, c[t] + 4 * i, 4);
+                total += f;
+            } else {
+                int32_t v;
+                std::memcpy(&v, c[t] + 4 * i, 4);
+                total += v;
+            }
+        }
+    return total;
+}
+
+template <class S, class T>
+int64_t probe_tile_int8_loop(size_t rounds, uint8_t) {
+    return int64_t(probe_tile_loop<S, T, false>(rounds));
+}
+
+template <class S, class T>
+float probe_tile_bf16_loop(size_t rounds, float) {
+    return float(probe_tile_loop<S, T, true>(rounds));
+}
+
+/// A level with tiles: its int8 and bf16 ceilings are the tile unit's (its
+/// batched scans run there; the single-query scans are bound by memory).
+template <class S, class T>
+void add_tile_probes(probe_kernels_t& table) {
+    table.int8_loop = &probe_tile_int8_loop<S, T>;
+    table.int8_per_round = 4 * 16 * 16 * 64;  // four tiles of 16 x 16 lanes, 64 multiply-adds each
+    table.bf16_loop = &probe_tile_bf16_loop<S, T>;
+    table.bf16_per_round = 4 * 16 * 16 * 32;  // 32 bfloat16 products per lane
 }
 
 /// popcount(x[c] xor key) into P::chains accumulators, `rounds` times, the key
