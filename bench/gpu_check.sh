@@ -6,7 +6,7 @@
 #   bench/gpu_check.sh [output-dir]
 #
 # Output (default bench/results/gpu-<date>, or $OUT when set): cmake.log,
-# build.log, tests.log, gpu_bench.md + gpu_maxsim.md (the tables for BENCHMARKS.md),
+# build.log, tests.log, isa_tests.log, gpu_bench.md + gpu_maxsim.md (the tables for BENCHMARKS.md),
 # gpu_bench.json, gpu_maxsim.json.
 # Needs nvcc, cmake, ninja, and pybind11, numpy, pytest for the Python that runs
 # it ($PYTHON, default python3); the benchmarks need CuPy, and PyTorch for the
@@ -50,6 +50,16 @@ log "GPU tests"
 "$PY" -m pytest tests/test_cuda.py tests/test_cuda_maxsim.py tests/test_cuda_encoders.py -q -p no:cacheprovider -rs >"$OUT_DIR/tests.log" 2>&1
 TESTS_RC=$?
 tail -15 "$OUT_DIR/tests.log"
+
+# The host's CPU may have AVX-512 or AMX that no other machine of ours has:
+# every level it supports, forced one at a time, against the references.
+log "host CPU: $("$PY" -c 'import flatcoat; i = flatcoat.info(); print(i["detected_isa"], i["cpu_features"])')"
+log "forced-ISA tests"
+"$PY" -m pytest tests/test_core.py tests/test_int8_kernel.py tests/test_dense.py -q -p no:cacheprovider -rs \
+  >"$OUT_DIR/isa_tests.log" 2>&1
+ISA_RC=$?
+tail -5 "$OUT_DIR/isa_tests.log"
+[ "$TESTS_RC" -eq 0 ] && TESTS_RC=$ISA_RC
 
 log "benchmarks"
 timeout 240 "$PY" bench/gpu_bench.py --out "$OUT_DIR/gpu_bench.md" --json "$OUT_DIR/gpu_bench.json"

@@ -152,8 +152,9 @@ def test_binary_scores_without_rerank_are_hamming_based():
 
 
 @pytest.mark.parametrize("storage", ["f32", "f16", "bf16", "int8", "binary"])
-def test_every_isa_agrees_with_scalar(storage, restore_isa):
-    dim, k = 97, 10
+@pytest.mark.parametrize("dim", [97, 128])  # 128: whole 64-byte steps, which the AMX tiles take
+def test_every_isa_agrees_with_scalar(storage, dim, restore_isa):
+    k = 10
     x = clustered(2000, dim, seed=7)
     q = clustered(33, dim, seed=8)  # 33: full 4-query blocks plus a tail, and >= the widening batch
     index = flatcoat.DenseIndex(dim, metric="l2", storage=storage, keep_float=True)
