@@ -83,35 +83,33 @@ static py::tuple quantize_queries_py(const py::object& queries_obj) {
     return py::make_tuple(codes_out, scales_out);
 }
 
-static py::array_t<int32_t> int8_dots_py(const py::object& q_obj, const py::object& x_obj, bool emulate_tiles) {
-    const int8_t* q = checked<int8_t>(q_obj, "query_codes", 2);
-    const uint8_t* x = checked<uint8_t>(x_obj, "codes", 2);
-    const py::array qa = array_arg(q_obj, "query_codes"), xa = array_arg(x_obj, "codes");
+/// out (q, n) = queries (q, dim) x rows (n, dim)^T through `dots` (the core's
+/// int8_dots or bf16_dots); `arg_t`: the element types as numpy holds them.
+template <class q_arg_t, class x_arg_t, class out_t, class q_t, class x_t>
+static py::array_t<out_t> dots_py(const py::object& q_obj, const py::object& x_obj, const char* q_name,
+                                  const char* x_name, bool emulate_tiles,
+                                  void (*dots)(const q_t*, size_t, const x_t*, size_t, size_t, out_t*, bool)) {
+    const q_t* q = reinterpret_cast<const q_t*>(checked<q_arg_t>(q_obj, q_name, 2));
+    const x_t* x = reinterpret_cast<const x_t*>(checked<x_arg_t>(x_obj, x_name, 2));
+    const py::array qa = array_arg(q_obj, q_name), xa = array_arg(x_obj, x_name);
     const size_t nq = size_t(qa.shape(0)), nx = size_t(xa.shape(0)), dim = size_t(qa.shape(1));
-    expect_extent(xa, "codes", 1, dim, "columns");
-    py::array_t<int32_t> out({nq, nx});
-    int32_t* out_ptr = out.mutable_data();
+    expect_extent(xa, x_name, 1, dim, "columns");
+    py::array_t<out_t> out({nq, nx});
+    out_t* out_ptr = out.mutable_data();
     {
         py::gil_scoped_release release;
-        int8_dots(q, nq, x, nx, dim, out_ptr, emulate_tiles);
+        dots(q, nq, x, nx, dim, out_ptr, emulate_tiles);
     }
     return out;
 }
 
+static py::array_t<int32_t> int8_dots_py(const py::object& q, const py::object& x, bool emulate_tiles) {
+    return dots_py<int8_t, uint8_t>(q, x, "query_codes", "codes", emulate_tiles, &int8_dots);
+}
+
 /// bfloat16 arrays travel as uint16 (their bits): numpy has no bfloat16.
-static py::array_t<float> bf16_dots_py(const py::object& q_obj, const py::object& x_obj, bool emulate_tiles) {
-    const bf16_t* q = reinterpret_cast<const bf16_t*>(checked<uint16_t>(q_obj, "queries", 2));
-    const bf16_t* x = reinterpret_cast<const bf16_t*>(checked<uint16_t>(x_obj, "rows", 2));
-    const py::array qa = array_arg(q_obj, "queries"), xa = array_arg(x_obj, "rows");
-    const size_t nq = size_t(qa.shape(0)), nx = size_t(xa.shape(0)), dim = size_t(qa.shape(1));
-    expect_extent(xa, "rows", 1, dim, "columns");
-    py::array_t<float> out({nq, nx});
-    float* out_ptr = out.mutable_data();
-    {
-        py::gil_scoped_release release;
-        bf16_dots(q, nq, x, nx, dim, out_ptr, emulate_tiles);
-    }
-    return out;
+static py::array_t<float> bf16_dots_py(const py::object& q, const py::object& x, bool emulate_tiles) {
+    return dots_py<uint16_t, uint16_t>(q, x, "queries", "rows", emulate_tiles, &bf16_dots);
 }
 
 static void encode_dense_py(const std::string& storage, const py::object& x_obj, const py::object& codes,

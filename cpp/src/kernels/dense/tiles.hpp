@@ -125,12 +125,25 @@ inline void tile_micro(const unsigned char* panels, size_t panel_bytes, const un
     if constexpr (RA > 1 && QB > 1) T::template store<3>(out + tile_rows * out_stride + c_bytes, out_stride);
 }
 
+/// One band of RA * 16 rows by every panel, two at a time, then one.
+template <class T, class P, int RA>
+inline void tile_band(const unsigned char* panels, size_t n_panels, size_t panel_bytes, const unsigned char* rows,
+                      size_t row_bytes, size_t steps, unsigned char* out, size_t out_stride) {
+    constexpr size_t c_bytes = 16 * sizeof(typename P::out_t);
+    size_t v = 0;
+    for (; v + 2 <= n_panels; v += 2)
+        tile_micro<T, P, RA, 2>(panels + v * panel_bytes, panel_bytes, rows, row_bytes, steps, out + v * c_bytes,
+                                out_stride);
+    if (v < n_panels)
+        tile_micro<T, P, RA, 1>(panels + v * panel_bytes, panel_bytes, rows, row_bytes, steps, out + v * c_bytes,
+                                out_stride);
+}
+
 /// The panel kernel's contract (dot_u8s8_panels_fn, dot_bf16_panels_fn) on
-/// tiles: rows 32 at a time, then 16, by panels two at a time, then one. A
-/// dimension that is not a whole number of 64-byte tile steps, and the last
-/// rows short of a tile, go to the level's vector panel kernel (panels_block),
-/// whose int8 sums are the same integers and whose bf16 sums agree to float32
-/// rounding.
+/// tiles: rows 32 at a time, then 16. A dimension that is not a whole number
+/// of 64-byte tile steps, and the last rows short of a tile, go to the level's
+/// vector panel kernel (panels_block), whose int8 sums are the same integers
+/// and whose bf16 sums agree to float32 rounding.
 template <class S, class T, class P>
 void tiles_block(const void* panels, size_t n_panels, const typename P::x_t* x, size_t nx, size_t dim,
                  typename P::out_t* out, size_t ldo) {
@@ -140,28 +153,16 @@ void tiles_block(const void* panels, size_t n_panels, const typename P::x_t* x, 
     const size_t steps = dim / step_elements, panel_bytes = steps * tile_rows * tile_row_bytes;
     const size_t row_bytes = dim * sizeof(typename P::x_t), out_stride = ldo * sizeof(typename P::out_t);
     const unsigned char* pb = static_cast<const unsigned char*>(panels);
-    unsigned char* ob = reinterpret_cast<unsigned char*>(out);
     const unsigned char* xb = reinterpret_cast<const unsigned char*>(x);
-    constexpr size_t c_bytes = 16 * sizeof(typename P::out_t);
+    unsigned char* ob = reinterpret_cast<unsigned char*>(out);
     T::configure();
     size_t j = 0;
-    for (; j + 2 * tile_rows <= nx; j += 2 * tile_rows) {
-        size_t v = 0;
-        for (; v + 2 <= n_panels; v += 2)
-            tile_micro<T, P, 2, 2>(pb + v * panel_bytes, panel_bytes, xb + j * row_bytes, row_bytes, steps,
-                                   ob + j * out_stride + v * c_bytes, out_stride);
-        if (v < n_panels)
-            tile_micro<T, P, 2, 1>(pb + v * panel_bytes, panel_bytes, xb + j * row_bytes, row_bytes, steps,
-                                   ob + j * out_stride + v * c_bytes, out_stride);
-    }
+    for (; j + 2 * tile_rows <= nx; j += 2 * tile_rows)
+        tile_band<T, P, 2>(pb, n_panels, panel_bytes, xb + j * row_bytes, row_bytes, steps, ob + j * out_stride,
+                           out_stride);
     if (j + tile_rows <= nx) {
-        size_t v = 0;
-        for (; v + 2 <= n_panels; v += 2)
-            tile_micro<T, P, 1, 2>(pb + v * panel_bytes, panel_bytes, xb + j * row_bytes, row_bytes, steps,
-                                   ob + j * out_stride + v * c_bytes, out_stride);
-        if (v < n_panels)
-            tile_micro<T, P, 1, 1>(pb + v * panel_bytes, panel_bytes, xb + j * row_bytes, row_bytes, steps,
-                                   ob + j * out_stride + v * c_bytes, out_stride);
+        tile_band<T, P, 1>(pb, n_panels, panel_bytes, xb + j * row_bytes, row_bytes, steps, ob + j * out_stride,
+                           out_stride);
         j += tile_rows;
     }
     T::release();
