@@ -276,8 +276,8 @@ def test_ties_broken_by_smaller_id():
 
 
 @pytest.mark.parametrize("storage", STORAGES)
-def test_every_isa_agrees_with_scalar(storage, rng, restore_isa):
-    dim = 37  # odd: int8 tails of 1 dimension, float lanes partly filled
+@pytest.mark.parametrize("dim", [37, 128])  # 37: int8 tails of 1 dimension; 128: whole AMX tile steps
+def test_every_isa_agrees_with_scalar(storage, dim, rng, restore_isa):
     docs = random_docs(rng, 30, dim)
     index = build(storage, dim, docs)
     queries = [rng.standard_normal((n, dim)).astype(np.float32) for n in (1, 9, 33, 70)]
@@ -575,3 +575,25 @@ def test_search_equals_reference_property(dim, lengths, q_len, seed):
     check_topk(scores[0], ids[0], reference(query, docs), np.arange(len(docs)), len(docs))
     np.testing.assert_allclose(maxsim(query, np.concatenate(docs), lengths), reference(query, docs),
                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif("genoa" not in [i for i in flatcoat._core.compiled_isas() if flatcoat._core.cpu_supports(i)],
+                    reason="the tile emulation runs on genoa's kernels")
+@pytest.mark.parametrize("dim", [64, 128, 100])  # whole 64-byte tile steps, and not (the vector kernel's)
+def test_int8_tile_kernel_gives_the_vector_kernels_scores(dim, rng, restore_isa):
+    """The sapphirerapids int8 MaxSim on emulated tiles: bit for bit the vector kernel's scores (the same
+    integer sums, finished by the same float operations), for documents shorter and longer than a tile and
+    queries of one, two and three 16-token panels."""
+    docs = random_docs(rng, 40, dim, extra_lengths=(1, 15, 16, 17, 32, 257))
+    index = build("int8", dim, docs)
+    a = index.arrays()
+    flatcoat._core.set_active_isa("genoa")
+    for n_tokens in (1, 16, 33):
+        q = rng.standard_normal((n_tokens, dim)).astype(np.float32)
+        q_offsets = np.array([0, n_tokens], np.int64)
+        args = ("int8", dim, a["tokens"], a["offsets"], a["scales"], q, q_offsets, None)
+        tiles = flatcoat._core.maxsim_scores(*args, emulate_tiles=True)
+        np.testing.assert_array_equal(tiles, flatcoat._core.maxsim_scores(*args))
+        if n_tokens >= 16:  # as test_int8_scores_close_to_float: the quantization error of many tokens' maxima
+            ref = reference(q, docs)
+            np.testing.assert_allclose(tiles[0], ref, rtol=0, atol=0.01 * np.abs(ref).max())

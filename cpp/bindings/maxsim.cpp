@@ -99,7 +99,7 @@ py::tuple search_maxsim_py(const std::string& storage, int64_t dim_arg, const py
 py::array_t<float> maxsim_scores_py(const std::string& storage, int64_t dim_arg, const py::object& tokens,
                                     const py::object& offsets, const py::object& token_scales,
                                     const py::object& queries, const py::object& query_offsets,
-                                    const py::object& weights) {
+                                    const py::object& weights, bool emulate_tiles) {
     const size_t dim = count(dim_arg, "dim", 1);
     maxsim_data_t data = make_data(storage, dim, tokens, offsets, token_scales);
     maxsim_query_t query = make_query(dim, queries, query_offsets, weights);
@@ -107,7 +107,7 @@ py::array_t<float> maxsim_scores_py(const std::string& storage, int64_t dim_arg,
     float* out_ptr = out.mutable_data();
     {
         py::gil_scoped_release release;
-        maxsim_scores(data, query, out_ptr);
+        maxsim_scores(data, query, out_ptr, emulate_tiles);
     }
     return out;
 }
@@ -126,7 +126,8 @@ void bind_maxsim(py::module_& m) {
           "with the subset; masked documents are never scored.");
     m.def("maxsim_scores", &maxsim_scores_py, py::arg("storage"), py::arg("dim"), py::arg("tokens"),
           py::arg("offsets"), py::arg("token_scales"), py::arg("queries"), py::arg("query_offsets"),
-          py::arg("weights"), "All MaxSim scores, float32 (nq, docs).");
+          py::arg("weights"), py::kw_only(), py::arg("emulate_tiles") = false,
+          "All MaxSim scores, float32 (nq, docs); emulate_tiles: int8 on the AMX tile kernel, emulated.");
 }
 
 }  // namespace bindings

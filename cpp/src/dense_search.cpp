@@ -13,6 +13,7 @@
 #include "flatcoat/filter.hpp"
 #include "flatcoat/isa.hpp"
 #include "flatcoat/thread_pool.hpp"
+#include "flatcoat/tile_emulation.hpp"
 #include "flatcoat/topk.hpp"
 
 namespace flatcoat {
@@ -386,24 +387,28 @@ void quantize_queries(const float* queries, size_t nq, size_t dim, std::vector<i
     }
 }
 
-/// The panel kernels `*_dots` test with: the active level's, or (emulate_tiles)
-/// the tile kernels on emulated tiles, which need the genoa level's CPU.
-static const dense_kernels_t& dots_kernels(bool emulate_tiles, dense_kernels_t& emulated) {
-    const dense_kernels_t& active = kernels_for<dense_kernels_t>(active_isa());
-    if (!emulate_tiles) return active;
+void require_tile_emulation() {
 #if defined(FLATCOAT_TILE_EMULATION)
     if (!cpu_supports(isa_t::genoa_k))
         throw error("emulate_tiles: the tile emulation runs with the genoa level's kernels, which this CPU lacks");
+#else
+    throw error("emulate_tiles: this build has no tile emulation (it needs the genoa level compiled in)");
+#endif
+}
+
+/// The panel kernels `*_dots` test with: the active level's, or (emulate_tiles)
+/// the tile kernels on emulated tiles.
+static const dense_kernels_t& dots_kernels(bool emulate_tiles, dense_kernels_t& emulated) {
+    if (!emulate_tiles) return kernels_for<dense_kernels_t>(active_isa());
+    require_tile_emulation();
+#if defined(FLATCOAT_TILE_EMULATION)
     emulated = kernels_for<dense_kernels_t>(isa_t::genoa_k);
     const tile_emulation_t& tiles = emulated_tile_kernels();
     emulated.dot_u8s8_panels = tiles.dot_u8s8_panels;
     emulated.dot_bf16_panels = tiles.dot_bf16_panels;
     emulated.panel_queries = tiles.panel_queries;
-    return emulated;
-#else
-    (void)emulated;
-    throw error("emulate_tiles: this build has no tile emulation (it needs the genoa level compiled in)");
 #endif
+    return emulated;
 }
 
 /// out (nq x nx) = q (nq x dim) times x (nx x dim) transposed through `panels_fn`

@@ -13,6 +13,7 @@
 #include "flatcoat/isa.hpp"
 #include "flatcoat/maxsim_kernels.hpp"
 #include "flatcoat/thread_pool.hpp"
+#include "flatcoat/tile_emulation.hpp"
 #include "flatcoat/topk.hpp"
 
 namespace flatcoat {
@@ -273,10 +274,18 @@ void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_
     }
 }
 
-void maxsim_scores(const maxsim_data_t& data, const maxsim_query_t& query, float* out) {
+void maxsim_scores(const maxsim_data_t& data, const maxsim_query_t& query, float* out, bool emulate_tiles) {
     check(data, query);
+    maxsim_kernels_t emulated;
+    if (emulate_tiles) {
+        require_tile_emulation();
+#if defined(FLATCOAT_TILE_EMULATION)
+        emulated = kernels_for<maxsim_kernels_t>(isa_t::genoa_k);
+        emulated.max_u8 = emulated_tile_kernels().maxsim_max_u8;
+#endif
+    }
     if (data.docs == 0 || query.nq == 0) return;
-    const maxsim_kernels_t& kernels = kernels_for<maxsim_kernels_t>(active_isa());
+    const maxsim_kernels_t& kernels = emulate_tiles ? emulated : kernels_for<maxsim_kernels_t>(active_isa());
     const std::vector<prepared_query_t> prepared = prepare_all(data, query, kernels);
     const size_t slots = std::max<size_t>(1, num_threads());
     scan_all(data, prepared, kernels, slots, nullptr,

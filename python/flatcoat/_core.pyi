@@ -134,8 +134,11 @@ def maxsim_scores(
     queries: np.ndarray,
     query_offsets: np.ndarray,
     weights: Optional[np.ndarray],
+    *,
+    emulate_tiles: bool = False,
 ) -> np.ndarray:
-    """Every MaxSim score, float32 (q, docs)."""
+    """Every MaxSim score, float32 (q, docs); emulate_tiles: int8 through the sapphirerapids tile kernel on
+    emulated tiles (needs a CPU with genoa's features)."""
 
 # ----------------------------------------------------------------------------- ceilings and top-k
 

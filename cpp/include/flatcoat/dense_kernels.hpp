@@ -68,16 +68,4 @@ struct dense_kernels_t {
 
 FLATCOAT_KERNEL_FAMILY(dense_kernels_t)
 
-/// The sapphirerapids level's panel kernels on emulated tiles
-/// (kernels/dense/tiles.hpp), with genoa's vector kernels for what tiles do
-/// not cover: tests of the tile kernels' blocking, layouts and tails on
-/// machines without AMX. Defined only in builds with the genoa level
-/// (FLATCOAT_TILE_EMULATION); runs only on CPUs with its features.
-struct tile_emulation_t {
-    dot_u8s8_panels_fn dot_u8s8_panels;
-    dot_bf16_panels_fn dot_bf16_panels;
-    size_t panel_queries;
-};
-const tile_emulation_t& emulated_tile_kernels();
-
 }  // namespace flatcoat

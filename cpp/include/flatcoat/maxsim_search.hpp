@@ -79,6 +79,8 @@ void search_maxsim(const maxsim_data_t& data, const maxsim_query_t& query, size_
                    const int64_t* subset_offsets, float* out_scores, int64_t* out_ids);
 
 /// Every score: out[i * docs + d] = MaxSim(query i, document d). No top-k.
-void maxsim_scores(const maxsim_data_t& data, const maxsim_query_t& query, float* out);
+/// emulate_tiles: int8 through the sapphirerapids tile kernel on emulated
+/// tiles (flatcoat/tile_emulation.hpp), for tests on machines without AMX.
+void maxsim_scores(const maxsim_data_t& data, const maxsim_query_t& query, float* out, bool emulate_tiles = false);
 
 }  // namespace flatcoat

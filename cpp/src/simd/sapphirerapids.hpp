@@ -6,7 +6,7 @@
 //    groups of 4 s8), exact: 16,384 multiply-adds per instruction where
 //    vpdpbusd does 64;
 //  - tdpbf16ps: the same with bfloat16 pairs into float32.
-// The tile kernels (kernels/dense/tiles.hpp) are written over a tile type;
+// The tile kernels (kernels/tiles.hpp) are written over a tile type;
 // this is the one that runs the instructions. AVX512-FP16 has no level: it
 // offers no float16 dot product that sums in float32 (that is AVX10.2's
 // vdpphps), and a float16 sum of 384 products keeps about 3 digits.
@@ -24,7 +24,7 @@ namespace simd {
 
 struct sapphirerapids_t : genoa_t {};
 
-/// The tile unit as kernels/dense/tiles.hpp uses it: every tile 16 rows x 64
+/// The tile unit as kernels/tiles.hpp uses it: every tile 16 rows x 64
 /// bytes (palette 1). The intrinsics take tile numbers as literals (GCC
 /// stringifies them into the instruction), so each operation lists the ones
 /// the kernels use.
@@ -66,7 +66,7 @@ struct amx_tiles_t {
         else if constexpr (t == 2) _tile_stored(2, p, long(stride));
         else _tile_stored(3, p, long(stride));
     }
-    /// C[c] += A[a] x B[b]: accumulator c of rows a by queries b (tiles.hpp's
+    /// C[c] += A[a] x B[b]: accumulator c of rows a by queries b (tile_micro's
     /// 2 x 2 block: 0 = 4 x 6, 1 = 4 x 7, 2 = 5 x 6, 3 = 5 x 7).
     template <int c, int a, int b>
     static void dpbusd() {
@@ -74,7 +74,7 @@ struct amx_tiles_t {
         else if constexpr (c == 1 && a == 4 && b == 7) _tile_dpbusd(1, 4, 7);
         else if constexpr (c == 2 && a == 5 && b == 6) _tile_dpbusd(2, 5, 6);
         else {
-            static_assert(c == 3 && a == 5 && b == 7, "tiles.hpp's block: 0 = 4x6, 1 = 4x7, 2 = 5x6, 3 = 5x7");
+            static_assert(c == 3 && a == 5 && b == 7, "tile_micro's block: 0 = 4x6, 1 = 4x7, 2 = 5x6, 3 = 5x7");
             _tile_dpbusd(3, 5, 7);
         }
     }
@@ -84,7 +84,7 @@ struct amx_tiles_t {
         else if constexpr (c == 1 && a == 4 && b == 7) _tile_dpbf16ps(1, 4, 7);
         else if constexpr (c == 2 && a == 5 && b == 6) _tile_dpbf16ps(2, 5, 6);
         else {
-            static_assert(c == 3 && a == 5 && b == 7, "tiles.hpp's block: 0 = 4x6, 1 = 4x7, 2 = 5x6, 3 = 5x7");
+            static_assert(c == 3 && a == 5 && b == 7, "tile_micro's block: 0 = 4x6, 1 = 4x7, 2 = 5x6, 3 = 5x7");
             _tile_dpbf16ps(3, 5, 7);
         }
     }

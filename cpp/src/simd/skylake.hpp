@@ -108,6 +108,7 @@ struct skylake_t {
         return popcount_xor_words<skylake_t>(a, b, words);
     }
     static vf to_float(vi a) { return _mm512_cvtepi32_ps(a); }
+    static vi add_i(vi a, vi b) { return _mm512_add_epi32(a, b); }
     static vf mul(vf a, vf b) { return _mm512_mul_ps(a, b); }
 
     // Byte path (4-bit fast-scan, AVX-512BW): 64 bytes in four 16-byte lanes
