@@ -153,7 +153,7 @@ def test_code_level_follows_the_instructions_each_level_adds():
     if "sapphirerapids" in levels:  # batches of int8 and bf16 on tiles; single queries as genoa
         expected = {"dense int8 Q=64": "sapphirerapids", "dense bf16 Q=64": "sapphirerapids",
                     "dense int8 Q=1": "icelake", "dense bf16 Q=1": "genoa", "dense f32 Q=64": "skylake",
-                    "maxsim int8": "icelake"}
+                    "maxsim int8": "sapphirerapids", "maxsim f32": "skylake"}
         assert {k: bench.code_level(k, "sapphirerapids") for k in expected} == expected
     with pytest.raises(ValueError, match="unknown kernel"):
         bench.code_level("sparse f32", levels[0])

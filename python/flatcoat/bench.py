@@ -257,7 +257,7 @@ _OWN_CODE = {
     "dense binary wide": ("haswell", "icelake", "neon"),  # 8 words or more: vpopcntq
     "maxsim f32": ("haswell", "skylake", "neon"),
     "maxsim f16": ("haswell", "skylake", "neon"),
-    "maxsim int8": ("haswell", "skylake", "icelake", "neon"),
+    "maxsim int8": ("haswell", "skylake", "icelake", "sapphirerapids", "neon"),  # sapphirerapids: tiles
     # PLAID's stage 4: the decompression (kernels/plaid, one template: no vpdpbusd, vpopcntq or
     # vdpbf16ps) and the f32 MaxSim kernel, so icelake and genoa run skylake's code.
     "plaid 2-bit": ("haswell", "skylake", "neon"),
