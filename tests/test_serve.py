@@ -142,6 +142,28 @@ def test_retriever_search_by_text_equals_library(retriever):
         assert r.status_code == 400 and "hybrid" in r.json()["error"]
 
 
+def test_retriever_index_options_reach_the_first_stage(retriever):
+    enc = retriever.encoder
+    ivf = flatcoat.IVFIndex(enc.dim, nlist=4)
+    ivf.train(clustered(400, enc.dim, seed=5))
+    r = flatcoat.Retriever(enc, ivf)
+    texts = [h.text for row in retriever.search(["a"], k=len(retriever)) for h in row]
+    r.add(texts, ids=list(range(len(texts))))
+    with client(r) as c:
+        for options in ({"nprobe": 1}, {"nprobe": 4}):
+            resp = c.post("/search", json={"texts": RETRIEVER_QUERIES, "k": 3, "index_options": options})
+            assert resp.status_code == 200, resp.text
+            expected = r.search(RETRIEVER_QUERIES, 3, index_options=options)
+            assert resp.json()["ids"] == [[h.id for h in row] for row in expected]
+            assert resp.json()["scores"] == [[h.score for h in row] for row in expected]
+        for options, status in (({"ndocs": 5}, 400), ({"nprobe": "all"}, 422), ([1], 422)):
+            resp = c.post("/search", json={"texts": ["x"], "index_options": options})
+            assert resp.status_code == status and resp.json()["error"].startswith("index_options"), resp.text
+    with client(retriever) as c:  # a DenseIndex first stage takes no options: the library's message, as a 400
+        resp = c.post("/search", json={"texts": ["x"], "index_options": {"nprobe": 2}})
+        assert resp.status_code == 400 and resp.json()["error"].startswith("index_options"), resp.text
+
+
 def test_retriever_writes(retriever, tmp_path):
     path = tmp_path / "r"
     retriever.save(path)
@@ -272,6 +294,7 @@ def test_every_bad_request_is_a_4xx_with_a_message():
         ({"vectors": v, "rerank": 20}, 400, "rerank"),  # f32 without a float copy: nothing to re-rank with
         ({"vectors": v, "nprobe": 3}, 400, "nprobe"),
         ({"vectors": v, "hybrid": "rrf"}, 400, "hybrid"),
+        ({"vectors": v, "index_options": {"nprobe": 2}}, 400, "index_options"),  # a Retriever's only
         ({"vectors": v, "filter": {"nope": 1}}, 400, "filter"),
         ({"vectors": v, "filter": {"year": {"$bogus": 1}}}, 400, "filter"),
         ({"vectors": v, "filter": ["a"]}, 400, "filter"),

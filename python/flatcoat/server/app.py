@@ -280,7 +280,8 @@ class Service:
         return out
 
     # ------------------------------------------------------------------ search
-    def prepare_search(self, vectors, texts, k, filter, rerank, nprobe, hybrid) -> Tuple[Dict[str, Any], Any, int]:
+    def prepare_search(self, vectors, texts, k, filter, rerank, nprobe, hybrid,
+                       index_options=None) -> Tuple[Dict[str, Any], Any, int]:
         """Checks one request on the event loop (so a bad request never fails a batch): returns the
         search parameters, the payload (a float32 (q, dim) array or a list of texts) and q."""
         if k > self.config.max_k:
@@ -289,13 +290,16 @@ class Service:
             raise ApiError(400, "vectors, texts: send exactly one of them ('vectors' for an index, 'texts' for a "
                                 "Retriever)")
         params: Dict[str, Any] = {"k": k}
-        for name, value in (("filter", filter), ("rerank", rerank), ("nprobe", nprobe), ("hybrid", hybrid)):
+        for name, value in (("filter", filter), ("rerank", rerank), ("nprobe", nprobe), ("hybrid", hybrid),
+                            ("index_options", index_options)):
             if value is None:
                 continue
             if self._search_accepts is not None and name not in self._search_accepts:
                 raise ApiError(400, f"{name}: the served {type(self.obj).__name__} does not take {name}"
                                     + (" (only an IVFIndex, or a Retriever over one)" if name == "nprobe" else
-                                       " (only a Retriever with a lexical stage)" if name == "hybrid" else ""))
+                                       " (only a Retriever with a lexical stage)" if name == "hybrid" else
+                                       " (only a Retriever: its first stage's search arguments)"
+                                       if name == "index_options" else ""))
             params[name] = value
         if self.is_retriever:
             if texts is None:
@@ -545,6 +549,9 @@ def _models(max_k: int):
         nprobe: Optional[StrictInt] = Field(None, ge=1, description="lists scanned per query (an IVF index)")
         hybrid: Optional[Union[StrictBool, StrictStr, Dict[str, Any]]] = Field(
             None, description="a Retriever's fusion: dense, lexical, rrf, convex, union, or a dict of its fields")
+        index_options: Optional[Dict[str, Number]] = Field(
+            None, description="a Retriever's first-stage search arguments, e.g. {\"ndocs\": 256} (PlaidIndex: "
+                              "nprobe, ncandidates, ndocs, centroid_threshold; IVFIndex: nprobe)")
 
     class Hit(BaseModel):
         id: Id
@@ -602,7 +609,7 @@ async def _answer_search(service: Service, request) -> Tuple[int, bytes, List[Tu
     try:
         result, core_s = await service.search(vectors=request.vectors, texts=request.texts, k=request.k,
                                               filter=request.filter, rerank=request.rerank, nprobe=request.nprobe,
-                                              hybrid=request.hybrid)
+                                              hybrid=request.hybrid, index_options=request.index_options)
     except ApiError as exc:
         return exc.status, _dumps({"error": exc.message}), []
     return 200, _dumps(result), [(b"server-timing", f"core;dur={core_s * 1000:.3f}".encode())]

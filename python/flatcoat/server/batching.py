@@ -1,7 +1,7 @@
 """Dynamic micro-batching: concurrent searches with the same parameters become one core call.
 
 A request joins the group of its parameter key (the canonical JSON of ``k``,
-``filter``, ``rerank``, ``nprobe``, ``hybrid``). One dispatcher task takes the
+``filter``, ``rerank``, ``nprobe``, ``hybrid``, ``index_options``). One dispatcher task takes the
 oldest group and sends it to the worker once it holds ``max_batch`` queries or
 its oldest request has waited ``max_wait_s``; the call runs in the worker
 thread (an executor with one thread), so the event loop never blocks. While
