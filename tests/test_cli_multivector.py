@@ -43,7 +43,9 @@ def test_index_plaid_then_search(tmp_path, capsys, rows):
     mv = Encoder.from_pretrained("all-MiniLM-L6-v2", kind="multivector")
     mine = flatcoat.Retriever(mv, flatcoat.PlaidIndex(mv.dim, nbits=4))
     mine.add([doc_text(c) for c in rows], ids=[c["_id"] for c in rows])
-    for extra, options in (([], None), (["--nprobe", "1", "--ndocs", "8"], {"nprobe": 1, "ndocs": 8})):
+    for extra, options in (([], None), (["--nprobe", "1", "--ndocs", "8"], {"nprobe": 1, "ndocs": 8}),
+                           (["--ncandidates", "12", "--ndocs", "6", "--centroid-threshold", "0.3"],
+                            {"ncandidates": 12, "ndocs": 6, "centroid_threshold": 0.3})):
         code, out, err = run(capsys, "search", str(tmp_path / "idx"), QUERY, "-k", "3", "--json", *extra)
         assert code == 0, err
         want = mine.search(QUERY, k=3, index_options=options)

@@ -184,7 +184,8 @@ def _cmd_search(args) -> int:
             raise CLIError(f"--filter: not valid JSON ({exc}); e.g. --filter '{{\"year\": {{\"$gte\": 2020}}}}'") from None
         if not isinstance(predicate, (dict, list)):
             raise CLIError("--filter: expected a JSON object (a predicate) or a list of document ids")
-    options = {"ndocs": args.ndocs} if args.ndocs is not None else None
+    options = {name: getattr(args, name) for name in ("ncandidates", "ndocs", "centroid_threshold")
+               if getattr(args, name) is not None} or None
     hits = r.search(args.query, k=args.k, instruction=args.instruction, rerank=args.rerank, nprobe=args.nprobe,
                     filter=predicate, hybrid=args.hybrid, index_options=options)
     t2 = time.perf_counter()
@@ -365,6 +366,11 @@ def build_parser() -> argparse.ArgumentParser:
                         "centroids probed per query token by a PlaidIndex (--plaid; default 4)")
     p.add_argument("--ndocs", type=_positive_int, default=None,
                    help="documents a PlaidIndex (--plaid) scores exactly (at least -k; default max(64, 4 k))")
+    p.add_argument("--ncandidates", type=_positive_int, default=None,
+                   help="documents a PlaidIndex keeps after its centroid interaction (default 4 x --ndocs)")
+    p.add_argument("--centroid-threshold", type=float, default=None, metavar="T",
+                   help="a PlaidIndex's centroid pruning: only document tokens whose centroid scores at least T "
+                        "for some query token count in the centroid interaction (default: all)")
     p.add_argument("--filter", default=None, metavar="JSON",
                    help="only documents whose metadata match, e.g. '{\"year\": {\"$gte\": 2020}}' "
                         "(docs/filters.md), or a JSON list of ids")
