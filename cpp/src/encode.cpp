@@ -16,6 +16,10 @@
 #include <string>
 #include <vector>
 
+#if defined(__SSE2__)
+#include <emmintrin.h>  // _mm_cmpgt_ps, _mm_movemask_ps: SSE2 is part of x86-64 itself, no dispatch needed
+#endif
+
 #include "flatcoat/dense_search.hpp"  // binarize
 #include "flatcoat/thread_pool.hpp"   // parallel_for, num_threads
 
@@ -55,6 +59,25 @@ double sum_squares(const float* row, size_t dim) {
         for (size_t l = 0; l < sum_lanes_k; ++l) lanes[l] += double(row[j + l]) * double(row[j + l]);
     for (size_t l = 0; j < dim; ++j, ++l) lanes[l] += double(row[j]) * double(row[j]);
     return ((lanes[0] + lanes[1]) + (lanes[2] + lanes[3])) + ((lanes[4] + lanes[5]) + (lanes[6] + lanes[7]));
+}
+
+// Sign bits of one row, the bits binarize gives (bit j % 64 of word j / 64 is
+// x[j] > 0, NaN and -0 clear): on x86-64 four at a time by compare and
+// movemask (SSE2), binarize's loop of one shift per element for the rest.
+// Measured on Zen 4, 1,000,000 x 384, 2 threads: the binary encode took
+// 0.13-0.17 s one element at a time, 0.06-0.09 s this way (3 runs each).
+void sign_bits(const float* row, size_t dim, uint64_t* words) {
+    size_t j = 0;
+#if defined(__SSE2__)
+    const __m128 zero = _mm_setzero_ps();
+    for (; j + 64 <= dim; j += 64) {
+        uint64_t word = 0;
+        for (size_t k = 0; k < 64; k += 4)
+            word |= uint64_t(unsigned(_mm_movemask_ps(_mm_cmpgt_ps(_mm_loadu_ps(row + j + k), zero)))) << k;
+        words[j / 64] = word;
+    }
+#endif
+    if (j < dim) binarize(row + j, 1, dim - j, words + j / 64);
 }
 
 // Lowest offending row seen by any thread, per kind of error.
@@ -225,7 +248,7 @@ void encode_dense(codec_t codec, const float* x, size_t n, size_t dim, bool norm
                     if (out.sq_norms) out.sq_norms[i] = float(sum_squares(decoded, dim));
                     break;
                 case codec_t::binary_k:
-                    binarize(row, 1, dim, static_cast<uint64_t*>(out.codes) + i * binary_words(dim));
+                    sign_bits(row, dim, static_cast<uint64_t*>(out.codes) + i * binary_words(dim));
                     break;
             }
             if (out.float_rows && row != out.float_rows + i * dim)

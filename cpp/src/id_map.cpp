@@ -35,9 +35,17 @@ void id_map_t::grow_for(size_t n) {
         if (s.position != missing_k) slots_[locate(s.id)] = s;
 }
 
+// Ids hash to random slots, so a batch misses the cache once per id; the slot
+// of the id prefetch_ids_k places ahead is fetched while this one is placed.
+// Measured on Zen 4, 1,000,000 consecutive ids (3 runs): insert_new into an
+// empty map 56-82 -> 32-38 ms (the rest is mostly the table's first touch),
+// find 36-39 -> 17-35 ms.
+constexpr size_t prefetch_ids_k = 16;
+
 int64_t id_map_t::insert_new(const int64_t* ids, size_t n, int64_t first_position) {
     grow_for(size_ + n);
     for (size_t i = 0; i < n; ++i) {
+        if (i + prefetch_ids_k < n) __builtin_prefetch(&slots_[home(ids[i + prefetch_ids_k])], 1);
         size_t at = locate(ids[i]);
         if (slots_[at].position != missing_k) {
             erase(ids, i);  // roll back this batch: all or nothing
@@ -50,7 +58,14 @@ int64_t id_map_t::insert_new(const int64_t* ids, size_t n, int64_t first_positio
 }
 
 void id_map_t::find(const int64_t* ids, size_t n, int64_t* positions) const {
-    for (size_t i = 0; i < n; ++i) positions[i] = slots_.empty() ? missing_k : slots_[locate(ids[i])].position;
+    if (slots_.empty()) {
+        for (size_t i = 0; i < n; ++i) positions[i] = missing_k;
+        return;
+    }
+    for (size_t i = 0; i < n; ++i) {
+        if (i + prefetch_ids_k < n) __builtin_prefetch(&slots_[home(ids[i + prefetch_ids_k])]);
+        positions[i] = slots_[locate(ids[i])].position;
+    }
 }
 
 void id_map_t::assign(const int64_t* ids, const int64_t* positions, size_t n) {
