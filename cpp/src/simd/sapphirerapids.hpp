@@ -24,6 +24,17 @@ namespace simd {
 
 struct sapphirerapids_t : genoa_t {};
 
+/// `op(c, a, b)` with literal tiles for the template's (c, a, b): the four
+/// products of tile_micro's block.
+#define FLATCOAT_TILE_BLOCK_(op)                                                                      \
+    if constexpr (c == 0 && a == 4 && b == 6) op(0, 4, 6);                                           \
+    else if constexpr (c == 1 && a == 4 && b == 7) op(1, 4, 7);                                      \
+    else if constexpr (c == 2 && a == 5 && b == 6) op(2, 5, 6);                                      \
+    else {                                                                                            \
+        static_assert(c == 3 && a == 5 && b == 7, "tile_micro's block: 0=4x6 1=4x7 2=5x6 3=5x7");      \
+        op(3, 5, 7);                                                                                  \
+    }
+
 /// The tile unit as kernels/tiles.hpp uses it: every tile 16 rows x 64
 /// bytes (palette 1). The intrinsics take tile numbers as literals (GCC
 /// stringifies them into the instruction), so each operation lists the ones
@@ -70,25 +81,15 @@ struct amx_tiles_t {
     /// 2 x 2 block: 0 = 4 x 6, 1 = 4 x 7, 2 = 5 x 6, 3 = 5 x 7).
     template <int c, int a, int b>
     static void dpbusd() {
-        if constexpr (c == 0 && a == 4 && b == 6) _tile_dpbusd(0, 4, 6);
-        else if constexpr (c == 1 && a == 4 && b == 7) _tile_dpbusd(1, 4, 7);
-        else if constexpr (c == 2 && a == 5 && b == 6) _tile_dpbusd(2, 5, 6);
-        else {
-            static_assert(c == 3 && a == 5 && b == 7, "tile_micro's block: 0 = 4x6, 1 = 4x7, 2 = 5x6, 3 = 5x7");
-            _tile_dpbusd(3, 5, 7);
-        }
+        FLATCOAT_TILE_BLOCK_(_tile_dpbusd)
     }
     template <int c, int a, int b>
     static void dpbf16ps() {
-        if constexpr (c == 0 && a == 4 && b == 6) _tile_dpbf16ps(0, 4, 6);
-        else if constexpr (c == 1 && a == 4 && b == 7) _tile_dpbf16ps(1, 4, 7);
-        else if constexpr (c == 2 && a == 5 && b == 6) _tile_dpbf16ps(2, 5, 6);
-        else {
-            static_assert(c == 3 && a == 5 && b == 7, "tile_micro's block: 0 = 4x6, 1 = 4x7, 2 = 5x6, 3 = 5x7");
-            _tile_dpbf16ps(3, 5, 7);
-        }
+        FLATCOAT_TILE_BLOCK_(_tile_dpbf16ps)
     }
 };
 
 }  // namespace simd
 }  // namespace flatcoat
+
+#undef FLATCOAT_TILE_BLOCK_
