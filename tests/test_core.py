@@ -262,7 +262,13 @@ def test_isa_errors():
     for isa in missing:
         with pytest.raises(ValueError, match=f"ISA '{isa}' is not compiled into this build"):
             _core.set_active_isa(isa)
-    # A compiled level this CPU lacks (on x86 machines without AMX: sapphirerapids) is refused, never run.
+    # A compiled level this CPU lacks (on x86 machines without AMX: sapphirerapids) is refused, never
+    # run, and the error names the missing features.
+    features = flatcoat.info()["cpu_features"]
     for isa in [isa for isa in _core.compiled_isas() if not _core.cpu_supports(isa)]:
-        with pytest.raises(ValueError, match=f"ISA '{isa}' is not supported by this CPU \\(best: "):
+        levels = list(features)
+        missing = [name for level in levels[: levels.index(isa) + 1] for name, present in features[level].items()
+                   if not present]
+        with pytest.raises(ValueError, match=f"ISA '{isa}' is not supported by this CPU \\(missing {missing[0]}.*; "
+                                             "best: "):
             _core.set_active_isa(isa)

@@ -2,10 +2,15 @@
 #include "flatcoat/isa.hpp"
 
 #include <atomic>   // std::atomic
+#include <cerrno>   // errno
 #include <cstdlib>  // std::getenv
-#include <cstring>  // std::strncmp
+#include <cstring>  // std::strncmp, std::strerror
 #include <mutex>    // std::once_flag
+#include <string>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>  // __get_cpuid, __get_cpuid_count
+#endif
 #if defined(__x86_64__) && defined(__linux__)
 #include <sys/syscall.h>  // SYS_arch_prctl
 #include <unistd.h>       // syscall
@@ -49,38 +54,85 @@ isa_t isa_from_name(const std::string& name) {
     X(skylake, "avx512cd")                                                                                      \
     X(icelake, "avx512vnni") X(icelake, "avx512vpopcntdq") X(icelake, "avx512vbmi") X(icelake, "avx512vbmi2") \
     X(icelake, "avx512bitalg")                                                                                  \
-    X(genoa, "avx512bf16")                                                                                      \
-    X(sapphirerapids, "amx-tile") X(sapphirerapids, "amx-int8") X(sapphirerapids, "amx-bf16")
+    X(genoa, "avx512bf16")
+// AMX, by its bit in CPUID leaf 7's EDX: __builtin_cpu_supports knows these
+// names only from GCC 11 and Clang 18, and a build without the level must
+// still compile on older ones.
+#define FLATCOAT_X86_AMX_FEATURES_(X) X(sapphirerapids, "amx-tile", 24) X(sapphirerapids, "amx-int8", 25) \
+    X(sapphirerapids, "amx-bf16", 22)
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/// CPUID.7.0:EDX[bit], and the OS saving the tile state (XCR0 bits 17-18).
+static bool cpu_has_amx(unsigned bit) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d) || !((d >> bit) & 1u)) return false;
+    if (!__get_cpuid(1, &a, &b, &c, &d) || !((c >> 27) & 1u)) return false;  // OSXSAVE: xgetbv is there
+    unsigned lo, hi;
+    __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0u));
+    return (lo & 0x60000u) == 0x60000u;
+}
+
+static bool compiled_in(isa_t isa) {
+    for (isa_t c : compiled_isas())
+        if (c == isa) return true;
+    return false;
+}
+
+static int g_tile_grant_errno = 0;
 
 #if defined(__x86_64__) && defined(__linux__)
 // Linux hands out the tile registers' 8 KiB of state only to a process that
 // asks (arch_prctl ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA; kernel 5.16 on):
-// without it the first tile instruction is a SIGILL. Asked once.
+// without it the first tile instruction is a SIGILL. Asked once, and only by
+// a build that has the tile level (the grant makes the kernel refuse
+// alternate signal stacks too small for the larger state).
 static bool os_grants_tiles() {
-    static const bool granted = syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0;
+    static const bool granted = [] {
+        if (syscall(SYS_arch_prctl, 0x1023 /* ARCH_REQ_XCOMP_PERM */, 18 /* XTILEDATA */) == 0) return true;
+        g_tile_grant_errno = errno;
+        return false;
+    }();
     return granted;
 }
 #else
 static bool os_grants_tiles() { return false; }
 #endif
-
-/// Whether the OS lets this process use a feature the CPU reports (the AMX
-/// ones need the permission above; __builtin_cpu_supports already checks that
-/// the OS saves the vector registers' state).
-static bool os_allows(const char* feature) {
-    return std::strncmp(feature, "amx-", 4) != 0 || os_grants_tiles();
-}
+#endif  // x86-64
 
 std::vector<cpu_feature_t> cpu_features() {
     std::vector<cpu_feature_t> features;
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define FLATCOAT_X86_FEATURE_(isa, name) features.push_back({isa_t::isa##_k, name, __builtin_cpu_supports(name) && os_allows(name)});
+#define FLATCOAT_X86_FEATURE_(isa, name) features.push_back({isa_t::isa##_k, name, bool(__builtin_cpu_supports(name))});
     FLATCOAT_X86_FEATURES_(FLATCOAT_X86_FEATURE_)
 #undef FLATCOAT_X86_FEATURE_
+    const bool tile_level = compiled_in(isa_t::sapphirerapids_k);
+#define FLATCOAT_X86_AMX_FEATURE_(isa, name, bit) \
+    features.push_back({isa_t::isa##_k, name, cpu_has_amx(bit) && (!tile_level || os_grants_tiles())});
+    FLATCOAT_X86_AMX_FEATURES_(FLATCOAT_X86_AMX_FEATURE_)
+#undef FLATCOAT_X86_AMX_FEATURE_
 #elif defined(__aarch64__)
     features.push_back({isa_t::neon_k, "asimd", true});  // Advanced SIMD is mandatory on arm64
 #endif
     return features;
+}
+
+/// The features `isa` needs (its own and those below) that are missing, for
+/// the error that refuses it; an AMX feature the CPU has but Linux did not
+/// grant says why.
+static std::string missing_features(isa_t isa) {
+    std::string out;
+    bool own = false;
+    for (const cpu_feature_t& feature : cpu_features()) {
+        if (feature.isa != isa && own) break;
+        own |= feature.isa == isa;
+        if (feature.present) continue;
+        out += (out.empty() ? "" : ", ") + std::string(feature.name);
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+        if (std::strncmp(feature.name, "amx-", 4) == 0 && g_tile_grant_errno != 0 && cpu_has_amx(24))
+            out += std::string(" (Linux refused the tile state: ") + std::strerror(g_tile_grant_errno) + ")";
+#endif
+    }
+    return out;
 }
 
 bool cpu_supports(isa_t isa) {
@@ -112,9 +164,12 @@ static void check_usable(isa_t isa) {
     if (!compiled)
         throw error(std::string("ISA '") + isa_name(isa) + "' is not compiled into this build (compiled: " +
                     compiled_isa_list() + ")");
-    if (!cpu_supports(isa))
-        throw error(std::string("ISA '") + isa_name(isa) + "' is not supported by this CPU (best: " +
-                    isa_name(detected_isa()) + ")");
+    if (!cpu_supports(isa)) {
+        const std::string missing = missing_features(isa);
+        throw error(std::string("ISA '") + isa_name(isa) + "' is not supported by this CPU (" +
+                    (missing.empty() ? std::string("another architecture's") : "missing " + missing) +
+                    "; best: " + isa_name(detected_isa()) + ")");
+    }
 }
 
 isa_t active_isa() {

@@ -26,7 +26,8 @@ constexpr size_t tile_rows = 16, tile_row_bytes = 64;
 /// The tile operations in plain code: eight 16 x 64-byte tiles per thread;
 /// dpbusd and dpbf16ps follow the SDM's pseudocode for tdpbusd and tdpbf16ps
 /// (products of each 4-byte group, or bfloat16 pair, added in order into the
-/// accumulator's int32 or float32 lane).
+/// accumulator's int32 or float32 lane; tdpbf16ps treats denormal inputs as
+/// zero and flushes denormal results, whatever MXCSR says).
 struct emulated_tiles_t {
     struct tile_t {
         alignas(64) unsigned char row[tile_rows][tile_row_bytes];
@@ -67,21 +68,28 @@ struct emulated_tiles_t {
     template <int c, int a, int b>
     static void dpbf16ps() {
         tile_t &C = tiles()[c], &A = tiles()[a], &B = tiles()[b];
-        auto widen = [](const unsigned char* p) {
+        auto flush = [](float f) {  // denormals to zero, keeping the sign
+            uint32_t bits;
+            std::memcpy(&bits, &f, 4);
+            if ((bits & 0x7F800000u) == 0) bits &= 0x80000000u;
+            std::memcpy(&f, &bits, 4);
+            return f;
+        };
+        auto widen = [&](const unsigned char* p) {
             uint16_t h;
             std::memcpy(&h, p, 2);
             const uint32_t bits = uint32_t(h) << 16;
             float f;
             std::memcpy(&f, &bits, 4);
-            return f;
+            return flush(f);
         };
         for (size_t m = 0; m < tile_rows; ++m)
             for (size_t n = 0; n < 16; ++n) {
                 float acc;
                 std::memcpy(&acc, C.row[m] + 4 * n, 4);
                 for (size_t k = 0; k < 16; ++k) {
-                    acc += widen(A.row[m] + 4 * k) * widen(B.row[k] + 4 * n);
-                    acc += widen(A.row[m] + 4 * k + 2) * widen(B.row[k] + 4 * n + 2);
+                    acc = flush(acc + widen(A.row[m] + 4 * k) * widen(B.row[k] + 4 * n));
+                    acc = flush(acc + widen(A.row[m] + 4 * k + 2) * widen(B.row[k] + 4 * n + 2));
                 }
                 std::memcpy(C.row[m] + 4 * n, &acc, 4);
             }

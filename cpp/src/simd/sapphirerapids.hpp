@@ -40,15 +40,27 @@ struct sapphirerapids_t : genoa_t {};
 /// stringifies them into the instruction), so each operation lists the ones
 /// the kernels use.
 struct amx_tiles_t {
-    /// Loads the tile configuration: per thread, before the first tile instruction.
-    static void configure() {
-        alignas(64) uint8_t config[64] = {};
-        config[0] = 1;  // palette 1
+    /// Every tile 16 rows x 64 bytes (palette 1): bytes per row as uint16 at
+    /// 16 + 2t, rows at 48 + t, the rest zero.
+    struct alignas(64) config_t {
+        uint8_t bytes[64];
+    };
+    static constexpr config_t make_config() {
+        config_t c{};
+        c.bytes[0] = 1;
         for (int t = 0; t < 8; ++t) {
-            config[16 + 2 * t] = 64;  // bytes per row (uint16, little-endian)
-            config[48 + t] = 16;      // rows
+            c.bytes[16 + 2 * t] = 64;
+            c.bytes[48 + t] = 16;
         }
-        _tile_loadconfig(config);
+        return c;
+    }
+    /// Loads the tile configuration: per thread, before the first tile
+    /// instruction. The configuration lives in static storage: GCC's
+    /// _tile_loadconfig tells the compiler it reads 8 bytes only, so a
+    /// configuration built on the stack could lose its other stores.
+    static void configure() {
+        static constexpr config_t config = make_config();
+        _tile_loadconfig(&config);
     }
     /// Frees the tile state (the OS then need not save it on a context switch).
     static void release() { _tile_release(); }
@@ -64,6 +76,8 @@ struct amx_tiles_t {
     template <int t>
     static void load(const void* p, size_t stride) {
         static_assert(t >= 4 && t < 8, "operand tiles are 4-7");
+        // GCC's tileloadd asm names no memory operand: the stores to what it reads must be done first.
+        __asm__ volatile("" ::: "memory");
         if constexpr (t == 4) _tile_loadd(4, p, long(stride));
         else if constexpr (t == 5) _tile_loadd(5, p, long(stride));
         else if constexpr (t == 6) _tile_loadd(6, p, long(stride));

@@ -37,7 +37,7 @@ void tiles_block(const void* panels, size_t n_panels, const typename P::x_t* x, 
                  typename P::out_t* out, size_t ldo) {
     static_assert(S::width == 16, "a panel is 16 queries: one tile's columns");
     constexpr size_t step_elements = tile_row_bytes / sizeof(typename P::x_t);
-    if (dim % step_elements != 0) return panels_block<S, P>(panels, n_panels, x, nx, dim, out, ldo);
+    if (dim % step_elements != 0 || nx < tile_rows) return panels_block<S, P>(panels, n_panels, x, nx, dim, out, ldo);
     const size_t steps = dim / step_elements, panel_bytes = steps * tile_rows * tile_row_bytes;
     const size_t row_bytes = dim * sizeof(typename P::x_t), out_stride = ldo * sizeof(typename P::out_t);
     const unsigned char* pb = static_cast<const unsigned char*>(panels);
