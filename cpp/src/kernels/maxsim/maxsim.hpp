@@ -34,6 +34,7 @@ struct f32_path_t {
     using acc_t = typename S::vf;
     static constexpr size_t lane = 1;  // dimensions per step
     static constexpr size_t reserved = 1;  // registers besides accumulators and broadcasts: a query step
+    static constexpr size_t max_tokens = 6;  // see maxsim_tokens_per_step
 
     static acc_t init(const int32_t*) { return S::zero(); }
     static acc_t broadcast(const float* x) { return S::set1(*x); }
@@ -55,6 +56,7 @@ struct u8_path_t {
     using acc_t = typename S::vi;
     static constexpr size_t lane = 4;
     static constexpr size_t reserved = 3;  // a query step, the int16 pairs, the ones of vpmaddwd
+    static constexpr size_t max_tokens = 4;  // see maxsim_tokens_per_step
 
     static acc_t init(const int32_t* bias) { return S::load_i(bias); }
     static acc_t broadcast(const uint8_t* x) { return S::set1_u32(x); }
@@ -80,9 +82,13 @@ struct u8_path_t {
 /// 2 x 6 keeps 12 accumulators, enough chains for two FMA pipes of latency 4.
 /// Measured on Zen 4 (skylake level, f32 rows from memory, 3,000 documents of
 /// 180 tokens): 47.2 ms at 2 x 10, 41.6 ms at 2 x 6 (haswell's 4 x 3: 40.6).
-constexpr size_t maxsim_tokens_per_step(size_t registers, size_t reserved, size_t QV) {
+/// int8 stops at 4 (P::max_tokens): its chain is a 1-cycle add, so 2 x 4
+/// accumulators are plenty, and at 2 x 6 skylake's vpmaddubsw + vpmaddwd
+/// temporaries crowd the registers (Zen 4, the bench's 3,000 documents, 21
+/// rounds: skylake/haswell 1.04-1.05 at 2 x 6, 0.97 at 2 x 4).
+constexpr size_t maxsim_tokens_per_step(size_t registers, size_t reserved, size_t QV, size_t max_tokens) {
     size_t j = (registers - reserved) / (QV + 1);
-    return j < 1 ? 1 : (j > 6 ? 6 : j);
+    return j < 1 ? 1 : (j > max_tokens ? max_tokens : j);
 }
 
 /// QV panels x J document tokens; m[v] is the running max of panel v.
@@ -111,7 +117,7 @@ inline void maxsim_micro(const typename P::q_t* q, size_t panel, const int32_t* 
     // skylake level, f32 rows from memory: 4% slower than haswell with the
     // gap, level without it).
     constexpr size_t line_steps = 64 / (P::lane * sizeof(typename P::x_t));
-    constexpr size_t full_group = maxsim_tokens_per_step(S::registers, P::reserved, QV);
+    constexpr size_t full_group = maxsim_tokens_per_step(S::registers, P::reserved, QV, P::max_tokens);
     // Addresses as integers: a pointer past the end of the array would be undefined.
     const uintptr_t ahead = reinterpret_cast<uintptr_t>(xj) + prefetch_groups_k * full_group * dim * sizeof(*xj);
     for (size_t s0 = 0; s0 < full; s0 += line_steps) {
@@ -158,7 +164,7 @@ inline void maxsim_rest(const typename P::q_t* q, size_t panel, const int32_t* b
 template <class S, class P, size_t QV>
 inline void maxsim_panels(const typename P::q_t* q, size_t panel, const int32_t* bias, const typename P::x_t* x,
                           const float* x_scale, size_t n_tok, size_t dim, float* maxima) {
-    constexpr size_t J = maxsim_tokens_per_step(S::registers, P::reserved, QV);
+    constexpr size_t J = maxsim_tokens_per_step(S::registers, P::reserved, QV, P::max_tokens);
     typename S::vf m[QV];
     for (size_t v = 0; v < QV; ++v) m[v] = S::load(maxima + v * S::width);
     size_t j = 0;

@@ -50,7 +50,7 @@ inline void scores_micro(const float* q, size_t panel, const float* rows, size_t
 template <class S, size_t QV>
 inline void scores_panels(const float* q, size_t panel, const float* rows, size_t n_rows, size_t dim, float* out,
                           size_t Tp) {
-    constexpr size_t J = maxsim_tokens_per_step(S::registers, 1, QV);
+    constexpr size_t J = maxsim_tokens_per_step(S::registers, 1, QV, f32_path_t<S>::max_tokens);
     size_t r = 0;
     for (; r + J <= n_rows; r += J) scores_micro<S, QV, J>(q, panel, rows, r, dim, out, Tp);
     for (; r < n_rows; ++r) scores_micro<S, QV, 1>(q, panel, rows, r, dim, out, Tp);
